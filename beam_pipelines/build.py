@@ -1,0 +1,202 @@
+"""Builds bucketed-sequence TFRecords from raw interaction logs.
+
+  python -m beam_pipelines.build --runner=DirectRunner \
+      --input='data/log*.csv' --format=kuairand --item_features=data/items.csv \
+      --output_dir=data/built
+
+Takes every standard Beam pipeline option, so the same graph runs on
+DataflowRunner, FlinkRunner or SparkRunner. Output (see docs/data_format.md):
+train/ valid/ test/ TFRecord shards, catalog.csv, vocab/*.txt, metadata.json,
+dead_letter/, stats.txt.
+"""
+
+import argparse
+import json
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipelines import formats
+from beam_pipelines import transforms as T
+from tfkf import features
+
+
+class BuildOptions(PipelineOptions):
+  """Flags of the build job (every other flag is a standard Beam option)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument("--input", help="glob of log files (required)")
+    parser.add_argument("--format", choices=sorted(formats.FORMATS), default="kuairand",
+                        help="input format of --input")
+    parser.add_argument("--item_features", default=None,
+                        help="optional glob of the item-feature CSV (video_id, author_id, "
+                             "video_duration, tag)")
+    parser.add_argument("--output_dir", help="where outputs go (required; any Beam filesystem)")
+    parser.add_argument("--max_len", type=int, default=features.MAX_LEN,
+                        help="events of history kept per example")
+    parser.add_argument("--min_item_count", type=int, default=1,
+                        help="items seen fewer times map to OOV and are never targets")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="keep every stride-th training target per user, latest first")
+    parser.add_argument("--max_examples_per_user", type=int, default=10**9,
+                        help="cap on training examples per user (latest kept)")
+    parser.add_argument("--split", choices=["leave_one_out"], default="leave_one_out",
+                        help="leave_one_out: last event test, second-to-last valid")
+    parser.add_argument("--num_shards", type=int, default=4, help="TFRecord shards per split")
+
+
+def build(p: beam.Pipeline, opts: BuildOptions) -> None:
+  """Adds the whole job to pipeline `p`."""
+  out = opts.output_dir.rstrip("/")
+  fmt = formats.FORMATS[opts.format]
+  lines = p | "ReadLog" >> T.ReadNumberedLines(opts.input, fmt.has_header)
+  parsed = lines | "Parse" >> T.ParseEvents(opts.format)
+  events = parsed.events
+
+  item_vocab = (events | "ItemIds" >> beam.Map(lambda e: e["item"])
+                | "ItemVocab" >> T.BuildVocabulary(opts.min_item_count))
+  item_index = item_vocab | "ItemIndex" >> beam.Map(
+      lambda v: {item: i + features.NUM_RESERVED_IDS for i, (item, _) in enumerate(v)})
+  dead_letters = [parsed[T.DEAD_LETTER]]
+  if opts.item_features:
+    items = p | "ReadItems" >> T.ReadItemFeatures(opts.item_features)
+    item_features, _ = items.items, dead_letters.append(items[T.DEAD_LETTER])
+  else:
+    item_features = p | "NoItemFeatures" >> beam.Create([])
+  durations = (events | "Durations" >> beam.FlatMap(
+      lambda e: [(e["item"], e["duration_s"])] if e["duration_s"] else [])
+               | "MaxDuration" >> beam.CombinePerKey(max))
+  catalog = item_vocab | "Catalog" >> beam.Map(
+      T.build_catalog, beam.pvalue.AsDict(item_features), beam.pvalue.AsDict(durations))
+
+  examples = events | "Examples" >> T.BuildExamples(
+      item_index, opts.max_len, opts.stride, opts.max_examples_per_user)
+  shard_paths = []
+  for split in T.SPLITS:
+    shard_paths.append(
+        examples
+        | f"Only{split}" >> beam.Filter(lambda e, s=split: e[0] == s)
+        | f"Key{split}" >> beam.Map(lambda e: (e[1], (e[1], e[2]), e[3]))
+        | f"Write{split}" >> T.WriteSortedShards(f"{out}/{split}/part", opts.num_shards))
+
+  count = lambda name, pcoll: pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
+  counts = {
+      "rows_in": count("RowsIn", lines),
+      "rows_accepted": count("Accepted", events),
+      "rows_rejected": count("Rejected", parsed[T.DEAD_LETTER]),
+      "rows_filtered": count("Filtered", parsed[T.FILTERED]),
+      "users": count("Users", events | beam.Map(lambda e: e["user"]) | beam.Distinct()),
+  }
+  example_stats = (examples
+                   | "HistoryLen" >> beam.Map(lambda e: (e[0], e[3]))
+                   | "StatsPerSplit" >> beam.CombinePerKey(_HistoryStats())
+                   | "StatsList" >> beam.combiners.ToList())
+  all_dead = (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+              | "DeadList" >> beam.combiners.ToList())
+  done = (shard_paths | "AllShards" >> beam.Flatten() | "ShardList" >> beam.combiners.ToList())
+  side = {name: beam.pvalue.AsSingleton(c) for name, c in counts.items()}
+  (p | "Once" >> beam.Create([None])
+     | "WriteArtifacts" >> beam.Map(
+         _write_artifacts, out, _flags(opts), beam.pvalue.AsSingleton(catalog),
+         beam.pvalue.AsSingleton(example_stats), beam.pvalue.AsSingleton(all_dead),
+         beam.pvalue.AsSingleton(done), **side))
+
+
+class _HistoryStats(beam.CombineFn):
+  """Serialized examples -> {examples, mean_history_len, max_history_len}."""
+
+  def create_accumulator(self):
+    return (0, 0, 0)
+
+  def add_input(self, acc, example: bytes):
+    import tensorflow as tf
+    n = len(tf.train.Example.FromString(example).features.feature[
+        features.HISTORY_ITEM].int64_list.value)
+    return (acc[0] + 1, acc[1] + n, max(acc[2], n))
+
+  def merge_accumulators(self, accs):
+    accs = list(accs)
+    return (sum(a[0] for a in accs), sum(a[1] for a in accs), max(a[2] for a in accs))
+
+  def extract_output(self, acc):
+    return {"examples": acc[0], "mean_history_len": acc[1] / acc[0] if acc[0] else 0.0,
+            "max_history_len": acc[2]}
+
+
+def _flags(opts: BuildOptions) -> dict:
+  names = [a.dest for a in _parser_of(BuildOptions)._actions if a.dest != "help"]
+  return {n: getattr(opts, n) for n in names}
+
+
+def _write_artifacts(_, out, flags, catalog, example_stats, dead, shards, **counts):
+  tag_vocab = T.vocab_of(r["tag"] for r in catalog)
+  author_vocab = T.vocab_of(r["author"] for r in catalog)
+  ids = lambda vocab: {v: i + features.NUM_RESERVED_IDS for i, v in enumerate(vocab)}
+  for name, values in (("item", [r["item_id"] for r in catalog]), ("tag", tag_vocab),
+                       ("author", author_vocab)):
+    T.write_text(f"{out}/vocab/{name}.txt", "".join(f"{v}\n" for v in values))
+  T.write_text(f"{out}/catalog.csv", T.catalog_csv(catalog, ids(tag_vocab), ids(author_vocab)))
+  T.write_text(f"{out}/dead_letter/dead_letter.jsonl", T.dead_letters_jsonl(dead))
+  splits = {s: {"examples": 0, "mean_history_len": 0.0, "max_history_len": 0} for s in T.SPLITS}
+  splits.update(dict(example_stats))
+  metadata = {
+      "schema_version": features.SCHEMA_VERSION, "flags": flags,
+      "counts": {**counts, "items": len(catalog), "dead_letters_total": len(dead)},
+      "vocab_sizes": {"item": len(catalog) + features.NUM_RESERVED_IDS,
+                      "tag": len(tag_vocab) + features.NUM_RESERVED_IDS,
+                      "author": len(author_vocab) + features.NUM_RESERVED_IDS},
+      "splits": splits, "num_shard_files": len(shards),
+  }
+  T.write_text(f"{out}/stats.txt", _report(metadata))
+  # Written last: its presence marks a complete output directory.
+  T.write_text(f"{out}/metadata.json", json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+
+def _report(m: dict) -> str:
+  c = m["counts"]
+  lines = [f"rows_in {c['rows_in']} = accepted {c['rows_accepted']} + rejected "
+           f"{c['rows_rejected']} + filtered {c['rows_filtered']}",
+           f"users {c['users']}, items {c['items']}"]
+  for split, s in sorted(m["splits"].items()):
+    lines.append(f"{split}: {s['examples']} examples, history mean "
+                 f"{s['mean_history_len']:.1f}, max {s['max_history_len']}")
+  return "\n".join(lines) + "\n"
+
+
+def _parser_of(*option_classes) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m beam_pipelines.build", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  for cls in option_classes:
+    cls._add_argparse_args(parser.add_argument_group(cls.__name__))
+  return parser
+
+
+def _all_option_classes():
+  seen, todo = [], [PipelineOptions]
+  while todo:
+    cls = todo.pop(0)
+    for sub in cls.__subclasses__():
+      if sub not in seen and "_add_argparse_args" in sub.__dict__:
+        seen.append(sub)
+      todo.append(sub)
+  return [BuildOptions] + [c for c in seen if c is not BuildOptions]
+
+
+def run(argv=None) -> None:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if "-h" in argv or "--help" in argv:
+    _parser_of(*_all_option_classes()).print_help()
+    return
+  opts = PipelineOptions(argv).view_as(BuildOptions)
+  missing = [f"--{n}" for n in ("input", "output_dir") if not getattr(opts, n)]
+  if missing:
+    raise SystemExit(f"beam_pipelines.build: missing required flag(s) {', '.join(missing)}")
+  with beam.Pipeline(options=PipelineOptions(argv)) as p:
+    build(p, opts)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,296 @@
+"""Composite PTransforms of the build job, one concept each.
+
+Read → Parse (dead letters, positive filter) → Vocabularies and catalog →
+Examples per user → deterministic TFRecord shards. Nothing here touches a local
+path directly: all I/O goes through `apache_beam.io.filesystems`.
+"""
+
+import csv
+import io
+import json
+import zlib
+from typing import Dict, Iterable, List, Tuple
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+import numpy as np
+
+from beam_pipelines import formats
+from tfkf import features
+
+DEAD_LETTER = "dead_letter"
+FILTERED = "filtered"
+SPLITS = ("train", "valid", "test")
+
+
+def write_text(path: str, text: str) -> None:
+  with FileSystems.create(path) as f:
+    f.write(text.encode("utf-8"))
+
+
+def stable_shard(key: str, num_shards: int) -> int:
+  return zlib.crc32(key.encode("utf-8")) % num_shards
+
+
+class ReadNumberedLines(beam.PTransform):
+  """GLOB -> (path, line_number, raw_bytes, header) for every data line.
+
+  Each file is read whole by one worker so that line numbers and the order of
+  lines (the time order of the sasrec format) are exact.
+  """
+
+  def __init__(self, pattern: str, has_header: bool):
+    super().__init__()
+    self.pattern = pattern
+    self.has_header = has_header
+
+  def expand(self, pbegin):
+    return (pbegin
+            | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment="DISALLOW")
+            | "Open" >> fileio.ReadMatches()
+            | "Lines" >> beam.FlatMap(self._lines))
+
+  def _lines(self, readable) -> Iterable[Tuple[str, int, bytes, Tuple[str, ...]]]:
+    path = readable.metadata.path
+    header = ()
+    with readable.open() as f:
+      for number, raw in enumerate(f, start=1):
+        raw = raw.rstrip(b"\r\n")
+        if number == 1 and self.has_header:
+          header = tuple(next(csv.reader([raw.decode("utf-8-sig")])))
+          continue
+        yield path, number, raw, header
+
+
+class ParseEvents(beam.PTransform):
+  """Numbered lines -> events; rejects to DEAD_LETTER, negatives to FILTERED."""
+
+  def __init__(self, format_name: str):
+    super().__init__()
+    self.format_name = format_name
+
+  def expand(self, lines):
+    return lines | beam.ParDo(_ParseFn(self.format_name)).with_outputs(
+        DEAD_LETTER, FILTERED, main="events")
+
+
+class _ParseFn(beam.DoFn):
+
+  def __init__(self, format_name: str):
+    self.format_cls = formats.FORMATS[format_name]
+    self._parsers = {}
+
+  def process(self, element):
+    path, number, raw, header = element
+    try:
+      text = raw.decode("utf-8")
+      if not text.strip():
+        raise formats.BadRow("empty line")
+      parsed = self._parser(header).parse(text)
+    except UnicodeDecodeError:
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, "undecodable bytes (not UTF-8)"))
+      return
+    except formats.BadRow as e:
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, str(e)))
+      return
+    if not parsed.positive:
+      yield beam.pvalue.TaggedOutput(FILTERED, (path, number))
+      return
+    parsed.event["order"] = (path, number)
+    yield parsed.event
+
+  def _parser(self, header):
+    if header not in self._parsers:
+      self._parsers[header] = self.format_cls(header)
+    return self._parsers[header]
+
+
+def _dead_letter(path, number, raw: bytes, reason: str) -> Dict:
+  return {"source": path, "line": number,
+          "raw": raw.decode("utf-8", errors="backslashreplace"), "reason": reason}
+
+
+class ReadItemFeatures(beam.PTransform):
+  """Optional item CSV -> (raw item id, {tag, author, duration_s}); bad rows to dead letters."""
+
+  def __init__(self, pattern: str):
+    super().__init__()
+    self.pattern = pattern
+
+  def expand(self, pbegin):
+    return (pbegin
+            | "ReadItemLines" >> ReadNumberedLines(self.pattern, has_header=True)
+            | "ParseItems" >> beam.ParDo(_ParseItemFn()).with_outputs(DEAD_LETTER, main="items"))
+
+
+class _ParseItemFn(beam.DoFn):
+
+  def process(self, element):
+    path, number, raw, header = element
+    try:
+      yield formats.parse_item_row(header, raw.decode("utf-8"))
+    except (UnicodeDecodeError, formats.BadRow) as e:
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, str(e)))
+
+
+class BuildVocabulary(beam.PTransform):
+  """Raw values -> singleton [(value, count)] in id order (most frequent first).
+
+  Id of entry i is i + NUM_RESERVED_IDS; values seen fewer than `min_count`
+  times are left out and map to OOV.
+  """
+
+  def __init__(self, min_count: int = 1):
+    super().__init__()
+    self.min_count = min_count
+
+  def expand(self, values):
+    min_count = self.min_count
+    return (values
+            | "Count" >> beam.combiners.Count.PerElement()
+            | "Keep" >> beam.Filter(lambda kv: kv[1] >= min_count)
+            | "Collect" >> beam.combiners.ToList()
+            | "Order" >> beam.Map(lambda kvs: sorted(kvs, key=lambda kv: (-kv[1], kv[0]))))
+
+
+def build_catalog(item_vocab, item_features, event_durations) -> List[Dict]:
+  """Catalog rows for every vocabulary item, in id order."""
+  total = float(sum(count for _, count in item_vocab)) or 1.0
+  rows = []
+  for i, (item, count) in enumerate(item_vocab):
+    side = item_features.get(item, {})
+    duration = side.get("duration_s") or event_durations.get(item)
+    rows.append({
+        "index": i + features.NUM_RESERVED_IDS, "item_id": item,
+        "tag": side.get("tag"), "author": side.get("author"),
+        "duration_s": duration, "count": count,
+        "sampling_probability": count / total})
+  return rows
+
+
+def vocab_of(values: Iterable) -> List[str]:
+  """Distinct non-empty values, most frequent first, ties by value."""
+  counts = {}
+  for v in values:
+    if v:
+      counts[v] = counts.get(v, 0) + 1
+  return [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+class BuildExamples(beam.PTransform):
+  """Events -> (split, user, position, serialized tf.train.Example).
+
+  Per user: sort by (time, source order); one example per target position from
+  the preceding up to `max_len` events. leave_one_out: last target → test,
+  second-to-last → valid, the rest → train (users with < 3 events: all train).
+  """
+
+  def __init__(self, item_index, max_len: int, stride: int, max_examples_per_user: int):
+    super().__init__()
+    self.item_index = item_index
+    self.max_len = max_len
+    self.stride = stride
+    self.max_examples_per_user = max_examples_per_user
+
+  def expand(self, events):
+    return (events
+            | "KeyByUser" >> beam.Map(lambda e: (e["user"], e))
+            | "GroupByUser" >> beam.GroupByKey()
+            | "Sequences" >> beam.FlatMap(
+                user_examples, beam.pvalue.AsSingleton(self.item_index),
+                self.max_len, self.stride, self.max_examples_per_user))
+
+
+def encode_events(events: List[Dict], item_index: Dict[str, int]) -> Dict[str, np.ndarray]:
+  """Sorted events -> id and bucket arrays, through tfkf.features."""
+  encoded = {"item": np.array([item_index.get(e["item"], features.OOV_ID) for e in events], np.int64)}
+  for name, encoding in features.EVENT_FEATURES.items():
+    raw = np.array([e[features.EVENT_RAW_INPUTS[name]] for e in events], np.float64)
+    encoded[name] = encoding.to_numpy(raw)
+  return encoded
+
+
+def split_of(position: int, length: int) -> str:
+  if length < 3 or position < length - 2:
+    return "train"
+  return "valid" if position == length - 2 else "test"
+
+
+def user_examples(user_events, item_index, max_len, stride, max_examples_per_user):
+  user, events = user_events
+  events = sorted(events, key=lambda e: (e["time"], e["order"]))
+  enc = encode_events(events, item_index)
+  n = len(events)
+  train_positions = [p for p in range(1, n) if split_of(p, n) == "train"]
+  train_positions = train_positions[::-1][::stride][:max_examples_per_user][::-1]
+  eval_positions = [p for p in range(1, n) if split_of(p, n) != "train"]
+  for p in train_positions + eval_positions:
+    if enc["item"][p] == features.OOV_ID:
+      continue  # An item below --min_item_count cannot be a target.
+    start = max(0, p - max_len)
+    yield split_of(p, n), user, p, _example(user, events[p]["time"], enc, start, p)
+
+
+def _example(user, time, enc, start, target) -> bytes:
+  import tensorflow as tf  # Deferred: workers that never build examples skip the import.
+  int_list = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+  feats = {
+      features.USER_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[user.encode()])),
+      features.TARGET_TIME: int_list([time]),
+      features.TARGET_ITEM: int_list([enc["item"][target]]),
+      features.HISTORY_ITEM: int_list(enc["item"][start:target]),
+  }
+  for name in features.EVENT_FEATURES:
+    feats[features.history_key(name)] = int_list(enc[name][start:target])
+  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+class WriteSortedShards(beam.PTransform):
+  """(key, sort_key, bytes) -> `num_shards` TFRecord files, byte-identical across runs.
+
+  Records are assigned to shards by a stable hash of `key` and sorted inside
+  each shard, so the output does not depend on the runner or its parallelism.
+  """
+
+  def __init__(self, prefix: str, num_shards: int, suffix: str = ".tfrecord"):
+    super().__init__()
+    self.prefix = prefix
+    self.num_shards = num_shards
+    self.suffix = suffix
+
+  def expand(self, records):
+    n = self.num_shards
+    return (records
+            | "Shard" >> beam.Map(lambda r: (stable_shard(r[0], n), (r[1], r[2])))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "Write" >> beam.MapTuple(self._write))
+
+  def shard_path(self, shard: int) -> str:
+    return f"{self.prefix}-{shard:05d}-of-{self.num_shards:05d}{self.suffix}"
+
+  def _write(self, shard, records):
+    path = self.shard_path(shard)
+    with FileSystems.create(path) as f:
+      for _, payload in sorted(records, key=lambda r: r[0]):
+        _TFRecordUtil.write_record(f, payload)
+    return path
+
+
+def catalog_csv(rows: List[Dict], tag_ids: Dict[str, int], author_ids: Dict[str, int]) -> str:
+  out = io.StringIO()
+  w = csv.writer(out, lineterminator="\n")
+  w.writerow(("index", "item_id", "tag", "author", "duration_bucket", "count",
+              "sampling_probability"))
+  for r in rows:
+    duration = features.DURATION.to_numpy(r["duration_s"]) if r["duration_s"] else features.PAD_ID
+    w.writerow((r["index"], r["item_id"], tag_ids.get(r["tag"], features.OOV_ID),
+                author_ids.get(r["author"], features.OOV_ID), int(duration), r["count"],
+                repr(r["sampling_probability"])))
+  return out.getvalue()
+
+
+def dead_letters_jsonl(records: Iterable[Dict]) -> str:
+  ordered = sorted(records, key=lambda r: (r["source"], r["line"] or 0, r["reason"]))
+  return "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered)

@@ -1,0 +1,164 @@
+"""Feature semantics shared by the Beam job, the Keras model and the serving signature.
+
+This module is the single source of truth for ids, buckets, padding, the
+maximum history length and the compression windows. Every encoding has a
+NumPy/Python form (used by Beam) and a TensorFlow form (used inside the model
+and the exported graph); tests check the two agree on the same values.
+
+Conventions:
+  * Vocabulary ids (item, tag, author): 0 = padding, 1 = out-of-vocabulary,
+    real values start at 2.
+  * Bucket ids: 0 = padding / unknown, real buckets start at 1.
+  * Histories are left-padded to `MAX_LEN`: the latest event is last.
+"""
+
+import dataclasses
+import math
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+PAD_ID = 0
+OOV_ID = 1
+NUM_RESERVED_IDS = 2
+PAD_TOKEN = ""  # The raw item id clients pad their histories with.
+
+MAX_LEN = 256
+# Paper default: from the oldest, 2 windows of 64 and 5 of 16; the latest 48
+# events stay uncompressed (2 + 5 + 48 = 55 tokens for 256 events).
+COMPRESSION_WINDOWS: Tuple[int, ...] = (64, 64, 16, 16, 16, 16, 16)
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformBuckets:
+  """`bucket = 1 + int(min(x, cap) / cap * n)`, capped to n; 0 = unknown.
+
+  The paper's duration example: cap 300 s, 1000 buckets.
+  """
+  cap: float
+  num_buckets: int
+
+  @property
+  def vocab_size(self) -> int:
+    return self.num_buckets + 1
+
+  def to_numpy(self, x):
+    x = np.clip(np.asarray(x, np.float64), 0.0, self.cap)
+    return 1 + np.minimum((x / self.cap * self.num_buckets).astype(np.int64),
+                          self.num_buckets - 1)
+
+  def to_tf(self, x: tf.Tensor) -> tf.Tensor:
+    x = tf.clip_by_value(tf.cast(x, tf.float64), 0.0, self.cap)
+    b = tf.cast(tf.math.floor(x / self.cap * self.num_buckets), tf.int64)
+    return 1 + tf.minimum(b, self.num_buckets - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogBuckets:
+  """Log-uniform buckets for heavy-tailed values (watch time in seconds).
+
+  `bucket = 1 + int(log1p(min(x, cap)) / log1p(cap) * n)`, capped to n.
+  Fine resolution for short views, coarse for long ones.
+  """
+  cap: float
+  num_buckets: int
+
+  @property
+  def vocab_size(self) -> int:
+    return self.num_buckets + 1
+
+  def to_numpy(self, x):
+    x = np.clip(np.asarray(x, np.float64), 0.0, self.cap)
+    b = (np.log1p(x) / math.log1p(self.cap) * self.num_buckets).astype(np.int64)
+    return 1 + np.minimum(b, self.num_buckets - 1)
+
+  def to_tf(self, x: tf.Tensor) -> tf.Tensor:
+    x = tf.clip_by_value(tf.cast(x, tf.float64), 0.0, self.cap)
+    b = tf.cast(tf.math.floor(tf.math.log1p(x) / math.log1p(self.cap)
+                              * self.num_buckets), tf.int64)
+    return 1 + tf.minimum(b, self.num_buckets - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryLabel:
+  """A 0/1 action label: 1 = no, 2 = yes, 0 = unknown/padding."""
+
+  @property
+  def vocab_size(self) -> int:
+    return 3
+
+  def to_numpy(self, x):
+    return 1 + (np.asarray(x, np.float64) > 0).astype(np.int64)
+
+  def to_tf(self, x: tf.Tensor) -> tf.Tensor:
+    return 1 + tf.cast(tf.cast(x, tf.float64) > 0, tf.int64)
+
+
+# Item-level continuous feature, stored in the catalog.
+DURATION = UniformBuckets(cap=300.0, num_buckets=1000)
+
+# Per-event features stored in every history (name -> encoding). The raw
+# value each one is computed from is named in EVENT_RAW_INPUTS.
+EVENT_FEATURES: Dict[str, object] = {
+    "watch_time": LogBuckets(cap=3600.0, num_buckets=64),
+    "watch_ratio": UniformBuckets(cap=2.0, num_buckets=20),
+    "like": BinaryLabel(),
+    "follow": BinaryLabel(),
+    "comment": BinaryLabel(),
+    "forward": BinaryLabel(),
+}
+EVENT_RAW_INPUTS = {
+    "watch_time": "watch_time_s",
+    "watch_ratio": "watch_ratio",
+    "like": "is_like",
+    "follow": "is_follow",
+    "comment": "is_comment",
+    "forward": "is_forward",
+}
+
+# tf.train.Example feature names written by Beam and parsed by tfkf.data.
+HISTORY_ITEM = "history_item"
+TARGET_ITEM = "target_item"
+USER_ID = "user_id"
+TARGET_TIME = "target_time"
+
+
+def history_key(feature: str) -> str:
+  return f"history_{feature}"
+
+
+def uncompressed_len(max_len: int, windows: Sequence[int]) -> int:
+  """Number of latest events that bypass compression."""
+  tail = max_len - sum(windows)
+  if tail <= 0:
+    raise ValueError(
+        f"compression windows {tuple(windows)} (sum {sum(windows)}) leave no "
+        f"uncompressed events for max_len={max_len}")
+  return tail
+
+
+def left_pad_numpy(values: Sequence[int], max_len: int) -> np.ndarray:
+  """Keeps the latest `max_len` values, left-padded with PAD_ID."""
+  values = list(values)[-max_len:]
+  out = np.full(max_len, PAD_ID, np.int64)
+  if values:
+    out[max_len - len(values):] = values
+  return out
+
+
+def left_align(ragged: tf.RaggedTensor, max_len: int, pad=PAD_ID) -> tf.Tensor:
+  """[batch, (ragged)] -> [batch, max_len]: latest `max_len` values, left-padded."""
+  lengths = tf.minimum(ragged.row_lengths(), max_len)
+  dense = ragged.to_tensor(default_value=pad)
+  # One spare column so the gather below is valid even for an all-empty batch.
+  dense = tf.pad(dense, [[0, 0], [0, 1]], constant_values=pad)
+  total = ragged.row_lengths()[:, None]
+  positions = tf.range(max_len, dtype=tf.int64)[None, :]
+  # Output slot p holds the event at index total - max_len + p when it exists.
+  source = total - max_len + positions
+  valid = positions >= (max_len - lengths[:, None])
+  gathered = tf.gather(dense, tf.maximum(source, 0), batch_dims=1)
+  return tf.where(valid, gathered, tf.cast(pad, dense.dtype))
