@@ -151,14 +151,14 @@ def left_pad_numpy(values: Sequence[int], max_len: int) -> np.ndarray:
 
 def left_align(ragged: tf.RaggedTensor, max_len: int, pad=PAD_ID) -> tf.Tensor:
   """[batch, (ragged)] -> [batch, max_len]: latest `max_len` values, left-padded."""
-  lengths = tf.minimum(ragged.row_lengths(), max_len)
+  total = tf.cast(ragged.row_lengths(), tf.int64)[:, None]
+  lengths = tf.minimum(total, max_len)
   dense = ragged.to_tensor(default_value=pad)
   # One spare column so the gather below is valid even for an all-empty batch.
   dense = tf.pad(dense, [[0, 0], [0, 1]], constant_values=pad)
-  total = ragged.row_lengths()[:, None]
   positions = tf.range(max_len, dtype=tf.int64)[None, :]
   # Output slot p holds the event at index total - max_len + p when it exists.
   source = total - max_len + positions
-  valid = positions >= (max_len - lengths[:, None])
+  valid = positions >= (max_len - lengths)
   gathered = tf.gather(dense, tf.maximum(source, 0), batch_dims=1)
   return tf.where(valid, gathered, tf.cast(pad, dense.dtype))

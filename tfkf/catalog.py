@@ -1,0 +1,49 @@
+"""The item catalog written by the Beam job: ids, side features, sampling probabilities."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfkf import features
+
+
+@dataclasses.dataclass
+class Catalog:
+  """Arrays indexed by item id (rows 0 = padding and 1 = OOV are placeholders)."""
+  item_ids: np.ndarray              # [num_items] raw id strings ("" for reserved rows)
+  tag: np.ndarray                   # [num_items] int64 tag ids
+  author: np.ndarray                # [num_items] int64 author ids
+  duration: np.ndarray              # [num_items] int64 duration buckets
+  sampling_probability: np.ndarray  # [num_items] float32, reserved rows tiny but > 0
+  vocab_sizes: dict
+
+  @property
+  def num_items(self) -> int:
+    return len(self.item_ids)
+
+  @property
+  def real_items(self) -> slice:
+    return slice(features.NUM_RESERVED_IDS, None)
+
+  @classmethod
+  def load(cls, data_dir: str) -> "Catalog":
+    with tf.io.gfile.GFile(os.path.join(data_dir, "metadata.json")) as f:
+      metadata = json.load(f)
+    with tf.io.gfile.GFile(os.path.join(data_dir, "catalog.csv")) as f:
+      table = pd.read_csv(f, dtype={"item_id": str}, keep_default_na=False)
+    n = metadata["vocab_sizes"]["item"]
+    if len(table) + features.NUM_RESERVED_IDS != n or (
+        table["index"].to_numpy() != np.arange(features.NUM_RESERVED_IDS, n)).any():
+      raise ValueError(f"{data_dir}/catalog.csv does not match metadata.json ({n} item ids)")
+    pad = lambda col, value, dtype: np.concatenate(
+        [np.full(features.NUM_RESERVED_IDS, value, dtype), table[col].to_numpy(dtype)])
+    return cls(item_ids=pad("item_id", "", object),
+               tag=pad("tag", features.PAD_ID, np.int64),
+               author=pad("author", features.PAD_ID, np.int64),
+               duration=pad("duration_bucket", features.PAD_ID, np.int64),
+               sampling_probability=pad("sampling_probability", 1e-9, np.float32),
+               vocab_sizes=metadata["vocab_sizes"])

@@ -1,0 +1,69 @@
+"""KuaiFormerConfig: every knob of the model, serializable next to each trained model."""
+
+import dataclasses
+import json
+from typing import Tuple
+
+from tfkf import features
+
+
+@dataclasses.dataclass(frozen=True)
+class KuaiFormerConfig:
+  d_model: int = 128
+  num_heads: int = 4
+  num_layers: int = 4
+  ffn_dim: int = 512
+  dropout: float = 0.1
+  feature_dim: int = 16              # width of each side-feature embedding
+  max_len: int = features.MAX_LEN
+  compression_windows: Tuple[int, ...] = features.COMPRESSION_WINDOWS  # () = no compression
+  num_query_tokens: int = 4          # k interests
+  label_smoothing: float = 0.1       # alpha of the smoothed in-batch softmax
+  use_logq: bool = True
+  remove_accidental_hits: bool = True
+  temperature: float = 0.05          # embeddings are L2-normalised; scores are cosines
+  event_features: Tuple[str, ...] = tuple(features.EVENT_FEATURES)
+  item_features: Tuple[str, ...] = ("tag", "author", "duration")
+  # Per example, drop all event features to "unknown" with this probability while
+  # training, so a history sent with item ids only is in-distribution at serving.
+  event_feature_dropout: float = 0.3
+  # True: the candidate tower reuses the input item-id table (fewer parameters,
+  # items seen only as targets still get trained input embeddings).
+  tie_item_embeddings: bool = True
+
+  def __post_init__(self):
+    features.uncompressed_len(self.max_len, self.compression_windows)
+    unknown = set(self.event_features) - set(features.EVENT_FEATURES)
+    if unknown:
+      raise ValueError(f"unknown event features {sorted(unknown)}; known: {list(features.EVENT_FEATURES)}")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+
+  @property
+  def num_sequence_tokens(self) -> int:
+    """Positions the causal transformer sees for a full history, query tokens included."""
+    tail = features.uncompressed_len(self.max_len, self.compression_windows)
+    return len(self.compression_windows) + tail + self.num_query_tokens
+
+  def replace(self, **changes) -> "KuaiFormerConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "KuaiFormerConfig":
+    raw = json.loads(text)
+    for key in ("compression_windows", "event_features", "item_features"):
+      raw[key] = tuple(raw[key])
+    return cls(**raw)
+
+
+PRESETS = {
+    # The paper's setting (DESIGN.md §1), sized for CPU.
+    "paper": KuaiFormerConfig(),
+    # Tests and the demo: same mechanisms, short histories, tiny widths.
+    "small": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=128,
+                              dropout=0.0, max_len=64, compression_windows=(16, 16, 8),
+                              num_query_tokens=4),
+}

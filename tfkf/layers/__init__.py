@@ -1,0 +1,8 @@
+"""Keras layers of KuaiFormer, one mechanism per module."""
+
+from tfkf.layers.attention import RotaryMultiHeadAttention, rotary
+from tfkf.layers.compression import GroupCompressor
+from tfkf.layers.embedding import CandidateTower, ItemSideFeatures, TokenEmbedding
+from tfkf.layers.query_tokens import QueryTokens
+from tfkf.layers.rms_norm import RMSNorm
+from tfkf.layers.transformer import GatedFeedForward, TransformerBlock, causal_mask, padding_mask

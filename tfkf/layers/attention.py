@@ -1,0 +1,46 @@
+"""Multi-head self-attention with rotary position embeddings (RoPE)."""
+
+import tensorflow as tf
+
+NEG_INF = -1e9  # Finite, so a row whose keys are all masked stays NaN-free.
+
+
+def rotary(x: tf.Tensor, base: float = 10000.0) -> tf.Tensor:
+  """Applies RoPE along axis -2 (positions 0..T-1). x: [batch, heads, T, head_dim]."""
+  t, dim = tf.shape(x)[-2], x.shape[-1]
+  inv_freq = 1.0 / (base ** (tf.range(0, dim, 2, dtype=tf.float32) / dim))
+  angles = tf.cast(tf.range(t), tf.float32)[:, None] * inv_freq[None, :]  # [T, dim/2]
+  sin, cos = tf.sin(angles), tf.cos(angles)
+  x1, x2 = x[..., 0::2], x[..., 1::2]
+  rotated = tf.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return tf.reshape(rotated, tf.shape(x))
+
+
+class RotaryMultiHeadAttention(tf.keras.layers.Layer):
+  """[batch, T, d] x mask [batch, T, T] (True = may attend) -> [batch, T, d]."""
+
+  def __init__(self, num_heads: int, dropout: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = num_heads
+    self.dropout = dropout
+
+  def build(self, input_shape):
+    d = input_shape[-1]
+    self.head_dim = d // self.num_heads
+    self.qkv = tf.keras.layers.Dense(3 * d, use_bias=False, name="qkv")
+    self.out = tf.keras.layers.Dense(d, use_bias=False, name="out")
+    self.attn_dropout = tf.keras.layers.Dropout(self.dropout)
+
+  def call(self, x, mask, training=False):
+    b, t = tf.shape(x)[0], tf.shape(x)[1]
+    qkv = tf.reshape(self.qkv(x), [b, t, 3, self.num_heads, self.head_dim])
+    q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # each [b, h, t, hd]
+    q, k = rotary(q), rotary(k)
+    logits = tf.matmul(q, k, transpose_b=True) / (self.head_dim ** 0.5)
+    logits = tf.where(mask[:, None, :, :], logits, NEG_INF)
+    weights = self.attn_dropout(tf.nn.softmax(logits, axis=-1), training=training)
+    heads = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])
+    return self.out(tf.reshape(heads, [b, t, self.num_heads * self.head_dim]))
+
+  def get_config(self):
+    return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}

@@ -1,0 +1,29 @@
+"""Multi-interest query tokens (paper §3.4)."""
+
+import tensorflow as tf
+
+
+class QueryTokens(tf.keras.layers.Layer):
+  """Appends k learnable query tokens after the sequence.
+
+  Under the backbone's causal mask, query j sees the whole sequence and the
+  queries before it; their top-layer outputs are the k interests.
+  tokens [b, T, d], valid [b, T] -> ([b, T + k, d], [b, T + k]).
+  """
+
+  def __init__(self, num_query_tokens: int, **kwargs):
+    super().__init__(**kwargs)
+    self.num_query_tokens = num_query_tokens
+
+  def build(self, input_shape):
+    self.queries = self.add_weight(name="queries", shape=(self.num_query_tokens, input_shape[-1]),
+                                   initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02))
+
+  def call(self, tokens, valid):
+    b = tf.shape(tokens)[0]
+    q = tf.tile(self.queries[None], [b, 1, 1])
+    q_valid = tf.ones([b, self.num_query_tokens], tf.bool)
+    return tf.concat([tokens, q], axis=1), tf.concat([valid, q_valid], axis=1)
+
+  def get_config(self):
+    return {**super().get_config(), "num_query_tokens": self.num_query_tokens}

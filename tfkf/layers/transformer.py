@@ -1,0 +1,67 @@
+"""Llama-style transformer block and the attention masks it is used with."""
+
+import tensorflow as tf
+
+from tfkf.layers.attention import RotaryMultiHeadAttention
+from tfkf.layers.rms_norm import RMSNorm
+
+
+class GatedFeedForward(tf.keras.layers.Layer):
+  """SwiGLU point-wise FFN: `W2(silu(W1 x) * W3 x)`. [..., d] -> [..., d]."""
+
+  def __init__(self, ffn_dim: int, **kwargs):
+    super().__init__(**kwargs)
+    self.ffn_dim = ffn_dim
+
+  def build(self, input_shape):
+    self.gate = tf.keras.layers.Dense(self.ffn_dim, use_bias=False, name="gate")
+    self.up = tf.keras.layers.Dense(self.ffn_dim, use_bias=False, name="up")
+    self.down = tf.keras.layers.Dense(input_shape[-1], use_bias=False, name="down")
+
+  def call(self, x):
+    return self.down(tf.nn.silu(self.gate(x)) * self.up(x))
+
+  def get_config(self):
+    return {**super().get_config(), "ffn_dim": self.ffn_dim}
+
+
+class TransformerBlock(tf.keras.layers.Layer):
+  """Pre-RMSNorm block: x + Attn(norm(x)); x + FFN(norm(x)).
+
+  Whether it is causal or bidirectional is decided by the mask it is given:
+  see `causal_mask` and `padding_mask`. [batch, T, d] -> [batch, T, d].
+  """
+
+  def __init__(self, num_heads: int, ffn_dim: int, dropout: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = num_heads
+    self.ffn_dim = ffn_dim
+    self.dropout = dropout
+
+  def build(self, input_shape):
+    self.attn_norm = RMSNorm(name="attn_norm")
+    self.attn = RotaryMultiHeadAttention(self.num_heads, self.dropout, name="attn")
+    self.ffn_norm = RMSNorm(name="ffn_norm")
+    self.ffn = GatedFeedForward(self.ffn_dim, name="ffn")
+    self.drop = tf.keras.layers.Dropout(self.dropout)
+
+  def call(self, x, mask, training=False):
+    x = x + self.drop(self.attn(self.attn_norm(x), mask, training=training), training=training)
+    return x + self.drop(self.ffn(self.ffn_norm(x)), training=training)
+
+  def get_config(self):
+    return {**super().get_config(), "num_heads": self.num_heads,
+            "ffn_dim": self.ffn_dim, "dropout": self.dropout}
+
+
+def padding_mask(valid: tf.Tensor) -> tf.Tensor:
+  """Bidirectional: query i may attend key j iff j is valid. [b, T] -> [b, T, T]."""
+  t = tf.shape(valid)[1]
+  return tf.tile(valid[:, None, :], [1, t, 1])
+
+
+def causal_mask(valid: tf.Tensor) -> tf.Tensor:
+  """Causal: query i may attend key j iff j <= i and j is valid. [b, T] -> [b, T, T]."""
+  t = tf.shape(valid)[1]
+  lower = tf.cast(tf.linalg.band_part(tf.ones([t, t]), -1, 0), tf.bool)
+  return tf.logical_and(lower[None], valid[:, None, :])

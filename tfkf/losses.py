@@ -1,0 +1,31 @@
+"""The paper's smoothed in-batch softmax (logQ is applied by tfrs Retrieval)."""
+
+import tensorflow as tf
+from tensorflow_recommenders.layers.loss import MIN_FLOAT
+
+
+class SmoothedInBatchSoftmax(tf.keras.losses.Loss):
+  """Softmax cross-entropy with weight 1 - a on the positive and a/|B| on each negative.
+
+  y_true: [B, C] one-hot positives; y_pred: [B, C] logits as tfrs Retrieval
+  hands them over (temperature, logQ correction and accidental-hit removal
+  already applied). Accidental hits arrive with a MIN_FLOAT logit: they are
+  neither positives nor negatives and get no weight. alpha = 0 is plain
+  softmax cross-entropy. Returns [B] per-example losses.
+  """
+
+  def __init__(self, alpha: float = 0.1, name: str = "smoothed_in_batch_softmax", **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.alpha = alpha
+
+  def call(self, y_true, y_pred):
+    y_true = tf.cast(y_true, y_pred.dtype)
+    log_p = tf.nn.log_softmax(y_pred, axis=-1)
+    negatives = (1.0 - y_true) * tf.cast(y_pred > MIN_FLOAT / 2, y_pred.dtype)
+    batch = tf.cast(tf.shape(y_pred)[-1], y_pred.dtype)
+    positive_term = tf.reduce_sum(y_true * log_p, axis=-1)
+    negative_term = tf.reduce_sum(tf.math.multiply_no_nan(log_p, negatives), axis=-1)
+    return -(1.0 - self.alpha) * positive_term - self.alpha / batch * negative_term
+
+  def get_config(self):
+    return {**super().get_config(), "alpha": self.alpha}

@@ -1,0 +1,122 @@
+"""KuaiFormer: the user tower, the candidate tower and the TFRS retrieval task."""
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfkf import features
+from tfkf import layers
+from tfkf.catalog import Catalog
+from tfkf.config import KuaiFormerConfig
+from tfkf.losses import SmoothedInBatchSoftmax
+
+
+class UserTower(tf.keras.layers.Layer):
+  """History features -> k L2-normalised interests [b, k, d_model].
+
+  Inputs: `history_item` [b, T] item ids (any T; the latest max_len are kept,
+  left-padded) and `history_<event feature>` [b, T] bucket ids.
+  """
+
+  def __init__(self, config: KuaiFormerConfig, token_embedding: layers.TokenEmbedding,
+               side_features: layers.ItemSideFeatures, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config
+    self.token_embedding = token_embedding
+    self.side_features = side_features
+
+  def build(self, input_shape):
+    c = self.config
+    self.compressor = (layers.GroupCompressor(c.compression_windows, c.num_heads, c.ffn_dim,
+                                              c.dropout, name="compressor")
+                       if c.compression_windows else None)
+    self.query_tokens = layers.QueryTokens(c.num_query_tokens, name="query_tokens")
+    self.blocks = [layers.TransformerBlock(c.num_heads, c.ffn_dim, c.dropout, name=f"block_{i}")
+                   for i in range(c.num_layers)]
+    self.final_norm = layers.RMSNorm(name="final_norm")
+
+  def sequence(self, inputs, training=False):
+    """The causal transformer's input: (tokens [b, S + k, d], valid [b, S + k])."""
+    c = self.config
+    items = _fit_length(inputs[features.HISTORY_ITEM], c.max_len)
+    per_event = {"item": items, **self.side_features(items)}
+    for name in c.event_features:
+      per_event[name] = _fit_length(inputs[features.history_key(name)], c.max_len)
+    tokens = self.token_embedding(per_event, training=training)
+    valid = tf.not_equal(items, features.PAD_ID)
+    if self.compressor is not None:
+      split = sum(c.compression_windows)
+      pooled, pooled_valid = self.compressor(tokens[:, :split], valid[:, :split], training=training)
+      tokens = tf.concat([pooled, tokens[:, split:]], axis=1)
+      valid = tf.concat([pooled_valid, valid[:, split:]], axis=1)
+    return self.query_tokens(tokens, valid)
+
+  def call(self, inputs, training=False):
+    x, valid = self.sequence(inputs, training=training)
+    mask = layers.causal_mask(valid)
+    for block in self.blocks:
+      x = block(x, mask, training=training)
+    interests = self.final_norm(x[:, -self.config.num_query_tokens:])
+    return tf.math.l2_normalize(interests, axis=-1)
+
+  def get_config(self):
+    return {**super().get_config(), "config": self.config.to_json()}
+
+
+def _fit_length(ids: tf.Tensor, max_len: int) -> tf.Tensor:
+  """[b, T] -> [b, max_len]: keep the latest max_len columns, left-pad with PAD_ID."""
+  ids = tf.cast(ids[:, -max_len:], tf.int64)
+  missing = max_len - tf.shape(ids)[1]
+  ids = tf.pad(ids, [[0, 0], [missing, 0]], constant_values=features.PAD_ID)
+  return tf.ensure_shape(ids, [None, max_len])
+
+
+class KuaiFormer(tfrs.Model):
+  """The retrieval model. `model(features)` gives the k interests [b, k, d]."""
+
+  def __init__(self, config: KuaiFormerConfig, catalog: Catalog, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config
+    vocab = {**catalog.vocab_sizes, "item": catalog.num_items}
+    self.side_features = layers.ItemSideFeatures(
+        catalog.num_items, {"tag": catalog.tag, "author": catalog.author,
+                            "duration": catalog.duration}, name="item_side_features")
+    self.token_embedding = layers.TokenEmbedding(
+        config.d_model, config.feature_dim, vocab, config.item_features, config.event_features,
+        config.event_feature_dropout, name="token_embedding")
+    self.user_tower = UserTower(config, self.token_embedding, self.side_features, name="user_tower")
+    self.candidate_tower = layers.CandidateTower(
+        self.token_embedding, self.side_features, config.tie_item_embeddings,
+        name="candidate_tower")
+    self.sampling_probability = tf.constant(catalog.sampling_probability, tf.float32)
+    self.task = tfrs.tasks.Retrieval(
+        loss=SmoothedInBatchSoftmax(config.label_smoothing),
+        batch_metrics=[tf.keras.metrics.CategoricalAccuracy(name="in_batch_accuracy")],
+        temperature=config.temperature,
+        remove_accidental_hits=config.remove_accidental_hits)
+
+  def call(self, inputs, training=False):
+    return self.user_tower(inputs, training=training)
+
+  def compute_loss(self, inputs, training=False):
+    interests = self.user_tower(inputs, training=training)
+    targets = tf.cast(inputs[features.TARGET_ITEM], tf.int64)
+    candidates = self.candidate_tower(targets)
+    probability = (tf.gather(self.sampling_probability, targets) if self.config.use_logq else None)
+    return self.task(interests, candidates, candidate_sampling_probability=probability,
+                     candidate_ids=targets)
+
+  def build_towers(self) -> "KuaiFormer":
+    """Creates every weight (on a dummy batch) so checkpoints restore eagerly."""
+    n = self.config.max_len
+    dummy = {features.HISTORY_ITEM: tf.zeros([1, n], tf.int64)}
+    dummy.update({features.history_key(f): tf.zeros([1, n], tf.int64)
+                  for f in self.config.event_features})
+    self.user_tower(dummy)
+    self.candidate_tower(tf.zeros([1], tf.int64))
+    return self
+
+  def item_embeddings(self, batch_size: int = 4096) -> tf.Tensor:
+    """Embeddings of every catalog row [num_items, d] (rows 0 and 1 are reserved)."""
+    ids = tf.range(self.side_features.num_items, dtype=tf.int64)
+    return tf.concat([self.candidate_tower(ids[i:i + batch_size])
+                      for i in range(0, self.side_features.num_items, batch_size)], axis=0)

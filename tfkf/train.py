@@ -1,0 +1,109 @@
+"""Trains KuaiFormer with model.fit on the Beam TFRecords.
+
+  python -m tfkf.train --data_dir=data/built --model_dir=runs/demo --preset=small \
+      --epochs=3 --steps_per_epoch=200
+
+Writes into --model_dir: config.json, weights/ (final weights), checkpoints/
+(best by validation loss), backup/ (BackupAndRestore: a killed job resumes
+where it stopped) and logs/ (TensorBoard).
+"""
+
+import argparse
+import json
+import os
+
+import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+from tfkf import data
+from tfkf.catalog import Catalog
+from tfkf.config import PRESETS, KuaiFormerConfig
+from tfkf.model import KuaiFormer
+
+CONFIG_FILE = "config.json"
+WEIGHTS = "weights/final"
+
+
+def strategy_from(name: str) -> tf.distribute.Strategy:
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":  # Cluster from TF_CONFIG.
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  return tf.distribute.get_strategy()
+
+
+def build_model(config: KuaiFormerConfig, catalog: Catalog, learning_rate: float) -> KuaiFormer:
+  model = KuaiFormer(config, catalog).build_towers()
+  model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
+  return model
+
+
+def load_trained(model_dir: str, data_dir: str) -> KuaiFormer:
+  """The trained model of --model_dir, with the catalog of --data_dir."""
+  with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as f:
+    config = KuaiFormerConfig.from_json(f.read())
+  model = KuaiFormer(config, Catalog.load(data_dir)).build_towers()
+  model.load_weights(os.path.join(model_dir, WEIGHTS)).assert_existing_objects_matched()
+  return model
+
+
+def train(args) -> dict:
+  tf.keras.utils.set_random_seed(args.seed)
+  config = PRESETS[args.preset]
+  if args.config_overrides:
+    config = config.replace(**json.loads(args.config_overrides))
+  catalog = Catalog.load(args.data_dir)
+  tf.io.gfile.makedirs(args.model_dir)
+  with tf.io.gfile.GFile(os.path.join(args.model_dir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json())
+  with strategy_from(args.strategy).scope():
+    model = build_model(config, catalog, args.learning_rate)
+  read = lambda split, **kw: data.dataset(args.data_dir, split, args.batch_size, config.max_len,
+                                          config.event_features, seed=args.seed, **kw)
+  callbacks = [
+      tf.keras.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup"),
+                                          save_freq=args.backup_every_steps or "epoch"),
+      tf.keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "best"),
+                                         monitor="val_loss", save_best_only=True,
+                                         save_weights_only=True),
+      tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
+                                       restore_best_weights=True),
+      tf.keras.callbacks.TensorBoard(os.path.join(args.model_dir, "logs")),
+  ]
+  history = model.fit(read("train", repeat=True), epochs=args.epochs,
+                      steps_per_epoch=args.steps_per_epoch,
+                      validation_data=read("valid", shuffle=False),
+                      validation_steps=args.validation_steps, callbacks=callbacks, verbose=2)
+  model.save_weights(os.path.join(args.model_dir, WEIGHTS))
+  return {k: [float(x) for x in v] for k, v in history.history.items()}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--data_dir", required=True, help="output_dir of beam_pipelines.build")
+  p.add_argument("--model_dir", required=True)
+  p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+  p.add_argument("--config_overrides", default="",
+                 help='JSON of config fields to change, e.g. \'{"num_query_tokens": 1}\'')
+  p.add_argument("--epochs", type=int, default=10)
+  p.add_argument("--steps_per_epoch", type=int, default=500)
+  p.add_argument("--validation_steps", type=int, default=None,
+                 help="default: the whole valid split")
+  p.add_argument("--batch_size", type=int, default=256)
+  p.add_argument("--learning_rate", type=float, default=1e-3)
+  p.add_argument("--patience", type=int, default=3, help="early stopping on val_loss")
+  p.add_argument("--backup_every_steps", type=int, default=0,
+                 help="BackupAndRestore frequency in steps (0: every epoch)")
+  p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default="default")
+  p.add_argument("--seed", type=int, default=0)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  history = train(parse_args(argv))
+  print(json.dumps({k: v[-1] for k, v in history.items()}))
+
+
+if __name__ == "__main__":
+  main()
