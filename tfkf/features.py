@@ -161,4 +161,4 @@ def left_align(ragged: tf.RaggedTensor, max_len: int, pad=PAD_ID) -> tf.Tensor:
   source = total - max_len + positions
   valid = positions >= (max_len - lengths)
   gathered = tf.gather(dense, tf.maximum(source, 0), batch_dims=1)
-  return tf.where(valid, gathered, tf.cast(pad, dense.dtype))
+  return tf.where(valid, gathered, tf.constant(pad, dense.dtype))

@@ -1,0 +1,27 @@
+# Quickstart: `make demo`, `make test`. Both create .venv from requirements.txt if needed.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONHASHSEED := 0
+
+.PHONY: venv demo test clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	PY=$(PY) bash scripts/demo.sh
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf demo_out .pytest_cache

@@ -1,0 +1,142 @@
+"""The exported serving module: raw history in, top-K item ids out.
+
+Raw id -> index lookup (from the vocabulary asset), bucketization
+(tfkf.features) and retrieval all run inside the graph, so any TF Serving
+(or serving.server) can serve the SavedModel and clients send raw values.
+"""
+
+import math
+from typing import Dict, Optional
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfkf import features
+from tfkf.model import KuaiFormer
+
+NEG_INF = float("-inf")
+
+
+def scann_parameters(num_items: int, k: int) -> Dict[str, int]:
+  """ScaNN settings from the catalog size: ~sqrt(N) leaves, a fifth of them
+  searched, and exact re-scoring of 4k candidates (docs/serving.md)."""
+  leaves = max(2, int(round(math.sqrt(num_items))))
+  return {"num_leaves": leaves, "num_leaves_to_search": max(1, math.ceil(leaves / 5)),
+          "num_reordering_candidates": min(num_items, 4 * k), "k": min(num_items, k)}
+
+
+class Retriever(tf.Module):
+  """Holds the user tower, the item vocabulary and the index over the catalog."""
+
+  def __init__(self, model: KuaiFormer, item_vocab_file: str, item_ids, index: str = "brute_force",
+               top_k: int = 100, exclude_history: bool = True):
+    super().__init__()
+    config = model.config
+    self.user_tower = model.user_tower
+    self.max_len = config.max_len
+    self.event_features = config.event_features
+    self.top_k = top_k
+    self.exclude_history = exclude_history
+    self.vocab = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(item_vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                                      tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
+        default_value=-1)
+    real = slice(features.NUM_RESERVED_IDS, None)
+    self.item_ids = tf.constant(item_ids[real], tf.string)  # position p = item index p + 2
+    embeddings = model.item_embeddings()[real]
+    self.num_items = int(embeddings.shape[0])
+    self.index_kind = index
+    if index == "scann":
+      params = scann_parameters(self.num_items, top_k + self.max_len)
+      self.per_interest_k = params.pop("k")
+      self.scann = tfrs.layers.factorized_top_k.ScaNN(k=self.per_interest_k, **params)
+      self.scann.index(embeddings, tf.range(self.num_items, dtype=tf.int64))
+    else:
+      self.embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
+
+  # -- inputs -------------------------------------------------------------------
+  def encode(self, item_ids: tf.Tensor, raw_events: Optional[Dict[str, tf.Tensor]] = None):
+    """Raw [b, T] ids ("" = padding, anywhere) -> model inputs, left-aligned to max_len."""
+    present = tf.not_equal(item_ids, features.PAD_TOKEN)
+    align = lambda x, pad: features.left_align(tf.ragged.boolean_mask(x, present), self.max_len, pad)
+    raw = align(item_ids, features.PAD_TOKEN)
+    found = self.vocab.lookup(raw)
+    index = tf.where(found >= 0, found + features.NUM_RESERVED_IDS, tf.cast(features.OOV_ID, tf.int64))
+    index = tf.where(tf.equal(raw, features.PAD_TOKEN), tf.cast(features.PAD_ID, tf.int64), index)
+    inputs = {features.HISTORY_ITEM: index}
+    for name in self.event_features:
+      if raw_events is None:  # Unknown: the bucket the model learnt for missing events.
+        inputs[features.history_key(name)] = tf.zeros_like(index)
+      else:
+        encoded = features.EVENT_FEATURES[name].to_tf(raw_events[features.EVENT_RAW_INPUTS[name]])
+        inputs[features.history_key(name)] = align(encoded, features.PAD_ID)
+    return inputs
+
+  # -- retrieval ----------------------------------------------------------------
+  def retrieve(self, inputs) -> Dict[str, tf.Tensor]:
+    interests = self.user_tower(inputs)  # [b, k, d]
+    history = inputs[features.HISTORY_ITEM] - features.NUM_RESERVED_IDS  # positions; < 0: none
+    if self.index_kind == "scann":
+      scores, positions, interest = self._scann_candidates(interests, history)
+    else:
+      scores, positions, interest = self._exact_candidates(interests, history)
+    top_scores, order = tf.math.top_k(scores, k=min(self.top_k, self.num_items))
+    return {"item_ids": tf.gather(self.item_ids, tf.gather(positions, order, batch_dims=1)),
+            "scores": top_scores,
+            "interest": tf.gather(interest, order, batch_dims=1)}
+
+  def _exact_candidates(self, interests, history):
+    """maxsim over the whole catalog: [b, N] scores, positions and best interest."""
+    per_interest = tf.einsum("bkd,nd->bkn", interests, self.embeddings)
+    scores = tf.reduce_max(per_interest, axis=1)
+    interest = tf.argmax(per_interest, axis=1, output_type=tf.int32)
+    if self.exclude_history:
+      seen = tf.where(history >= 0)  # [m, 2] (row, slot)
+      cells = tf.stack([seen[:, 0], tf.gather_nd(history, seen)], axis=1)
+      scores = tf.tensor_scatter_nd_update(scores, cells, tf.fill([tf.shape(cells)[0]], NEG_INF))
+    b = tf.shape(scores)[0]
+    positions = tf.tile(tf.range(self.num_items, dtype=tf.int64)[None], [b, 1])
+    return scores, positions, interest
+
+  def _scann_candidates(self, interests, history):
+    """Per-interest ANN search, merged: an item found by several interests keeps its best."""
+    b, k = tf.shape(interests)[0], tf.shape(interests)[1]
+    flat = tf.reshape(interests, [b * k, -1])
+    scores, positions = self.scann(flat)
+    c = k * self.per_interest_k
+    scores, positions = tf.reshape(scores, [b, c]), tf.reshape(positions, [b, c])
+    interest = tf.reshape(tf.tile(tf.range(k)[:, None], [1, self.per_interest_k]), [1, c])
+    interest = tf.tile(interest, [b, 1])
+    same = tf.equal(positions[:, :, None], positions[:, None, :])
+    better = tf.logical_or(scores[:, None, :] > scores[:, :, None],
+                           tf.logical_and(tf.equal(scores[:, None, :], scores[:, :, None]),
+                                          tf.range(c)[None, None, :] < tf.range(c)[None, :, None]))
+    drop = tf.reduce_any(tf.logical_and(same, better), axis=2)
+    if self.exclude_history:
+      in_history = tf.reduce_any(tf.equal(positions[:, :, None], history[:, None, :]), axis=2)
+      drop = tf.logical_or(drop, in_history)
+    return tf.where(drop, NEG_INF, scores), positions, interest
+
+
+def serving_signatures(retriever: Retriever) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+  """serving_default (ids only), serving_with_events (ids + raw event features), user_embedding."""
+  ids_spec = tf.TensorSpec([None, None], tf.string, name="item_ids")
+
+  @tf.function(input_signature=[ids_spec])
+  def serving_default(item_ids):
+    return retriever.retrieve(retriever.encode(item_ids))
+
+  raw_names = [features.EVENT_RAW_INPUTS[n] for n in retriever.event_features]
+  event_specs = [tf.TensorSpec([None, None], tf.float32, name=n) for n in raw_names]
+
+  @tf.function(input_signature=[ids_spec] + event_specs)
+  def serving_with_events(item_ids, *raw):
+    return retriever.retrieve(retriever.encode(item_ids, dict(zip(raw_names, raw))))
+
+  @tf.function(input_signature=[ids_spec])
+  def user_embedding(item_ids):
+    return {"interests": retriever.user_tower(retriever.encode(item_ids))}
+
+  return {"serving_default": serving_default.get_concrete_function(),
+          "serving_with_events": serving_with_events.get_concrete_function(),
+          "user_embedding": user_embedding.get_concrete_function()}
