@@ -1,0 +1,77 @@
+"""The walking skeleton, run as a user runs it: synthetic log -> Beam -> fit -> export -> REST."""
+
+import csv
+import json
+import os
+import urllib.error
+import urllib.request
+
+import pytest
+
+import cli
+import planted
+from serving.client import rest_predict, wait_until_available
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+  d = tmp_path_factory.mktemp("e2e")
+  log = str(d / "raw" / "log.csv")
+  cli.run("beam_pipelines.synthetic", "--users=1000", "--items=1500", "--seed=3", f"--output={log}")
+  cli.run("beam_pipelines.build", "--runner=DirectRunner", f"--input={log}", "--format=kuairand",
+          f"--item_features={d / 'raw' / 'items.csv'}", f"--output_dir={d / 'data'}", "--max_len=64")
+  cli.run("tfkf.train", f"--data_dir={d / 'data'}", f"--model_dir={d / 'run'}", "--preset=small",
+          "--epochs=2", "--steps_per_epoch=120", "--batch_size=128", "--validation_steps=4")
+  cli.run("serving.export", f"--model_dir={d / 'run'}", f"--data_dir={d / 'data'}",
+          f"--export_base={d / 'models'}", "--index=scann", f"--top_k={K}")
+  port = cli.free_port()
+  server = cli.start("serving.server", "--model_name=kuaiformer", f"--model_base_path={d / 'models'}",
+                     f"--rest_api_port={port}", log_path=str(d / "server.log"))
+  try:
+    wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=120)
+    yield {"port": port, "log": log, "items": str(d / "raw" / "items.csv")}
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _predict(served, histories):
+  return rest_predict("127.0.0.1", served["port"], "kuaiformer", histories)["predictions"]
+
+
+def test_rest_response_is_k_distinct_catalog_items_sorted_by_score(served):
+  with open(served["items"]) as f:
+    catalog = {row["video_id"] for row in csv.DictReader(f)}
+  cases, _ = planted.leave_one_out(served["log"], max_users=50)
+  for (_, history, _), row in zip(cases, _predict(served, [h for _, h, _ in cases])):
+    assert len(row["item_ids"]) == K and len(set(row["item_ids"])) == K
+    assert set(row["item_ids"]) <= catalog
+    assert not set(row["item_ids"]) & set(history), "history items are excluded by default"
+    assert row["scores"] == sorted(row["scores"], reverse=True)
+    assert all(0 <= i < 4 for i in row["interest"])
+
+
+def test_hit_rate_on_held_out_next_items_beats_most_popular(served):
+  cases, counts = planted.leave_one_out(served["log"])
+  hits = 0
+  for start in range(0, len(cases), 100):
+    chunk = cases[start:start + 100]
+    rows = _predict(served, [h for _, h, _ in chunk])
+    hits += sum(target in row["item_ids"] for (_, _, target), row in zip(chunk, rows))
+  model_hr = hits / len(cases)
+  popular_hr = planted.most_popular_hit_rate(cases, counts, K)
+  print(f"HR@{K}: model {model_hr:.3f}, most popular {popular_hr:.3f} ({len(cases)} users)")
+  assert model_hr >= 3 * popular_hr and model_hr >= popular_hr + 0.05
+
+
+def test_malformed_request_gets_4xx_json_and_server_keeps_serving(served):
+  url = f"http://127.0.0.1:{served['port']}/v1/models/kuaiformer:predict"
+  for body in (b"{not json", json.dumps({"instances": [{"item_ids": ["1"]}, {"item_ids": ["1", "2"]}]}).encode(),
+               json.dumps({"instances": [{"item_ids": ["1"]}], "signature_name": "nope"}).encode()):
+    with pytest.raises(urllib.error.HTTPError) as e:
+      urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=10)
+    assert 400 <= e.value.code < 500
+    assert "error" in json.load(e.value)
+  assert len(_predict(served, [["1", "2"]])[0]["item_ids"]) == K
