@@ -32,6 +32,16 @@ COMPRESSION_WINDOWS: Tuple[int, ...] = (64, 64, 16, 16, 16, 16, 16)
 SCHEMA_VERSION = 1
 
 
+# Raw values travel as float32 in the serving signature. Both paths round to
+# float32 first and then compute in float64, so Beam and serving agree exactly.
+def _np_raw(x) -> np.ndarray:
+  return np.asarray(x, np.float32).astype(np.float64)
+
+
+def _tf_raw(x: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.cast(x, tf.float32), tf.float64)
+
+
 @dataclasses.dataclass(frozen=True)
 class UniformBuckets:
   """`bucket = 1 + int(min(x, cap) / cap * n)`, capped to n; 0 = unknown.
@@ -46,12 +56,12 @@ class UniformBuckets:
     return self.num_buckets + 1
 
   def to_numpy(self, x):
-    x = np.clip(np.asarray(x, np.float64), 0.0, self.cap)
+    x = np.clip(_np_raw(x), 0.0, self.cap)
     return 1 + np.minimum((x / self.cap * self.num_buckets).astype(np.int64),
                           self.num_buckets - 1)
 
   def to_tf(self, x: tf.Tensor) -> tf.Tensor:
-    x = tf.clip_by_value(tf.cast(x, tf.float64), 0.0, self.cap)
+    x = tf.clip_by_value(_tf_raw(x), 0.0, self.cap)
     b = tf.cast(tf.math.floor(x / self.cap * self.num_buckets), tf.int64)
     return 1 + tf.minimum(b, self.num_buckets - 1)
 
@@ -71,12 +81,12 @@ class LogBuckets:
     return self.num_buckets + 1
 
   def to_numpy(self, x):
-    x = np.clip(np.asarray(x, np.float64), 0.0, self.cap)
+    x = np.clip(_np_raw(x), 0.0, self.cap)
     b = (np.log1p(x) / math.log1p(self.cap) * self.num_buckets).astype(np.int64)
     return 1 + np.minimum(b, self.num_buckets - 1)
 
   def to_tf(self, x: tf.Tensor) -> tf.Tensor:
-    x = tf.clip_by_value(tf.cast(x, tf.float64), 0.0, self.cap)
+    x = tf.clip_by_value(_tf_raw(x), 0.0, self.cap)
     b = tf.cast(tf.math.floor(tf.math.log1p(x) / math.log1p(self.cap)
                               * self.num_buckets), tf.int64)
     return 1 + tf.minimum(b, self.num_buckets - 1)
@@ -84,17 +94,21 @@ class LogBuckets:
 
 @dataclasses.dataclass(frozen=True)
 class BinaryLabel:
-  """A 0/1 action label: 1 = no, 2 = yes, 0 = unknown/padding."""
+  """A 0/1 action label: 1 = no, 2 = yes (raw value >= 0.5), 0 = unknown/padding.
+
+  The 0.5 threshold, not 0, keeps float32 denormals (which TF flushes to zero
+  on CPU) from meaning "yes" in Beam and "no" at serving.
+  """
 
   @property
   def vocab_size(self) -> int:
     return 3
 
   def to_numpy(self, x):
-    return 1 + (np.asarray(x, np.float64) > 0).astype(np.int64)
+    return 1 + (_np_raw(x) >= 0.5).astype(np.int64)
 
   def to_tf(self, x: tf.Tensor) -> tf.Tensor:
-    return 1 + tf.cast(tf.cast(x, tf.float64) > 0, tf.int64)
+    return 1 + tf.cast(_tf_raw(x) >= 0.5, tf.int64)
 
 
 # Item-level continuous feature, stored in the catalog.

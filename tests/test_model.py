@@ -1,0 +1,150 @@
+"""The defining property of each KuaiFormer mechanism."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfkf import features
+from tfkf.catalog import Catalog
+from tfkf.config import PRESETS
+from tfkf.losses import SmoothedInBatchSoftmax
+from tfkf.model import KuaiFormer
+from tensorflow_recommenders.layers.loss import MIN_FLOAT
+
+NUM_ITEMS = 50
+
+
+def catalog():
+  rng = np.random.default_rng(0)
+  return Catalog(item_ids=np.array([""] * 2 + [str(i) for i in range(NUM_ITEMS - 2)], object),
+                 tag=rng.integers(2, 6, NUM_ITEMS), author=rng.integers(2, 9, NUM_ITEMS),
+                 duration=rng.integers(1, 1000, NUM_ITEMS),
+                 sampling_probability=np.full(NUM_ITEMS, 1.0 / NUM_ITEMS, np.float32),
+                 vocab_sizes={"item": NUM_ITEMS, "tag": 6, "author": 9})
+
+
+def model_for(config):
+  tf.keras.utils.set_random_seed(1)
+  return KuaiFormer(config, catalog()).build_towers()
+
+
+def histories(config, lengths, seed=0, width=None):
+  """Left-padded random histories, one row per length."""
+  rng = np.random.default_rng(seed)
+  width = width or config.max_len
+  out = {features.HISTORY_ITEM: np.zeros([len(lengths), width], np.int64)}
+  for name in config.event_features:
+    out[features.history_key(name)] = np.zeros([len(lengths), width], np.int64)
+  for row, n in enumerate(lengths):
+    out[features.HISTORY_ITEM][row, width - n:] = rng.integers(2, NUM_ITEMS, n)
+    for name in config.event_features:
+      size = features.EVENT_FEATURES[name].vocab_size
+      out[features.history_key(name)][row, width - n:] = rng.integers(1, size, n)
+  return out
+
+
+def test_paper_preset_transformer_sees_55_plus_k_positions_for_256_events():
+  config = PRESETS["paper"].replace(d_model=32, num_heads=2, ffn_dim=64, num_layers=1)
+  model = model_for(config)
+  tokens, valid = model.user_tower.sequence(histories(config, [256, 3]))
+  assert tokens.shape[1] == 55 + config.num_query_tokens == config.num_sequence_tokens
+  # A 3-event history: every compressed window is masked, 3 + k positions are real.
+  assert valid.numpy()[1].sum() == 3 + config.num_query_tokens
+  assert valid.numpy()[0].all()
+
+
+def test_query_tokens_are_causal_among_themselves():
+  config = PRESETS["small"]
+  model = model_for(config)
+  batch = histories(config, [40])
+  before = model(batch).numpy()
+  queries = model.user_tower.query_tokens.queries
+  j = 2
+  queries.assign(tf.tensor_scatter_nd_add(queries, [[j]], tf.ones([1, config.d_model])))
+  after = model(batch).numpy()
+  np.testing.assert_allclose(after[:, :j], before[:, :j], atol=1e-6)
+  assert (np.abs(after[:, j:] - before[:, j:]).max(axis=-1) > 1e-3).all()
+
+
+def test_values_in_padded_positions_never_change_the_interests():
+  config = PRESETS["small"]
+  model = model_for(config)
+  clean = histories(config, [5, 30, 64])
+  noisy = {k: v.copy() for k, v in clean.items()}
+  pad = clean[features.HISTORY_ITEM] == features.PAD_ID
+  for name in config.event_features:
+    noisy[features.history_key(name)][pad] = 1  # garbage under the padding
+  np.testing.assert_allclose(model(noisy).numpy(), model(clean).numpy(), atol=1e-5)
+
+
+def test_more_left_padding_leaves_the_interests_unchanged():
+  config = PRESETS["small"].replace(compression_windows=(), max_len=24)
+  model = model_for(config)
+  short = histories(config, [3, 17])
+  longer = histories(config.replace(max_len=60), [3, 17])
+  wide = model_for(config.replace(max_len=60))
+  wide.set_weights(model.get_weights())
+  np.testing.assert_allclose(wide(longer).numpy(), model(short).numpy(), atol=1e-5)
+
+
+def test_an_all_padding_compression_window_contributes_nothing():
+  base = PRESETS["small"].replace(max_len=40, compression_windows=(8,))
+  more_windows = base.replace(max_len=56, compression_windows=(8, 8, 8))
+  a, b = model_for(base), model_for(more_windows)
+  b.set_weights(a.get_weights())
+  # 20 events: the windows of both models hold only padding.
+  np.testing.assert_allclose(b(histories(more_windows, [20])).numpy(),
+                             a(histories(base, [20])).numpy(), atol=1e-5)
+
+
+def test_a_long_history_keeps_the_latest_max_len_events():
+  config = PRESETS["small"]
+  model = model_for(config)
+  long = histories(config, [300], width=300)
+  latest = {k: v[:, -config.max_len:] for k, v in long.items()}
+  np.testing.assert_allclose(model(long).numpy(), model(latest).numpy(), atol=1e-6)
+
+
+def reference_loss(logits, labels, alpha, removed):
+  """NumPy: -(1-a) log p_pos - a/|B| sum over negatives (not removed) of log p_neg."""
+  z = logits - logits.max(axis=1, keepdims=True)
+  log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+  negatives = (1 - labels) * (1 - removed)
+  b = logits.shape[1]
+  return -(1 - alpha) * (labels * log_p).sum(1) - alpha / b * (negatives * log_p).sum(1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2])
+@pytest.mark.parametrize("logq", [False, True])
+@pytest.mark.parametrize("accidental_hits", [False, True])
+def test_smoothed_loss_matches_numpy_reference(alpha, logq, accidental_hits):
+  rng = np.random.default_rng(3)
+  b = 5
+  logits = rng.normal(size=(b, b)).astype(np.float32)
+  ids = np.array([7, 3, 7, 9, 3])
+  prob = rng.uniform(0.01, 0.5, b).astype(np.float32)
+  labels = np.eye(b, dtype=np.float32)
+  corrected = logits - np.log(prob)[None, :] if logq else logits
+  removed = np.zeros((b, b), np.float32)
+  if accidental_hits:
+    removed = ((ids[:, None] == ids[None, :]) & (labels == 0)).astype(np.float32)
+  y_pred = np.where(removed > 0, corrected + MIN_FLOAT, corrected).astype(np.float32)
+  got = SmoothedInBatchSoftmax(alpha)(labels, y_pred).numpy()
+  expected = reference_loss(corrected, labels, alpha, removed).mean()
+  if accidental_hits:  # removed candidates leave the softmax denominator too
+    expected = reference_loss(np.where(removed > 0, -1e30, corrected), labels, alpha, removed).mean()
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  if alpha == 0:
+    ce = tf.keras.losses.CategoricalCrossentropy(from_logits=True)(labels, y_pred).numpy()
+    np.testing.assert_allclose(got, ce, rtol=1e-5)
+
+
+def test_fit_reports_loss_and_in_batch_accuracy():
+  config = PRESETS["small"]
+  model = model_for(config)
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+  batch = histories(config, [10, 20, 30, 40])
+  batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
+  logs = model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), epochs=1, verbose=0).history
+  assert set(logs) >= {"loss", "in_batch_accuracy"}
+  assert np.isfinite(logs["loss"]).all()
