@@ -1,0 +1,125 @@
+"""The build job: transforms in TestPipeline, and the whole job on a corrupted log."""
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import shutil
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+import pytest
+import tensorflow as tf
+
+from beam_pipelines import build, synthetic
+from beam_pipelines import transforms as T
+from tfkf import features
+
+HEADER = tuple(synthetic.LOG_COLUMNS)
+
+
+def _line(values):
+  return ",".join(str(v) for v in values).encode()
+
+
+GOOD = (1, 10, 1000, 5000, 10000, 1, 0, 0, 0, 0, 0, 1)
+NOT_CLICKED = (1, 11, 2000, 100, 10000, 0, 0, 0, 0, 0, 0, 0)
+# Each corruption and the reason its dead letter must carry.
+CORRUPTIONS = {
+    b"1,12,3000,100": "expected 12 fields, got 4",
+    _line((1, 12, 3000, 100, 10000, 1, 0, 0, 0, 0, 0, 1, 99)): "expected 12 fields, got 13",
+    _line((1, 12, "yesterday", 100, 10000, 1, 0, 0, 0, 0, 0, 1)): "non-numeric 'time_ms'",
+    _line((1, 12, -5, 100, 10000, 1, 0, 0, 0, 0, 0, 1)): "out-of-range 'time_ms'",
+    _line((1, 12, 3000, -100, 10000, 1, 0, 0, 0, 0, 0, 1)): "negative 'play_time_ms'",
+    _line((1, 12, 3000, 100, -1, 1, 0, 0, 0, 0, 0, 1)): "negative 'duration_ms'",
+    _line(("", 12, 3000, 100, 10000, 1, 0, 0, 0, 0, 0, 1)): "empty 'user_id'",
+    _line((1, " ", 3000, 100, 10000, 1, 0, 0, 0, 0, 0, 1)): "empty 'video_id'",
+    b"1,12,3000,100,10000,1,0,0,0,0,0,\xff\xfe": "undecodable bytes (not UTF-8)",
+    b"": "empty line",
+}
+
+
+def test_parse_events_routes_every_row_to_exactly_one_output():
+  rows = [("log.csv", 2, _line(GOOD), HEADER), ("log.csv", 3, _line(NOT_CLICKED), HEADER)]
+  rows += [("log.csv", 4 + i, raw, HEADER) for i, raw in enumerate(CORRUPTIONS)]
+  with BeamTestPipeline() as p:
+    out = p | beam.Create(rows) | T.ParseEvents("kuairand")
+    assert_that(out.events | beam.Map(lambda e: (e["user"], e["item"], e["time"], e["order"])),
+                equal_to([("1", "10", 1000, ("log.csv", 2))]), label="events")
+    assert_that(out[T.FILTERED], equal_to([("log.csv", 3)]), label="filtered")
+    assert_that(out[T.DEAD_LETTER] | beam.Map(lambda d: (d["line"], d["reason"].split(":")[0])),
+                equal_to([(4 + i, reason) for i, reason in enumerate(CORRUPTIONS.values())]),
+                label="dead letters")
+
+
+def test_vocabulary_orders_by_count_then_value_and_drops_rare_values():
+  with BeamTestPipeline() as p:
+    vocab = p | beam.Create(list("abbcccdd")) | T.BuildVocabulary(min_count=2)
+    assert_that(vocab, equal_to([[("c", 3), ("b", 2), ("d", 2)]]))
+
+
+def test_leave_one_out_examples_never_use_later_events():
+  events = [{"user": "u", "item": str(i), "time": 10 * i, "order": ("f", i),
+             **{raw: 0.0 for raw in features.EVENT_RAW_INPUTS.values()}} for i in range(6)]
+  index = {str(i): i + 2 for i in range(6)}
+  out = list(T.user_examples(("u", events[::-1]), index, max_len=3, stride=1,
+                             max_examples_per_user=100))
+  splits = {}
+  for split, _, position, payload in out:
+    ex = tf.train.Example.FromString(payload).features.feature
+    history = list(ex[features.HISTORY_ITEM].int64_list.value)
+    assert history == [i + 2 for i in range(max(0, position - 3), position)]
+    assert ex[features.TARGET_ITEM].int64_list.value[0] == position + 2
+    splits.setdefault(split, []).append(position)
+  assert splits == {"train": [1, 2, 3], "valid": [4], "test": [5]}
+
+
+@pytest.fixture(scope="module")
+def corrupted_log(tmp_path_factory):
+  d = tmp_path_factory.mktemp("corrupted")
+  log = d / "log.csv"
+  synthetic.generate(synthetic.parse_args(["--users=60", "--items=200", "--seed=5",
+                                           "--max_events=30", f"--output={log}"]))
+  lines = log.read_bytes().split(b"\n")
+  for i, raw in enumerate(CORRUPTIONS):  # replace rows 5, 15, 25, ... with corruptions
+    lines[5 + 10 * i] = raw
+  log.write_bytes(b"\n".join(lines))
+  return d, lines
+
+
+def _build(d, out):
+  build.run(["--runner=DirectRunner", f"--input={d / 'log.csv'}", "--format=kuairand",
+             f"--item_features={d / 'items.csv'}", f"--output_dir={out}", "--num_shards=3"])
+  with open(os.path.join(out, "metadata.json")) as f:
+    return json.load(f)
+
+
+def _digest(out):
+  files = sorted(p for p in glob.glob(f"{out}/**/*", recursive=True) if os.path.isfile(p))
+  return {os.path.relpath(p, out): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in files}
+
+
+def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_path):
+  d, lines = corrupted_log
+  meta = _build(d, tmp_path / "a")
+  c = meta["counts"]
+  data_rows = len(lines) - 1 - (lines[-1] == b"")  # header and the final newline are no rows
+  assert c["rows_in"] == data_rows
+  assert c["rows_in"] == c["rows_accepted"] + c["rows_rejected"] + c["rows_filtered"]
+  with open(tmp_path / "a" / "dead_letter" / "dead_letter.jsonl") as f:
+    dead = [json.loads(l) for l in f]
+  assert [(r["line"], r["reason"].split(":")[0]) for r in dead] == [
+      (6 + 10 * i, reason) for i, reason in enumerate(CORRUPTIONS.values())]
+  # Every valid positive row of the log is an event of the output.
+  with open(d / "log.csv", newline="", encoding="utf-8", errors="replace") as f:
+    rows = [r for i, r in enumerate(csv.DictReader(f)) if i + 2 not in {x["line"] for x in dead}]
+  assert c["rows_accepted"] == sum(r["is_click"] == "1" or r["long_view"] == "1" for r in rows)
+  assert meta["splits"]["test"]["examples"] == meta["splits"]["valid"]["examples"] == c["users"]
+  first = _digest(tmp_path / "a")
+  shutil.rmtree(tmp_path / "a")
+  _build(d, tmp_path / "a")  # same input, same flags
+  second = _digest(tmp_path / "a")
+  assert first == second
+  assert len([f for f in first if f.endswith(".tfrecord")]) == 9
