@@ -42,8 +42,24 @@ class BuildOptions(PipelineOptions):
                         help="keep every stride-th training target per user, latest first")
     parser.add_argument("--max_examples_per_user", type=int, default=10**9,
                         help="cap on training examples per user (latest kept)")
-    parser.add_argument("--split", choices=["leave_one_out"], default="leave_one_out",
-                        help="leave_one_out: last event test, second-to-last valid")
+    parser.add_argument("--split", choices=["leave_one_out", "time"], default="leave_one_out",
+                        help="leave_one_out: per user last event test, second-to-last valid; "
+                             "time: by --split_time / --valid_time")
+    parser.add_argument("--split_time", type=int, default=None,
+                        help="with --split=time: targets at or after this time are test")
+    parser.add_argument("--valid_time", type=int, default=None,
+                        help="with --split=time: targets in [valid_time, split_time) are "
+                             "valid (default: no valid split)")
+    parser.add_argument("--min_rating", type=float, default=None,
+                        help="movielens, or a mapped rating column: ratings below are "
+                             "filtered out (default: every rating is positive)")
+    parser.add_argument("--columns", default=None,
+                        help="csv/jsonl/parquet: NAME=COLUMN pairs, NAME in "
+                             f"{', '.join(formats.CANONICAL)}; user, item, time required. "
+                             "Units: time an integer, *_s seconds, is_* 0/1")
+    parser.add_argument("--positive_column", default=None,
+                        help="csv/jsonl/parquet: only rows where this column is non-zero "
+                             "are positive (default: every row)")
     parser.add_argument("--num_shards", type=int, default=4, help="TFRecord shards per split")
 
 
@@ -51,8 +67,8 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   """Adds the whole job to pipeline `p`."""
   out = opts.output_dir.rstrip("/")
   fmt = formats.FORMATS[opts.format]
-  lines = p | "ReadLog" >> T.ReadNumberedLines(opts.input, fmt.has_header)
-  parsed = lines | "Parse" >> T.ParseEvents(opts.format)
+  lines = p | "ReadLog" >> T.ReadRecords(opts.input, fmt.records)
+  parsed = lines | "Parse" >> T.ParseEvents(opts.format, **_format_options(opts))
   events = parsed.events
 
   item_vocab = (events | "ItemIds" >> beam.Map(lambda e: e["item"])
@@ -72,7 +88,7 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
       T.build_catalog, beam.pvalue.AsDict(item_features), beam.pvalue.AsDict(durations))
 
   examples = events | "Examples" >> T.BuildExamples(
-      item_index, opts.max_len, opts.stride, opts.max_examples_per_user)
+      item_index, opts.max_len, opts.stride, opts.max_examples_per_user, _split_fn(opts))
   shard_paths = []
   for split in T.SPLITS:
     shard_paths.append(
@@ -99,9 +115,32 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   side = {name: beam.pvalue.AsSingleton(c) for name, c in counts.items()}
   (p | "Once" >> beam.Create([None])
      | "WriteArtifacts" >> beam.Map(
-         _write_artifacts, out, _flags(opts), beam.pvalue.AsSingleton(catalog),
+         _write_artifacts, out, _flags(opts), provided_event_features(opts),
+         beam.pvalue.AsSingleton(catalog),
          beam.pvalue.AsSingleton(example_stats), beam.pvalue.AsSingleton(all_dead),
          beam.pvalue.AsSingleton(done), **side))
+
+
+def _format_options(opts: BuildOptions) -> dict:
+  options = {"min_rating": opts.min_rating, "positive_column": opts.positive_column}
+  if issubclass(formats.FORMATS[opts.format], formats.Columnar):
+    options["columns"] = formats.parse_columns(opts.columns)
+  return options
+
+
+def provided_event_features(opts: BuildOptions):
+  fmt = formats.FORMATS[opts.format]
+  if issubclass(fmt, formats.Columnar):
+    return fmt.provided(formats.parse_columns(opts.columns))
+  return fmt.provides
+
+
+def _split_fn(opts: BuildOptions):
+  if opts.split == "time":
+    if opts.split_time is None:
+      raise SystemExit("beam_pipelines.build: --split=time needs --split_time")
+    return T.TimeSplit(opts.split_time, opts.valid_time)
+  return T.LeaveOneOut()
 
 
 class _HistoryStats(beam.CombineFn):
@@ -130,7 +169,7 @@ def _flags(opts: BuildOptions) -> dict:
   return {n: getattr(opts, n) for n in names}
 
 
-def _write_artifacts(_, out, flags, catalog, example_stats, dead, shards, **counts):
+def _write_artifacts(_, out, flags, event_features, catalog, example_stats, dead, shards, **counts):
   tag_vocab = T.vocab_of(r["tag"] for r in catalog)
   author_vocab = T.vocab_of(r["author"] for r in catalog)
   ids = lambda vocab: {v: i + features.NUM_RESERVED_IDS for i, v in enumerate(vocab)}
@@ -143,6 +182,7 @@ def _write_artifacts(_, out, flags, catalog, example_stats, dead, shards, **coun
   splits.update(dict(example_stats))
   metadata = {
       "schema_version": features.SCHEMA_VERSION, "flags": flags,
+      "event_features": list(event_features),
       "counts": {**counts, "items": len(catalog), "dead_letters_total": len(dead)},
       "vocab_sizes": {"item": len(catalog) + features.NUM_RESERVED_IDS,
                       "tag": len(tag_vocab) + features.NUM_RESERVED_IDS,
@@ -194,6 +234,10 @@ def run(argv=None) -> None:
   missing = [f"--{n}" for n in ("input", "output_dir") if not getattr(opts, n)]
   if missing:
     raise SystemExit(f"beam_pipelines.build: missing required flag(s) {', '.join(missing)}")
+  try:
+    _format_options(opts), _split_fn(opts)
+  except ValueError as e:
+    raise SystemExit(f"beam_pipelines.build: {e}") from None
   with beam.Pipeline(options=PipelineOptions(argv)) as p:
     build(p, opts)
 

@@ -1,20 +1,28 @@
-"""Input formats: one raw line in, one validated event (or a rejection) out.
+"""Input formats: records of a file in, validated events (or rejections) out.
 
-Each parser returns `Parsed(event=..., positive=...)` or raises `BadRow` with a
-reason that ends up in the dead-letter output. Events are plain dicts with the
-keys of `Event` so that every runner can pickle them.
+A format reads a file into numbered raw records (`records`) and turns one
+record into `Parsed(event, positive)` or raises `BadRow` with the reason that
+goes to the dead-letter output. Events are plain dicts (see `event`) so that
+every runner can pickle them. `provides` names the event features a format
+fills in; the others stay "unknown".
 """
 
 import csv
 import dataclasses
+import io
+import json
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 MAX_TIME = 2**62  # Larger "times" are corrupt, not far in the future.
+CANONICAL = ("user", "item", "time", "watch_time_s", "duration_s", "watch_ratio", "is_like",
+             "is_follow", "is_comment", "is_forward", "rating")
+RAW_FEATURES = ("watch_time_s", "watch_ratio", "is_like", "is_follow", "is_comment",
+                "is_forward", "rating")
 
 
 class BadRow(ValueError):
-  """A row that cannot become an event; the message is the dead-letter reason."""
+  """A record that cannot become an event; the message is the dead-letter reason."""
 
 
 @dataclasses.dataclass
@@ -23,7 +31,15 @@ class Parsed:
   positive: bool
 
 
-def _float(fields: Dict[str, str], name: str, default=None, minimum=None):
+def event(user: str, item: str, time: int, duration_s: Optional[float] = None, **raw) -> Dict:
+  unknown = set(raw) - set(RAW_FEATURES)
+  if unknown:
+    raise TypeError(f"unknown event fields {sorted(unknown)}")
+  return {"user": user, "item": item, "time": time, "duration_s": duration_s,
+          **{name: float(raw.get(name, 0.0)) for name in RAW_FEATURES}}
+
+
+def number(fields: Dict, name: str, default=None, minimum=None) -> float:
   raw = fields.get(name)
   if raw is None or raw == "":
     if default is None:
@@ -31,104 +47,277 @@ def _float(fields: Dict[str, str], name: str, default=None, minimum=None):
     return default
   try:
     value = float(raw)
-  except ValueError:
-    raise BadRow(f"non-numeric {name!r}: {raw[:40]!r}") from None
+  except (TypeError, ValueError):
+    raise BadRow(f"non-numeric {name!r}: {str(raw)[:40]!r}") from None
   if not math.isfinite(value):
-    raise BadRow(f"non-finite {name!r}: {raw[:40]!r}")
+    raise BadRow(f"non-finite {name!r}: {str(raw)[:40]!r}")
   if minimum is not None and value < minimum:
-    raise BadRow(f"negative {name!r}: {raw[:40]!r}")
+    raise BadRow(f"negative {name!r}: {str(raw)[:40]!r}")
   return value
 
 
-def _id(fields: Dict[str, str], name: str) -> str:
-  value = (fields.get(name) or "").strip()
+def identifier(fields: Dict, name: str) -> str:
+  value = str(fields.get(name) if fields.get(name) is not None else "").strip()
   if not value:
     raise BadRow(f"empty {name!r}")
   return value
 
 
-def _time(fields: Dict[str, str], name: str) -> int:
-  value = _float(fields, name)
+def timestamp(fields: Dict, name: str) -> int:
+  value = number(fields, name)
   if value < 0 or value > MAX_TIME or value != int(value):
-    raise BadRow(f"out-of-range {name!r}: {fields[name][:40]!r}")
+    raise BadRow(f"out-of-range {name!r}: {str(fields[name])[:40]!r}")
   return int(value)
 
 
-def event(user: str, item: str, time: int, watch_time_s=0.0, watch_ratio=0.0,
-          is_like=0, is_follow=0, is_comment=0, is_forward=0,
-          duration_s: Optional[float] = None) -> Dict:
-  return {"user": user, "item": item, "time": time,
-          "watch_time_s": watch_time_s, "watch_ratio": watch_ratio,
-          "is_like": is_like, "is_follow": is_follow, "is_comment": is_comment,
-          "is_forward": is_forward, "duration_s": duration_s}
+def split_csv(text: str, columns: Sequence[str], sep: str = ",") -> Dict[str, str]:
+  values = next(csv.reader([text], delimiter=sep)) if sep == "," else text.split(sep)
+  if len(values) != len(columns):
+    raise BadRow(f"expected {len(columns)} fields, got {len(values)}")
+  return dict(zip(columns, values))
 
 
-class KuaiRand:
-  """KuaiRand/KuaiRec-style CSV with a header row.
+class LineFormat:
+  """A text format, one record per line; `header_of` says if line 1 is a header."""
+  name = ""
+  provides: Tuple[str, ...] = ()
 
-  Positive filter (default): is_click == 1 or long_view == 1; a log without
-  either column counts every row as positive.
-  """
-  REQUIRED = ("user_id", "video_id", "time_ms")
+  def __init__(self, header: Tuple[str, ...] = (), **options):
+    self.header = header
+    self.options = options
+
+  @classmethod
+  def header_of(cls, first_line: str) -> Optional[Tuple[str, ...]]:
+    return None
+
+  @classmethod
+  def records(cls, f) -> Iterator[Tuple[int, bytes, Tuple[str, ...]]]:
+    """(line number, raw bytes, header) for each data line of an open binary file."""
+    header = ()
+    for number_, raw in enumerate(f, start=1):
+      raw = raw.rstrip(b"\r\n")
+      if number_ == 1:
+        detected = cls.header_of(raw.decode("utf-8-sig", errors="replace"))
+        if detected is not None:
+          header = detected
+          continue
+      yield number_, raw, header
+
+  def decode(self, raw: bytes) -> str:
+    text = raw.decode("utf-8")
+    if not text.strip():
+      raise BadRow("empty line")
+    return text
+
+  def parse(self, raw: bytes) -> Parsed:
+    raise NotImplementedError
+
+
+class KuaiRand(LineFormat):
+  """KuaiRand/KuaiRec log CSV. Positive: is_click == 1 or long_view == 1 (all
+  rows when neither column exists)."""
   name = "kuairand"
-  has_header = True
+  provides = ("watch_time", "watch_ratio", "like", "follow", "comment", "forward")
+  REQUIRED = ("user_id", "video_id", "time_ms")
 
-  def __init__(self, header: Sequence[str]):
-    self.columns = list(header)
-    missing = [c for c in self.REQUIRED if c not in self.columns]
+  @classmethod
+  def header_of(cls, first_line):
+    return tuple(c.strip() for c in next(csv.reader([first_line])))
+
+  def __init__(self, header=(), **options):
+    super().__init__(header, **options)
+    missing = [c for c in self.REQUIRED if c not in header]
     if missing:
-      raise ValueError(f"kuairand header lacks required columns {missing}: {self.columns}")
+      raise ValueError(f"kuairand header lacks required columns {missing}: {list(header)}")
 
-  def parse(self, line: str) -> Parsed:
-    values = next(csv.reader([line]))
-    if len(values) != len(self.columns):
-      raise BadRow(f"expected {len(self.columns)} fields, got {len(values)}")
-    f = dict(zip(self.columns, values))
-    play_ms = _float(f, "play_time_ms", 0.0, minimum=0)
-    duration_ms = _float(f, "duration_ms", 0.0, minimum=0)
-    ev = event(
-        user=_id(f, "user_id"), item=_id(f, "video_id"), time=_time(f, "time_ms"),
-        watch_time_s=play_ms / 1000.0,
-        watch_ratio=play_ms / duration_ms if duration_ms > 0 else 0.0,
-        is_like=int(_float(f, "is_like", 0.0, minimum=0)),
-        is_follow=int(_float(f, "is_follow", 0.0, minimum=0)),
-        is_comment=int(_float(f, "is_comment", 0.0, minimum=0)),
-        is_forward=int(_float(f, "is_forward", 0.0, minimum=0)),
-        duration_s=duration_ms / 1000.0 if duration_ms > 0 else None)
+  def parse(self, raw):
+    f = split_csv(self.decode(raw), self.header)
+    play_ms = number(f, "play_time_ms", 0.0, minimum=0)
+    duration_ms = number(f, "duration_ms", 0.0, minimum=0)
+    labels = {k: number(f, k, 0.0, minimum=0)
+              for k in ("is_like", "is_follow", "is_comment", "is_forward")}
+    ev = event(identifier(f, "user_id"), identifier(f, "video_id"), timestamp(f, "time_ms"),
+               duration_s=duration_ms / 1000.0 if duration_ms > 0 else None,
+               watch_time_s=play_ms / 1000.0,
+               watch_ratio=play_ms / duration_ms if duration_ms > 0 else 0.0, **labels)
     has_flags = "is_click" in f or "long_view" in f
-    positive = (not has_flags or _float(f, "is_click", 0.0) == 1
-                or _float(f, "long_view", 0.0) == 1)
+    positive = (not has_flags or number(f, "is_click", 0.0) == 1
+                or number(f, "long_view", 0.0) == 1)
     return Parsed(ev, positive)
 
 
-class SASRec:
+class SASRec(LineFormat):
   """`user item` per line; a user's lines are in time order (line order is time)."""
   name = "sasrec"
-  has_header = False
 
-  def __init__(self, header=None):
-    del header
-
-  def parse(self, line: str) -> Parsed:
-    parts = line.split()
+  def parse(self, raw):
+    parts = self.decode(raw).split()
     if len(parts) != 2:
       raise BadRow(f"expected 2 fields 'user item', got {len(parts)}")
-    return Parsed(event(user=parts[0], item=parts[1], time=0), True)
+    return Parsed(event(parts[0], parts[1], 0), True)
 
 
-FORMATS = {cls.name: cls for cls in (KuaiRand, SASRec)}
+class MovieLens(LineFormat):
+  """ml-100k `u.data` (tab), ml-1m/10m `ratings.dat` (`::`), ml-latest/20m/25m
+  `ratings.csv` (header), detected from each file's first line. Every rating is
+  positive unless --min_rating is set."""
+  name = "movielens"
+  provides = ("rating",)
+  CSV_HEADER = ("userId", "movieId", "rating", "timestamp")
+
+  @classmethod
+  def header_of(cls, first_line):
+    return cls.CSV_HEADER if first_line.strip().startswith("userId") else None
+
+  def parse(self, raw):
+    text = self.decode(raw)
+    if self.header:
+      f = split_csv(text, self.header)
+    elif "::" in text:
+      f = split_csv(text, self.CSV_HEADER, sep="::")
+    else:
+      f = split_csv(text, self.CSV_HEADER, sep="\t")
+    rating = number(f, "rating", minimum=0)
+    ev = event(identifier(f, "userId"), identifier(f, "movieId"), timestamp(f, "timestamp"),
+               rating=rating)
+    return Parsed(ev, rating >= (self.options.get("min_rating") or 0.0))
 
 
-def parse_item_row(header: Sequence[str], line: str):
-  """Item-feature CSV row -> (video_id, {"tag", "author", "duration_s"})."""
-  values = next(csv.reader([line]))
-  if len(values) != len(header):
-    raise BadRow(f"expected {len(header)} fields, got {len(values)}")
-  f = dict(zip(header, values))
-  tags = [t.strip() for t in (f.get("tag") or "").split(",") if t.strip()]
-  duration_ms = _float(f, "video_duration", 0.0, minimum=0)
-  return _id(f, "video_id"), {
-      "tag": tags[0] if tags else None,
-      "author": (f.get("author_id") or "").strip() or None,
-      "duration_s": duration_ms / 1000.0 if duration_ms > 0 else None,
-  }
+class Columnar(LineFormat):
+  """Generic rows with a --columns mapping (canonical=source column), e.g.
+  `user=uid,item=vid,time=ts,watch_time_s=play_s`. Every row is positive unless
+  --positive_column names a column that must be truthy (non-zero)."""
+  provides_by_field = {"watch_time_s": "watch_time", "watch_ratio": "watch_ratio",
+                       "is_like": "like", "is_follow": "follow", "is_comment": "comment",
+                       "is_forward": "forward", "rating": "rating"}
+
+  def __init__(self, header=(), columns: Dict[str, str] = None, **options):
+    super().__init__(header, **options)
+    self.columns = columns or {}
+    for required in ("user", "item", "time"):
+      if required not in self.columns:
+        raise ValueError(f"--columns must map {required!r} (got {self.columns})")
+
+  @classmethod
+  def provided(cls, columns: Dict[str, str]) -> Tuple[str, ...]:
+    return tuple(v for k, v in cls.provides_by_field.items() if k in columns)
+
+  def fields(self, raw) -> Dict:
+    raise NotImplementedError
+
+  def parse(self, raw):
+    f = self.fields(raw)
+    get = {canonical: f.get(column) for canonical, column in self.columns.items()}
+    raw_features = {k: number(get, k, 0.0, minimum=0) for k in RAW_FEATURES if k in get}
+    duration = number(get, "duration_s", 0.0, minimum=0) if "duration_s" in get else 0.0
+    ev = event(identifier(get, "user"), identifier(get, "item"), timestamp(get, "time"),
+               duration_s=duration or None, **raw_features)
+    positive_column = self.options.get("positive_column")
+    positive = not positive_column or number(f, positive_column, 0.0) != 0
+    if "rating" in raw_features and self.options.get("min_rating"):
+      positive = positive and raw_features["rating"] >= self.options["min_rating"]
+    return Parsed(ev, positive)
+
+
+class Csv(Columnar):
+  name = "csv"
+
+  @classmethod
+  def header_of(cls, first_line):
+    return tuple(c.strip() for c in next(csv.reader([first_line])))
+
+  def fields(self, raw):
+    return split_csv(self.decode(raw), self.header)
+
+
+class JsonLines(Columnar):
+  name = "jsonl"
+
+  def fields(self, raw):
+    try:
+      row = json.loads(self.decode(raw))
+    except json.JSONDecodeError as e:
+      raise BadRow(f"invalid JSON: {e}") from None
+    if not isinstance(row, dict):
+      raise BadRow("a JSON line must be an object")
+    return row
+
+
+class Parquet(Columnar):
+  """Parquet files; a record is one row, its number the row index (from 1)."""
+  name = "parquet"
+
+  @classmethod
+  def records(cls, f):
+    import pyarrow.parquet as pq
+    table = pq.read_table(io.BytesIO(f.read()))
+    for number_, row in enumerate(table.to_pylist(), start=1):
+      yield number_, json.dumps(row, default=str, sort_keys=True).encode("utf-8"), ()
+
+  def fields(self, raw):
+    return json.loads(raw.decode("utf-8"))
+
+
+FORMATS = {cls.name: cls for cls in (KuaiRand, SASRec, MovieLens, Csv, JsonLines, Parquet)}
+
+
+def parse_columns(text: str) -> Dict[str, str]:
+  """'user=uid,item=vid' -> {"user": "uid", "item": "vid"}; unknown names rejected."""
+  mapping = {}
+  for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+    canonical, _, column = pair.partition("=")
+    if canonical not in CANONICAL or not column:
+      raise ValueError(f"bad --columns entry {pair!r}: use NAME=COLUMN with NAME in {CANONICAL}")
+    mapping[canonical] = column
+  return mapping
+
+
+# -- item-feature files ----------------------------------------------------------
+ML_GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+                  "Romance", "Sci-Fi", "Thriller", "War", "Western")
+
+
+def item_header_of(first_line: str) -> Optional[Tuple[str, ...]]:
+  """Item files with a header row (KuaiRand items, movies.csv); None for .dat / u.item."""
+  if "::" in first_line or "|" in first_line.split(",")[0]:
+    return None
+  return tuple(c.strip() for c in next(csv.reader([first_line])))
+
+
+def parse_item_row(header: Sequence[str], raw: bytes):
+  """An item-file record -> (item id, {"tag", "author", "duration_s"}).
+
+  KuaiRand items (video_id, author_id, video_duration ms, tag comma list),
+  movies.csv (movieId, title, genres), movies.dat (`::`) or ml-100k u.item
+  (`|`, genre flags). The first tag or genre is the tag feature. Files that are
+  not UTF-8 (ml-1m, ml-100k) are read as Latin-1.
+  """
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    text = raw.decode("latin-1")
+  if not text.strip():
+    raise BadRow("empty line")
+  if header and "movieId" in header:
+    f = split_csv(text, header)
+    return identifier(f, "movieId"), _item(f.get("genres", "").split("|"), None, None)
+  if header:
+    f = split_csv(text, header)
+    duration_ms = number(f, "video_duration", 0.0, minimum=0)
+    return identifier(f, "video_id"), _item(
+        (f.get("tag") or "").split(","), f.get("author_id"), duration_ms / 1000.0 or None)
+  if "::" in text:
+    f = split_csv(text, ("movieId", "title", "genres"), sep="::")
+    return identifier(f, "movieId"), _item(f["genres"].split("|"), None, None)
+  parts = text.split("|")
+  if len(parts) != 5 + len(ML_GENRES_100K):
+    raise BadRow(f"expected {5 + len(ML_GENRES_100K)} fields, got {len(parts)}")
+  genres = [g for g, flag in zip(ML_GENRES_100K, parts[5:]) if flag.strip() == "1"]
+  return identifier({"id": parts[0]}, "id"), _item(genres, None, None)
+
+
+def _item(tags, author, duration_s):
+  tags = [t.strip() for t in tags if t.strip() and t.strip() != "(no genres listed)"]
+  return {"tag": tags[0] if tags else None, "author": (author or "").strip() or None,
+          "duration_s": duration_s}

@@ -34,61 +34,56 @@ def stable_shard(key: str, num_shards: int) -> int:
   return zlib.crc32(key.encode("utf-8")) % num_shards
 
 
-class ReadNumberedLines(beam.PTransform):
-  """GLOB -> (path, line_number, raw_bytes, header) for every data line.
+class ReadRecords(beam.PTransform):
+  """GLOB -> (path, record number, raw bytes, header) for every data record.
 
-  Each file is read whole by one worker so that line numbers and the order of
-  lines (the time order of the sasrec format) are exact.
+  Each file is read whole by one worker so that record numbers and the order
+  of records (the time order of the sasrec format) are exact. `reader` is a
+  function from an open binary file to (number, raw, header) tuples.
   """
 
-  def __init__(self, pattern: str, has_header: bool):
+  def __init__(self, pattern: str, reader):
     super().__init__()
     self.pattern = pattern
-    self.has_header = has_header
+    self.reader = reader
 
   def expand(self, pbegin):
     return (pbegin
             | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment="DISALLOW")
             | "Open" >> fileio.ReadMatches()
-            | "Lines" >> beam.FlatMap(self._lines))
+            | "Records" >> beam.FlatMap(self._records))
 
-  def _lines(self, readable) -> Iterable[Tuple[str, int, bytes, Tuple[str, ...]]]:
+  def _records(self, readable):
     path = readable.metadata.path
-    header = ()
     with readable.open() as f:
-      for number, raw in enumerate(f, start=1):
-        raw = raw.rstrip(b"\r\n")
-        if number == 1 and self.has_header:
-          header = tuple(next(csv.reader([raw.decode("utf-8-sig")])))
-          continue
+      for number, raw, header in self.reader(f):
         yield path, number, raw, header
 
 
 class ParseEvents(beam.PTransform):
   """Numbered lines -> events; rejects to DEAD_LETTER, negatives to FILTERED."""
 
-  def __init__(self, format_name: str):
+  def __init__(self, format_name: str, **format_options):
     super().__init__()
     self.format_name = format_name
+    self.format_options = format_options
 
   def expand(self, lines):
-    return lines | beam.ParDo(_ParseFn(self.format_name)).with_outputs(
+    return lines | beam.ParDo(_ParseFn(self.format_name, self.format_options)).with_outputs(
         DEAD_LETTER, FILTERED, main="events")
 
 
 class _ParseFn(beam.DoFn):
 
-  def __init__(self, format_name: str):
+  def __init__(self, format_name: str, format_options: Dict):
     self.format_cls = formats.FORMATS[format_name]
+    self.format_options = format_options
     self._parsers = {}
 
   def process(self, element):
     path, number, raw, header = element
     try:
-      text = raw.decode("utf-8")
-      if not text.strip():
-        raise formats.BadRow("empty line")
-      parsed = self._parser(header).parse(text)
+      parsed = self._parser(header).parse(raw)
     except UnicodeDecodeError:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, "undecodable bytes (not UTF-8)"))
       return
@@ -103,7 +98,7 @@ class _ParseFn(beam.DoFn):
 
   def _parser(self, header):
     if header not in self._parsers:
-      self._parsers[header] = self.format_cls(header)
+      self._parsers[header] = self.format_cls(header, **self.format_options)
     return self._parsers[header]
 
 
@@ -121,7 +116,7 @@ class ReadItemFeatures(beam.PTransform):
 
   def expand(self, pbegin):
     return (pbegin
-            | "ReadItemLines" >> ReadNumberedLines(self.pattern, has_header=True)
+            | "ReadItemLines" >> ReadRecords(self.pattern, _item_records)
             | "ParseItems" >> beam.ParDo(_ParseItemFn()).with_outputs(DEAD_LETTER, main="items"))
 
 
@@ -130,9 +125,16 @@ class _ParseItemFn(beam.DoFn):
   def process(self, element):
     path, number, raw, header = element
     try:
-      yield formats.parse_item_row(header, raw.decode("utf-8"))
-    except (UnicodeDecodeError, formats.BadRow) as e:
+      yield formats.parse_item_row(header, raw)
+    except formats.BadRow as e:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, str(e)))
+
+
+class _ItemFile(formats.LineFormat):
+  header_of = staticmethod(formats.item_header_of)
+
+
+_item_records = _ItemFile.records
 
 
 class BuildVocabulary(beam.PTransform):
@@ -179,20 +181,46 @@ def vocab_of(values: Iterable) -> List[str]:
   return [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+class LeaveOneOut:
+  """Per user: last target → test, second-to-last → valid, the rest → train
+  (users with fewer than 3 events: all train). The SASRec protocol."""
+
+  def __call__(self, events: List[Dict]) -> List[str]:
+    n = len(events)
+    return ["train" if n < 3 or p < n - 2 else ("valid" if p == n - 2 else "test")
+            for p in range(n)]
+
+
+class TimeSplit:
+  """Targets before `valid_time` → train, in [valid_time, split_time) → valid,
+  from `split_time` on → test. Histories may hold any earlier event."""
+
+  def __init__(self, split_time: int, valid_time: int = None):
+    self.split_time = split_time
+    self.valid_time = split_time if valid_time is None else valid_time
+    if self.valid_time > self.split_time:
+      raise ValueError(f"--valid_time {valid_time} is after --split_time {split_time}")
+
+  def __call__(self, events: List[Dict]) -> List[str]:
+    return ["train" if e["time"] < self.valid_time else
+            ("valid" if e["time"] < self.split_time else "test") for e in events]
+
+
 class BuildExamples(beam.PTransform):
   """Events -> (split, user, position, serialized tf.train.Example).
 
   Per user: sort by (time, source order); one example per target position from
-  the preceding up to `max_len` events. leave_one_out: last target → test,
-  second-to-last → valid, the rest → train (users with < 3 events: all train).
+  the preceding up to `max_len` events; `split_fn` assigns targets to splits.
   """
 
-  def __init__(self, item_index, max_len: int, stride: int, max_examples_per_user: int):
+  def __init__(self, item_index, max_len: int, stride: int, max_examples_per_user: int,
+               split_fn=LeaveOneOut()):
     super().__init__()
     self.item_index = item_index
     self.max_len = max_len
     self.stride = stride
     self.max_examples_per_user = max_examples_per_user
+    self.split_fn = split_fn
 
   def expand(self, events):
     return (events
@@ -200,7 +228,7 @@ class BuildExamples(beam.PTransform):
             | "GroupByUser" >> beam.GroupByKey()
             | "Sequences" >> beam.FlatMap(
                 user_examples, beam.pvalue.AsSingleton(self.item_index),
-                self.max_len, self.stride, self.max_examples_per_user))
+                self.max_len, self.stride, self.max_examples_per_user, self.split_fn))
 
 
 def encode_events(events: List[Dict], item_index: Dict[str, int]) -> Dict[str, np.ndarray]:
@@ -212,25 +240,20 @@ def encode_events(events: List[Dict], item_index: Dict[str, int]) -> Dict[str, n
   return encoded
 
 
-def split_of(position: int, length: int) -> str:
-  if length < 3 or position < length - 2:
-    return "train"
-  return "valid" if position == length - 2 else "test"
-
-
-def user_examples(user_events, item_index, max_len, stride, max_examples_per_user):
+def user_examples(user_events, item_index, max_len, stride, max_examples_per_user,
+                  split_fn=LeaveOneOut()):
   user, events = user_events
   events = sorted(events, key=lambda e: (e["time"], e["order"]))
   enc = encode_events(events, item_index)
-  n = len(events)
-  train_positions = [p for p in range(1, n) if split_of(p, n) == "train"]
-  train_positions = train_positions[::-1][::stride][:max_examples_per_user][::-1]
-  eval_positions = [p for p in range(1, n) if split_of(p, n) != "train"]
-  for p in train_positions + eval_positions:
+  splits = split_fn(events)
+  train = [p for p in range(1, len(events)) if splits[p] == "train"]
+  train = train[::-1][::stride][:max_examples_per_user][::-1]
+  held_out = [p for p in range(1, len(events)) if splits[p] != "train"]
+  for p in train + held_out:
     if enc["item"][p] == features.OOV_ID:
       continue  # An item below --min_item_count cannot be a target.
     start = max(0, p - max_len)
-    yield split_of(p, n), user, p, _example(user, events[p]["time"], enc, start, p)
+    yield splits[p], user, p, _example(user, events[p]["time"], enc, start, p)
 
 
 def _example(user, time, enc, start, target) -> bytes:

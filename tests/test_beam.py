@@ -123,3 +123,51 @@ def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_p
   second = _digest(tmp_path / "a")
   assert first == second
   assert len([f for f in first if f.endswith(".tfrecord")]) == 9
+
+
+# -- properties ----------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+ROW_KINDS = {"accepted": _line(GOOD), "filtered": _line(NOT_CLICKED), **{
+    f"rejected:{i}": raw for i, raw in enumerate(CORRUPTIONS)}}
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.sampled_from(sorted(ROW_KINDS)), min_size=1, max_size=40))
+def test_accounting_identity_holds_for_any_mix_of_rows(kinds):
+  rows = [("log.csv", i + 2, ROW_KINDS[k], HEADER) for i, k in enumerate(kinds)]
+  expected = {"accepted": kinds.count("accepted"), "filtered": kinds.count("filtered")}
+  expected["rejected"] = len(kinds) - expected["accepted"] - expected["filtered"]
+  with BeamTestPipeline() as p:
+    out = p | beam.Create(rows) | T.ParseEvents("kuairand")
+    counts = [(name, pc | f"Count{name}" >> beam.combiners.Count.Globally())
+              for name, pc in (("accepted", out.events), ("rejected", out[T.DEAD_LETTER]),
+                               ("filtered", out[T.FILTERED]))]
+    merged = [pc | f"Tag{name}" >> beam.Map(lambda n, name=name: (name, n)) for name, pc in counts]
+    assert_that(merged | beam.Flatten(), equal_to(sorted(expected.items())))
+
+
+events_strategy = st.lists(st.tuples(st.integers(0, 20), st.integers(0, 6)), min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events_strategy, st.one_of(st.none(), st.integers(0, 20)), st.integers(1, 6))
+def test_no_valid_or_test_target_is_a_training_target_and_histories_are_earlier(
+    raw_events, split_time, max_len):
+  events = [{"user": "u", "item": str(item), "time": t, "order": ("f", i),
+             **{r: 0.0 for r in features.EVENT_RAW_INPUTS.values()}}
+            for i, (t, item) in enumerate(raw_events)]
+  split_fn = T.LeaveOneOut() if split_time is None else T.TimeSplit(split_time)
+  index = {str(i): i + 2 for i in range(7)}
+  ordered = sorted(events, key=lambda e: (e["time"], e["order"]))
+  targets = {}
+  for split, _, position, payload in T.user_examples(("u", events), index, max_len, 1, 10**6,
+                                                     split_fn):
+    ex = tf.train.Example.FromString(payload).features.feature
+    history = list(ex[features.HISTORY_ITEM].int64_list.value)
+    assert history == [index[e["item"]] for e in ordered[max(0, position - max_len):position]]
+    assert ex[features.TARGET_TIME].int64_list.value[0] == ordered[position]["time"]
+    targets.setdefault(split, set()).add(position)
+    if split_time is not None:
+      assert (ordered[position]["time"] >= split_time) == (split == "test")
+  assert not targets.get("train", set()) & (targets.get("valid", set()) | targets.get("test", set()))

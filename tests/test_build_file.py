@@ -11,7 +11,7 @@ def _targets():
   """Evaluates BUILD with stand-ins for the Bazel rules; returns {rule: [kwargs]}."""
   rules = {"py_library": [], "py_binary": [], "py_test": []}
   env = {name: (lambda kind: lambda **kw: rules[kind].append(kw))(name) for name in rules}
-  env.update(load=lambda *a: None, requirement=lambda name: f"@pypi//{name}",
+  env.update(load=lambda *a: None, requirement=lambda name: f"@pypi//{name}", glob=lambda p: [],
              package=lambda **kw: None)
   with open(os.path.join(ROOT, "BUILD")) as f:
     exec(compile(f.read(), "BUILD", "exec"), env)

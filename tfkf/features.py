@@ -123,6 +123,7 @@ EVENT_FEATURES: Dict[str, object] = {
     "follow": BinaryLabel(),
     "comment": BinaryLabel(),
     "forward": BinaryLabel(),
+    "rating": UniformBuckets(cap=5.0, num_buckets=10),  # half stars
 }
 EVENT_RAW_INPUTS = {
     "watch_time": "watch_time_s",
@@ -131,6 +132,7 @@ EVENT_RAW_INPUTS = {
     "follow": "is_follow",
     "comment": "is_comment",
     "forward": "is_forward",
+    "rating": "rating",
 }
 
 # tf.train.Example feature names written by Beam and parsed by tfkf.data.

@@ -111,7 +111,7 @@ class KuaiFormer(tfrs.Model):
     dummy = {features.HISTORY_ITEM: tf.zeros([1, n], tf.int64)}
     dummy.update({features.history_key(f): tf.zeros([1, n], tf.int64)
                   for f in self.config.event_features})
-    self.user_tower(dummy)
+    self(dummy)  # through the model, so Keras marks it built (BackupAndRestore needs that)
     self.candidate_tower(tf.zeros([1], tf.int64))
     return self
 

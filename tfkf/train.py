@@ -52,6 +52,9 @@ def train(args) -> dict:
   config = PRESETS[args.preset]
   if args.config_overrides:
     config = config.replace(**json.loads(args.config_overrides))
+  # Use only the event features the data carries (a sasrec log has none).
+  provided = data.metadata(args.data_dir)["event_features"]
+  config = config.replace(event_features=tuple(f for f in config.event_features if f in provided))
   catalog = Catalog.load(args.data_dir)
   tf.io.gfile.makedirs(args.model_dir)
   with tf.io.gfile.GFile(os.path.join(args.model_dir, CONFIG_FILE), "w") as f:
