@@ -267,7 +267,9 @@ def _example(user, time, enc, start, target) -> bytes:
   }
   for name in features.EVENT_FEATURES:
     feats[features.history_key(name)] = int_list(enc[name][start:target])
-  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+  # deterministic: map entries sorted, else their order varies between processes.
+  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(
+      deterministic=True)
 
 
 class WriteSortedShards(beam.PTransform):

@@ -89,9 +89,10 @@ def corrupted_log(tmp_path_factory):
   return d, lines
 
 
-def _build(d, out):
-  build.run(["--runner=DirectRunner", f"--input={d / 'log.csv'}", "--format=kuairand",
-             f"--item_features={d / 'items.csv'}", f"--output_dir={out}", "--num_shards=3"])
+def _build(d, out, *runner_flags):
+  build.run(["--runner=DirectRunner", *runner_flags, f"--input={d / 'log.csv'}",
+             "--format=kuairand", f"--item_features={d / 'items.csv'}", f"--output_dir={out}",
+             "--num_shards=3"])
   with open(os.path.join(out, "metadata.json")) as f:
     return json.load(f)
 
@@ -119,7 +120,8 @@ def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_p
   assert meta["splits"]["test"]["examples"] == meta["splits"]["valid"]["examples"] == c["users"]
   first = _digest(tmp_path / "a")
   shutil.rmtree(tmp_path / "a")
-  _build(d, tmp_path / "a")  # same input, same flags
+  # Same input and flags, another execution mode: 2 worker processes.
+  _build(d, tmp_path / "a", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
   second = _digest(tmp_path / "a")
   assert first == second
   assert len([f for f in first if f.endswith(".tfrecord")]) == 9
