@@ -25,3 +25,11 @@ test: venv
 
 clean:
 	rm -rf demo_out .pytest_cache
+
+.PHONY: bench-pipeline bench-report
+bench-pipeline: venv
+	$(PY) -m benchmarks.pipeline --events 1000000 --repeats 1
+	$(PY) -m benchmarks.report
+
+bench-report: venv
+	$(PY) -m benchmarks.report

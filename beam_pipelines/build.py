@@ -93,8 +93,8 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   for split in T.SPLITS:
     shard_paths.append(
         examples
-        | f"Only{split}" >> beam.Filter(lambda e, s=split: e[0] == s)
-        | f"Key{split}" >> beam.Map(lambda e: (e[1], (e[1], e[2]), e[3]))
+        | f"Only{split}" >> beam.Filter(lambda e, s=split: e.split == s)
+        | f"Key{split}" >> beam.Map(lambda e: (e.user, (e.user, e.position), e.payload))
         | f"Write{split}" >> T.WriteSortedShards(f"{out}/{split}/part", opts.num_shards))
 
   count = lambda name, pcoll: pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
@@ -106,7 +106,7 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
       "users": count("Users", events | beam.Map(lambda e: e["user"]) | beam.Distinct()),
   }
   example_stats = (examples
-                   | "HistoryLen" >> beam.Map(lambda e: (e[0], e[3]))
+                   | "HistoryLen" >> beam.Map(lambda e: (e.split, e.history_len))
                    | "StatsPerSplit" >> beam.CombinePerKey(_HistoryStats())
                    | "StatsList" >> beam.combiners.ToList())
   all_dead = (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
@@ -144,15 +144,12 @@ def _split_fn(opts: BuildOptions):
 
 
 class _HistoryStats(beam.CombineFn):
-  """Serialized examples -> {examples, mean_history_len, max_history_len}."""
+  """History lengths -> {examples, mean_history_len, max_history_len}."""
 
   def create_accumulator(self):
     return (0, 0, 0)
 
-  def add_input(self, acc, example: bytes):
-    import tensorflow as tf
-    n = len(tf.train.Example.FromString(example).features.feature[
-        features.HISTORY_ITEM].int64_list.value)
+  def add_input(self, acc, n: int):
     return (acc[0] + 1, acc[1] + n, max(acc[2], n))
 
   def merge_accumulators(self, accs):

@@ -111,7 +111,7 @@ def generate(args):
   with open(truth_path, "w") as f:
     json.dump({"seed": args.seed, "item_tag": tags.tolist(),
                "user_interests_over_time": truth}, f)
-  return args.output, items_path, truth_path
+  return os.path.abspath(args.output), items_path, truth_path
 
 
 def parse_args(argv=None):

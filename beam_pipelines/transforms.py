@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import zlib
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -207,7 +207,7 @@ class TimeSplit:
 
 
 class BuildExamples(beam.PTransform):
-  """Events -> (split, user, position, serialized tf.train.Example).
+  """Events -> `Example`s (split, user, position, history length, serialized tf.train.Example).
 
   Per user: sort by (time, source order); one example per target position from
   the preceding up to `max_len` events; `split_fn` assigns targets to splits.
@@ -240,11 +240,20 @@ def encode_events(events: List[Dict], item_index: Dict[str, int]) -> Dict[str, n
   return encoded
 
 
+class Example(NamedTuple):
+  split: str
+  user: str
+  position: int       # index of the target in the user's sorted events
+  history_len: int
+  payload: bytes      # serialized tf.train.Example
+
+
 def user_examples(user_events, item_index, max_len, stride, max_examples_per_user,
-                  split_fn=LeaveOneOut()):
+                  split_fn=LeaveOneOut()) -> Iterable[Example]:
   user, events = user_events
   events = sorted(events, key=lambda e: (e["time"], e["order"]))
-  enc = encode_events(events, item_index)
+  # Python lists: slicing them and filling protos is far faster than from NumPy scalars.
+  enc = {name: values.tolist() for name, values in encode_events(events, item_index).items()}
   splits = split_fn(events)
   train = [p for p in range(1, len(events)) if splits[p] == "train"]
   train = train[::-1][::stride][:max_examples_per_user][::-1]
@@ -253,23 +262,23 @@ def user_examples(user_events, item_index, max_len, stride, max_examples_per_use
     if enc["item"][p] == features.OOV_ID:
       continue  # An item below --min_item_count cannot be a target.
     start = max(0, p - max_len)
-    yield splits[p], user, p, _example(user, events[p]["time"], enc, start, p)
+    yield Example(splits[p], user, p, p - start,
+                  example_bytes(user, events[p]["time"], enc, start, p))
 
 
-def _example(user, time, enc, start, target) -> bytes:
+def example_bytes(user: str, time: int, enc: Dict[str, list], start: int, target: int) -> bytes:
+  """One tf.train.Example: the target and the events [start, target) before it."""
   import tensorflow as tf  # Deferred: workers that never build examples skip the import.
-  int_list = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v))
-  feats = {
-      features.USER_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[user.encode()])),
-      features.TARGET_TIME: int_list([time]),
-      features.TARGET_ITEM: int_list([enc["item"][target]]),
-      features.HISTORY_ITEM: int_list(enc["item"][start:target]),
-  }
+  example = tf.train.Example()
+  f = example.features.feature
+  f[features.USER_ID].bytes_list.value.append(user.encode())
+  f[features.TARGET_TIME].int64_list.value.append(time)
+  f[features.TARGET_ITEM].int64_list.value.append(enc["item"][target])
+  f[features.HISTORY_ITEM].int64_list.value.extend(enc["item"][start:target])
   for name in features.EVENT_FEATURES:
-    feats[features.history_key(name)] = int_list(enc[name][start:target])
+    f[features.history_key(name)].int64_list.value.extend(enc[name][start:target])
   # deterministic: map entries sorted, else their order varies between processes.
-  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(
-      deterministic=True)
+  return example.SerializeToString(deterministic=True)
 
 
 class WriteSortedShards(beam.PTransform):

@@ -67,7 +67,7 @@ def test_leave_one_out_examples_never_use_later_events():
   out = list(T.user_examples(("u", events[::-1]), index, max_len=3, stride=1,
                              max_examples_per_user=100))
   splits = {}
-  for split, _, position, payload in out:
+  for split, _, position, _, payload in out:
     ex = tf.train.Example.FromString(payload).features.feature
     history = list(ex[features.HISTORY_ITEM].int64_list.value)
     assert history == [i + 2 for i in range(max(0, position - 3), position)]
@@ -163,7 +163,7 @@ def test_no_valid_or_test_target_is_a_training_target_and_histories_are_earlier(
   index = {str(i): i + 2 for i in range(7)}
   ordered = sorted(events, key=lambda e: (e["time"], e["order"]))
   targets = {}
-  for split, _, position, payload in T.user_examples(("u", events), index, max_len, 1, 10**6,
+  for split, _, position, _, payload in T.user_examples(("u", events), index, max_len, 1, 10**6,
                                                      split_fn):
     ex = tf.train.Example.FromString(payload).features.feature
     history = list(ex[features.HISTORY_ITEM].int64_list.value)

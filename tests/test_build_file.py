@@ -4,7 +4,7 @@ import glob
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("tfkf", "beam_pipelines", "serving")
+PACKAGES = ("tfkf", "beam_pipelines", "serving", "benchmarks")
 
 
 def _targets():

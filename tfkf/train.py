@@ -32,6 +32,32 @@ def strategy_from(name: str) -> tf.distribute.Strategy:
   return tf.distribute.get_strategy()
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """The worker that owns --model_dir (the chief, or worker 0 when there is none)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
+                                           and resolver.task_id == 0)
+
+
+def writable_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+  """Every worker must save (saving is collective); only the chief saves to model_dir."""
+  if is_chief(strategy):
+    return model_dir
+  r = strategy.cluster_resolver
+  return os.path.join(model_dir, "workers", f"{r.task_type}-{r.task_id}")
+
+
+class LogStartStep(tf.keras.callbacks.Callback):
+  """Prints the optimizer step training starts from: > 0 after BackupAndRestore resumed."""
+
+  def on_train_begin(self, logs=None):
+    print(json.dumps({"train_begin_step": int(self.model.optimizer.iterations.numpy())}),
+          flush=True)
+
+
 def build_model(config: KuaiFormerConfig, catalog: Catalog, learning_rate: float) -> KuaiFormer:
   model = KuaiFormer(config, catalog).build_towers()
   model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
@@ -56,10 +82,12 @@ def train(args) -> dict:
   provided = data.metadata(args.data_dir)["event_features"]
   config = config.replace(event_features=tuple(f for f in config.event_features if f in provided))
   catalog = Catalog.load(args.data_dir)
-  tf.io.gfile.makedirs(args.model_dir)
-  with tf.io.gfile.GFile(os.path.join(args.model_dir, CONFIG_FILE), "w") as f:
+  strategy = strategy_from(args.strategy)
+  out = writable_dir(args.model_dir, strategy)
+  tf.io.gfile.makedirs(out)
+  with tf.io.gfile.GFile(os.path.join(out, CONFIG_FILE), "w") as f:
     f.write(config.to_json())
-  with strategy_from(args.strategy).scope():
+  with strategy.scope():
     model = build_model(config, catalog, args.learning_rate)
   read = lambda split, **kw: data.dataset(args.data_dir, split, args.batch_size, config.max_len,
                                           config.event_features, seed=args.seed, **kw)
@@ -71,13 +99,14 @@ def train(args) -> dict:
                                          save_weights_only=True),
       tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
                                        restore_best_weights=True),
-      tf.keras.callbacks.TensorBoard(os.path.join(args.model_dir, "logs")),
+      tf.keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+      LogStartStep(),
   ]
   history = model.fit(read("train", repeat=True), epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch,
                       validation_data=read("valid", shuffle=False),
                       validation_steps=args.validation_steps, callbacks=callbacks, verbose=2)
-  model.save_weights(os.path.join(args.model_dir, WEIGHTS))
+  model.save_weights(os.path.join(out, WEIGHTS))
   return {k: [float(x) for x in v] for k, v in history.history.items()}
 
 

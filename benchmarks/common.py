@@ -1,0 +1,46 @@
+"""What every benchmark result records: machine, versions, date."""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def machine() -> dict:
+  with open("/proc/cpuinfo") as f:
+    model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+  return {"cpus": os.cpu_count(), "cpu_model": model, "platform": platform.platform(),
+          "python": platform.python_version()}
+
+
+def versions(*packages) -> dict:
+  from importlib.metadata import version
+  return {p: version(p) for p in packages}
+
+
+def timed_module(module: str, *args: str) -> float:
+  """Wall seconds of `python -m module args` (process start included); raises on failure."""
+  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f"{module} failed:\n{proc.stderr[-3000:]}")
+  return time.perf_counter() - start
+
+
+def write(name: str, payload: dict, output: str = None) -> str:
+  path = output or os.path.join(RESULTS, f"{name}.json")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  record = {"benchmark": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds"), "machine": machine(), **payload}
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+    f.write("\n")
+  return path
