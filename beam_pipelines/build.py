@@ -87,15 +87,9 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   catalog = item_vocab | "Catalog" >> beam.Map(
       T.build_catalog, beam.pvalue.AsDict(item_features), beam.pvalue.AsDict(durations))
 
-  examples = events | "Examples" >> T.BuildExamples(
-      item_index, opts.max_len, opts.stride, opts.max_examples_per_user, _split_fn(opts))
-  shard_paths = []
-  for split in T.SPLITS:
-    shard_paths.append(
-        examples
-        | f"Only{split}" >> beam.Filter(lambda e, s=split: e.split == s)
-        | f"Key{split}" >> beam.Map(lambda e: (e.user, (e.user, e.position), e.payload))
-        | f"Write{split}" >> T.WriteSortedShards(f"{out}/{split}/part", opts.num_shards))
+  history_lens = events | "Examples" >> T.WriteExampleShards(
+      out, opts.num_shards, item_index, opts.max_len, opts.stride, opts.max_examples_per_user,
+      _split_fn(opts))
 
   count = lambda name, pcoll: pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
   counts = {
@@ -105,20 +99,18 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
       "rows_filtered": count("Filtered", parsed[T.FILTERED]),
       "users": count("Users", events | beam.Map(lambda e: e["user"]) | beam.Distinct()),
   }
-  example_stats = (examples
-                   | "HistoryLen" >> beam.Map(lambda e: (e.split, e.history_len))
+  # Derived from the writer's output: metadata.json is written after every shard.
+  example_stats = (history_lens
                    | "StatsPerSplit" >> beam.CombinePerKey(_HistoryStats())
                    | "StatsList" >> beam.combiners.ToList())
   all_dead = (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
               | "DeadList" >> beam.combiners.ToList())
-  done = (shard_paths | "AllShards" >> beam.Flatten() | "ShardList" >> beam.combiners.ToList())
   side = {name: beam.pvalue.AsSingleton(c) for name, c in counts.items()}
   (p | "Once" >> beam.Create([None])
      | "WriteArtifacts" >> beam.Map(
          _write_artifacts, out, _flags(opts), provided_event_features(opts),
          beam.pvalue.AsSingleton(catalog),
-         beam.pvalue.AsSingleton(example_stats), beam.pvalue.AsSingleton(all_dead),
-         beam.pvalue.AsSingleton(done), **side))
+         beam.pvalue.AsSingleton(example_stats), beam.pvalue.AsSingleton(all_dead), **side))
 
 
 def _format_options(opts: BuildOptions) -> dict:
@@ -166,7 +158,7 @@ def _flags(opts: BuildOptions) -> dict:
   return {n: getattr(opts, n) for n in names}
 
 
-def _write_artifacts(_, out, flags, event_features, catalog, example_stats, dead, shards, **counts):
+def _write_artifacts(_, out, flags, event_features, catalog, example_stats, dead, **counts):
   tag_vocab = T.vocab_of(r["tag"] for r in catalog)
   author_vocab = T.vocab_of(r["author"] for r in catalog)
   ids = lambda vocab: {v: i + features.NUM_RESERVED_IDS for i, v in enumerate(vocab)}
@@ -184,7 +176,7 @@ def _write_artifacts(_, out, flags, event_features, catalog, example_stats, dead
       "vocab_sizes": {"item": len(catalog) + features.NUM_RESERVED_IDS,
                       "tag": len(tag_vocab) + features.NUM_RESERVED_IDS,
                       "author": len(author_vocab) + features.NUM_RESERVED_IDS},
-      "splits": splits, "num_shard_files": len(shards),
+      "splits": splits,
   }
   T.write_text(f"{out}/stats.txt", _report(metadata))
   # Written last: its presence marks a complete output directory.

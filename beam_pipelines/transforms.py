@@ -5,6 +5,7 @@ Examples per user → deterministic TFRecord shards. Nothing here touches a loca
 path directly: all I/O goes through `apache_beam.io.filesystems`.
 """
 
+import collections
 import csv
 import io
 import json
@@ -37,27 +38,39 @@ def stable_shard(key: str, num_shards: int) -> int:
 class ReadRecords(beam.PTransform):
   """GLOB -> (path, record number, raw bytes, header) for every data record.
 
-  Each file is read whole by one worker so that record numbers and the order
-  of records (the time order of the sasrec format) are exact. `reader` is a
-  function from an open binary file to (number, raw, header) tuples.
+  Each file is read sequentially by one worker so that record numbers and the
+  order of records (the time order of the sasrec format) are exact; records
+  then travel in chunks through a Reshuffle so that parsing and everything
+  after it spreads over all workers even for a single large file. `reader`
+  maps an open binary file to (number, raw, header) tuples.
   """
 
-  def __init__(self, pattern: str, reader):
+  def __init__(self, pattern: str, reader, chunk_size: int = 5000):
     super().__init__()
     self.pattern = pattern
     self.reader = reader
+    self.chunk_size = chunk_size
 
   def expand(self, pbegin):
     return (pbegin
             | "Match" >> fileio.MatchFiles(self.pattern, empty_match_treatment="DISALLOW")
             | "Open" >> fileio.ReadMatches()
-            | "Records" >> beam.FlatMap(self._records))
+            | "Chunks" >> beam.FlatMap(self._chunks)
+            | "Spread" >> beam.Reshuffle()
+            | "Records" >> beam.FlatMapTuple(
+                lambda path, records: ((path, *record) for record in records)))
 
-  def _records(self, readable):
+  def _chunks(self, readable):
     path = readable.metadata.path
+    chunk = []
     with readable.open() as f:
-      for number, raw, header in self.reader(f):
-        yield path, number, raw, header
+      for record in self.reader(f):
+        chunk.append(record)
+        if len(chunk) == self.chunk_size:
+          yield path, chunk
+          chunk = []
+    if chunk:
+      yield path, chunk
 
 
 class ParseEvents(beam.PTransform):
@@ -206,31 +219,6 @@ class TimeSplit:
             ("valid" if e["time"] < self.split_time else "test") for e in events]
 
 
-class BuildExamples(beam.PTransform):
-  """Events -> `Example`s (split, user, position, history length, serialized tf.train.Example).
-
-  Per user: sort by (time, source order); one example per target position from
-  the preceding up to `max_len` events; `split_fn` assigns targets to splits.
-  """
-
-  def __init__(self, item_index, max_len: int, stride: int, max_examples_per_user: int,
-               split_fn=LeaveOneOut()):
-    super().__init__()
-    self.item_index = item_index
-    self.max_len = max_len
-    self.stride = stride
-    self.max_examples_per_user = max_examples_per_user
-    self.split_fn = split_fn
-
-  def expand(self, events):
-    return (events
-            | "KeyByUser" >> beam.Map(lambda e: (e["user"], e))
-            | "GroupByUser" >> beam.GroupByKey()
-            | "Sequences" >> beam.FlatMap(
-                user_examples, beam.pvalue.AsSingleton(self.item_index),
-                self.max_len, self.stride, self.max_examples_per_user, self.split_fn))
-
-
 def encode_events(events: List[Dict], item_index: Dict[str, int]) -> Dict[str, np.ndarray]:
   """Sorted events -> id and bucket arrays, through tfkf.features."""
   encoded = {"item": np.array([item_index.get(e["item"], features.OOV_ID) for e in events], np.int64)}
@@ -281,35 +269,49 @@ def example_bytes(user: str, time: int, enc: Dict[str, list], start: int, target
   return example.SerializeToString(deterministic=True)
 
 
-class WriteSortedShards(beam.PTransform):
-  """(key, sort_key, bytes) -> `num_shards` TFRecord files, byte-identical across runs.
+class WriteExampleShards(beam.PTransform):
+  """Events -> TFRecord shards of examples per split; emits (split, history length).
 
-  Records are assigned to shards by a stable hash of `key` and sorted inside
-  each shard, so the output does not depend on the runner or its parallelism.
+  Users go to `num_shards` shards by a stable hash of their id. One worker
+  builds and writes a whole shard: its users in sorted order, each user's
+  examples in time order (see `user_examples`). Examples never cross a
+  shuffle, and the files are byte-identical whatever the runner or its
+  parallelism. Files: <output_dir>/<split>/part-SSSSS-of-NNNNN.tfrecord.
   """
 
-  def __init__(self, prefix: str, num_shards: int, suffix: str = ".tfrecord"):
+  def __init__(self, output_dir: str, num_shards: int, item_index, max_len: int, stride: int,
+               max_examples_per_user: int, split_fn=LeaveOneOut()):
     super().__init__()
-    self.prefix = prefix
+    self.output_dir = output_dir
     self.num_shards = num_shards
-    self.suffix = suffix
+    self.item_index = item_index
+    self.example_args = (max_len, stride, max_examples_per_user, split_fn)
 
-  def expand(self, records):
+  def expand(self, events):
     n = self.num_shards
-    return (records
-            | "Shard" >> beam.Map(lambda r: (stable_shard(r[0], n), (r[1], r[2])))
+    return (events
+            | "KeyByShard" >> beam.Map(lambda e: (stable_shard(e["user"], n), e))
             | "GroupByShard" >> beam.GroupByKey()
-            | "Write" >> beam.MapTuple(self._write))
+            | "BuildAndWrite" >> beam.FlatMap(self._shard,
+                                              beam.pvalue.AsSingleton(self.item_index)))
 
-  def shard_path(self, shard: int) -> str:
-    return f"{self.prefix}-{shard:05d}-of-{self.num_shards:05d}{self.suffix}"
+  def shard_path(self, split: str, shard: int) -> str:
+    return f"{self.output_dir}/{split}/part-{shard:05d}-of-{self.num_shards:05d}.tfrecord"
 
-  def _write(self, shard, records):
-    path = self.shard_path(shard)
-    with FileSystems.create(path) as f:
-      for _, payload in sorted(records, key=lambda r: r[0]):
-        _TFRecordUtil.write_record(f, payload)
-    return path
+  def _shard(self, shard_events, item_index):
+    shard, events = shard_events
+    by_user = collections.defaultdict(list)
+    for e in events:
+      by_user[e["user"]].append(e)
+    payloads = {split: [] for split in SPLITS}
+    for user in sorted(by_user):
+      for ex in user_examples((user, by_user[user]), item_index, *self.example_args):
+        payloads[ex.split].append(ex.payload)
+        yield ex.split, ex.history_len
+    for split, records in payloads.items():
+      with FileSystems.create(self.shard_path(split, shard)) as f:
+        for payload in records:
+          _TFRecordUtil.write_record(f, payload)
 
 
 def catalog_csv(rows: List[Dict], tag_ids: Dict[str, int], author_ids: Dict[str, int]) -> str:

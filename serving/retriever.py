@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfkf import features
+from tfkf import features, scoring
 from tfkf.model import KuaiFormer
 
 NEG_INF = float("-inf")
@@ -19,7 +19,7 @@ NEG_INF = float("-inf")
 
 def scann_parameters(num_items: int, k: int) -> Dict[str, int]:
   """ScaNN settings from the catalog size: ~sqrt(N) leaves, a fifth of them
-  searched, and exact re-scoring of 4k candidates (docs/serving.md)."""
+  searched, and exact re-scoring of 4k candidates (docs/architecture.md)."""
   leaves = max(2, int(round(math.sqrt(num_items))))
   return {"num_leaves": leaves, "num_leaves_to_search": max(1, math.ceil(leaves / 5)),
           "num_reordering_candidates": min(num_items, 4 * k), "k": min(num_items, k)}
@@ -87,13 +87,9 @@ class Retriever(tf.Module):
 
   def _exact_candidates(self, interests, history):
     """maxsim over the whole catalog: [b, N] scores, positions and best interest."""
-    per_interest = tf.einsum("bkd,nd->bkn", interests, self.embeddings)
-    scores = tf.reduce_max(per_interest, axis=1)
-    interest = tf.argmax(per_interest, axis=1, output_type=tf.int32)
+    scores, interest = scoring.maxsim(interests, self.embeddings)
     if self.exclude_history:
-      seen = tf.where(history >= 0)  # [m, 2] (row, slot)
-      cells = tf.stack([seen[:, 0], tf.gather_nd(history, seen)], axis=1)
-      scores = tf.tensor_scatter_nd_update(scores, cells, tf.fill([tf.shape(cells)[0]], NEG_INF))
+      scores = scoring.mask_items(scores, history, history >= 0)
     b = tf.shape(scores)[0]
     positions = tf.tile(tf.range(self.num_items, dtype=tf.int64)[None], [b, 1])
     return scores, positions, interest

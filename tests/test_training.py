@@ -1,0 +1,82 @@
+"""The training job: multi-worker training and resuming a killed job."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cli
+from beam_pipelines import build, synthetic
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("train_data")
+  synthetic.generate(synthetic.parse_args(["--users=300", "--items=300", "--seed=2",
+                                           f"--output={d / 'raw' / 'log.csv'}"]))
+  build.run(["--runner=DirectRunner", f"--input={d / 'raw' / 'log.csv'}", "--format=kuairand",
+             f"--output_dir={d / 'data'}", "--max_len=64"])
+  return str(d / "data")
+
+
+def _train_args(data_dir, model_dir, *extra):
+  return ["-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+          "--preset=small", "--batch_size=32", "--validation_steps=2", *extra]
+
+
+def _checkpoint(path):
+  reader = tf.train.load_checkpoint(path)
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+
+
+def test_two_workers_end_with_identical_weights(data_dir, tmp_path):
+  ports = [cli.free_port(), cli.free_port()]
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  procs = []
+  for index in range(2):
+    env = {**cli.env(), "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": index}})}
+    procs.append(subprocess.Popen(
+        [sys.executable, *_train_args(data_dir, tmp_path / "run", "--strategy=multi_worker",
+                                      "--epochs=2", "--steps_per_epoch=4")],
+        cwd=cli.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outputs = [p.communicate(timeout=240)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  chief = _checkpoint(str(tmp_path / "run" / "weights" / "final"))
+  other = _checkpoint(str(tmp_path / "run" / "workers" / "worker-1" / "weights" / "final"))
+  weights = [k for k in chief if "user_tower" in k or "token_embedding" in k]
+  assert weights and set(chief) == set(other)
+  for key in chief:
+    np.testing.assert_array_equal(chief[key], other[key], err_msg=key)
+  steps = [k for k in chief if re.search(r"optimizer/iter", k)]
+  assert steps and int(chief[steps[0]]) == 8
+
+
+def test_a_killed_job_resumes_from_its_backup(data_dir, tmp_path):
+  args = _train_args(data_dir, tmp_path / "run", "--epochs=2", "--steps_per_epoch=60",
+                     "--backup_every_steps=5")
+  first = subprocess.Popen([sys.executable, *args], cwd=cli.ROOT, env=cli.env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  backup = tmp_path / "run" / "backup"
+  deadline = time.monotonic() + 180
+  while not (backup.exists() and any("index" in f.name for f in backup.rglob("*"))):
+    assert first.poll() is None, "training ended before it could be killed"
+    assert time.monotonic() < deadline, "no backup written"
+    time.sleep(0.2)
+  time.sleep(1.0)
+  first.send_signal(signal.SIGKILL)
+  first.wait()
+  out = cli.run("tfkf.train", *args[2:])
+  start = json.loads(next(l for l in out.splitlines() if "train_begin_step" in l))["train_begin_step"]
+  assert 0 < start < 120, f"restart began at step {start}: it did not resume mid-way"
+  final = _checkpoint(str(tmp_path / "run" / "weights" / "final"))
+  iterations = int(next(v for k, v in final.items() if re.search(r"optimizer/iter", k)))
+  assert iterations == 120, "steps after the restart continue the count, none repeated or lost"
