@@ -26,10 +26,14 @@ test: venv
 clean:
 	rm -rf demo_out .pytest_cache
 
-.PHONY: bench-pipeline bench-report
+.PHONY: bench-pipeline bench-train bench-report
 bench-pipeline: venv
 	$(PY) -m benchmarks.pipeline --events 1000000 --repeats 1
 	$(PY) -m benchmarks.report
 
 bench-report: venv
+	$(PY) -m benchmarks.report
+
+bench-train: venv
+	$(PY) -m benchmarks.train_cost --batch_size 256 --steps 20 --repeats 3
 	$(PY) -m benchmarks.report

@@ -24,6 +24,7 @@ from tfkf import features
 DEAD_LETTER = "dead_letter"
 FILTERED = "filtered"
 SPLITS = ("train", "valid", "test")
+EVENT_FIELDS = tuple(formats.event("", "", 0)) + ("order",)
 
 
 def write_text(path: str, text: str) -> None:
@@ -58,19 +59,21 @@ class ReadRecords(beam.PTransform):
             | "Chunks" >> beam.FlatMap(self._chunks)
             | "Spread" >> beam.Reshuffle()
             | "Records" >> beam.FlatMapTuple(
-                lambda path, records: ((path, *record) for record in records)))
+                lambda path, header, records: ((path, n, raw, header) for n, raw in records)))
 
   def _chunks(self, readable):
+    """(path, header, [(number, raw), ...]): the header travels once per chunk."""
     path = readable.metadata.path
-    chunk = []
+    chunk, chunk_header = [], None
     with readable.open() as f:
-      for record in self.reader(f):
-        chunk.append(record)
-        if len(chunk) == self.chunk_size:
-          yield path, chunk
+      for number, raw, header in self.reader(f):
+        if chunk and (len(chunk) == self.chunk_size or header != chunk_header):
+          yield path, chunk_header, chunk
           chunk = []
+        chunk_header = header
+        chunk.append((number, raw))
     if chunk:
-      yield path, chunk
+      yield path, chunk_header, chunk
 
 
 class ParseEvents(beam.PTransform):
@@ -289,8 +292,11 @@ class WriteExampleShards(beam.PTransform):
 
   def expand(self, events):
     n = self.num_shards
+    # Events cross the shuffle as tuples in EVENT_FIELDS order: dict keys would be
+    # encoded with every element.
     return (events
-            | "KeyByShard" >> beam.Map(lambda e: (stable_shard(e["user"], n), e))
+            | "KeyByShard" >> beam.Map(lambda e: (stable_shard(e["user"], n),
+                                                  tuple(e[k] for k in EVENT_FIELDS)))
             | "GroupByShard" >> beam.GroupByKey()
             | "BuildAndWrite" >> beam.FlatMap(self._shard,
                                               beam.pvalue.AsSingleton(self.item_index)))
@@ -301,7 +307,8 @@ class WriteExampleShards(beam.PTransform):
   def _shard(self, shard_events, item_index):
     shard, events = shard_events
     by_user = collections.defaultdict(list)
-    for e in events:
+    for row in events:
+      e = dict(zip(EVENT_FIELDS, row))
       by_user[e["user"]].append(e)
     payloads = {split: [] for split in SPLITS}
     for user in sorted(by_user):

@@ -14,3 +14,15 @@ def test_pipeline_benchmark_and_report(tmp_path):
   from benchmarks.report import render
   text = render([result])
   assert "Build pipeline throughput" in text and f"{result['rows_in']:,}" in text
+
+
+def test_train_cost_benchmark(tmp_path):
+  out = tmp_path / "train_cost.json"
+  cli.run("benchmarks.train_cost", "--batch_size=4", "--steps=2", "--repeats=1", f"--output={out}")
+  result = json.loads(out.read_text())
+  variants = result["variants"]
+  assert list(variants) == ["64 plain", "256 plain", "256 compressed"]
+  assert variants["256 compressed"]["sequence_tokens"] == 55 + 4
+  assert variants["256 plain"]["flops_vs_64_plain"] > variants["256 compressed"]["flops_vs_64_plain"] > 1
+  from benchmarks.report import render
+  assert "256 compressed" in render([result])
