@@ -11,10 +11,14 @@ class SmoothedInBatchSoftmax(tf.keras.losses.Loss):
   hands them over (temperature, logQ correction and accidental-hit removal
   already applied). Accidental hits arrive with a MIN_FLOAT logit: they are
   neither positives nor negatives and get no weight. alpha = 0 is plain
-  softmax cross-entropy. Returns [B] per-example losses.
+  softmax cross-entropy.
+
+  The result is the mean over the global batch: each replica's examples are
+  weighted 1 / (local batch x replicas) and summed, as tf.distribute expects.
   """
 
   def __init__(self, alpha: float = 0.1, name: str = "smoothed_in_batch_softmax", **kwargs):
+    kwargs.setdefault("reduction", tf.keras.losses.Reduction.SUM)
     super().__init__(name=name, **kwargs)
     self.alpha = alpha
 
@@ -25,7 +29,10 @@ class SmoothedInBatchSoftmax(tf.keras.losses.Loss):
     batch = tf.cast(tf.shape(y_pred)[-1], y_pred.dtype)
     positive_term = tf.reduce_sum(y_true * log_p, axis=-1)
     negative_term = tf.reduce_sum(tf.math.multiply_no_nan(log_p, negatives), axis=-1)
-    return -(1.0 - self.alpha) * positive_term - self.alpha / batch * negative_term
+    per_example = -(1.0 - self.alpha) * positive_term - self.alpha / batch * negative_term
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    global_batch = tf.cast(tf.shape(y_pred)[0] * replicas, y_pred.dtype)
+    return per_example / global_batch
 
   def get_config(self):
     return {**super().get_config(), "alpha": self.alpha}
