@@ -26,7 +26,7 @@ test: venv
 clean:
 	rm -rf demo_out .pytest_cache
 
-.PHONY: bench-pipeline bench-train bench-report
+.PHONY: bench-pipeline bench-train bench-ablation bench-report
 bench-pipeline: venv
 	$(PY) -m benchmarks.pipeline --events 1000000 --repeats 1
 	$(PY) -m benchmarks.report
@@ -36,4 +36,8 @@ bench-report: venv
 
 bench-train: venv
 	$(PY) -m benchmarks.train_cost --batch_size 256 --steps 20 --repeats 3
+	$(PY) -m benchmarks.report
+
+bench-ablation: venv
+	$(PY) -m benchmarks.ablation --field num_query_tokens --values 1,4 --seeds 0,1,2
 	$(PY) -m benchmarks.report

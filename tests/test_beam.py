@@ -173,3 +173,38 @@ def test_no_valid_or_test_target_is_a_training_target_and_histories_are_earlier(
     if split_time is not None:
       assert (ordered[position]["time"] >= split_time) == (split == "test")
   assert not targets.get("train", set()) & (targets.get("valid", set()) | targets.get("test", set()))
+
+
+def _events(user, n):
+  return [{"user": user, "item": str(i % 5), "time": 10 * i, "order": ("f", i),
+           "duration_s": None, **{r: 0.0 for r in features.EVENT_RAW_INPUTS.values()}}
+          for i in range(n)]
+
+
+def test_stride_and_cap_keep_the_latest_training_targets():
+  index = {str(i): i + 2 for i in range(5)}
+  out = list(T.user_examples(("u", _events("u", 12)), index, max_len=4, stride=3,
+                             max_examples_per_user=2))
+  # Training targets are positions 1..9; latest first every 3rd: 9, 6, 3 -> capped to 9, 6.
+  assert [(e.split, e.position) for e in out] == [("train", 6), ("train", 9), ("valid", 10),
+                                                   ("test", 11)]
+  assert [e.history_len for e in out] == [4, 4, 4, 4]
+
+
+def test_write_example_shards_writes_every_split_of_every_shard(tmp_path):
+  events = _events("a", 5) + _events("b", 2) + _events("c", 4)
+  with BeamTestPipeline() as p:
+    index = p | "Index" >> beam.Create([{str(i): i + 2 for i in range(5)}])
+    lens = (p | beam.Create(events)
+            | T.WriteExampleShards(str(tmp_path), 2, index, max_len=3, stride=1,
+                                   max_examples_per_user=100))
+    # a: train 1, 2, valid 3, test 4; b: train 1 (fewer than 3 events); c: train 1, valid 2, test 3
+    assert_that(lens, equal_to([("train", 1), ("train", 2), ("valid", 3), ("test", 3),
+                                ("train", 1), ("train", 1), ("valid", 2), ("test", 3)]))
+  files = sorted(os.path.relpath(f, tmp_path) for f in glob.glob(f"{tmp_path}/*/*.tfrecord"))
+  written = {f.split("/")[1] for f in files}
+  assert len(files) == 3 * len(written)  # every shard that holds users has all three splits
+  targets = {split: sum(1 for f in files if f.startswith(split)
+                        for _ in tf.data.TFRecordDataset(str(tmp_path / f)))
+             for split in T.SPLITS}
+  assert targets == {"train": 4, "valid": 2, "test": 2}

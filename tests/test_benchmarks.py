@@ -26,3 +26,14 @@ def test_train_cost_benchmark(tmp_path):
   assert variants["256 plain"]["flops_vs_64_plain"] > variants["256 compressed"]["flops_vs_64_plain"] > 1
   from benchmarks.report import render
   assert "256 compressed" in render([result])
+
+
+def test_ablation_benchmark(tmp_path):
+  out = tmp_path / "ablation.json"
+  cli.run("benchmarks.ablation", "--values=1,2", "--seeds=0", "--users=120", "--max_len=16",
+          "--epochs=1", "--steps=2", "--batch_size=16", f"--output={out}")
+  result = json.loads(out.read_text())
+  assert set(result["results"]) == {"1", "2"}
+  assert all(0 <= v["median_val_in_batch_accuracy"] <= 1 for v in result["results"].values())
+  from benchmarks.report import render
+  assert "Ablation: `num_query_tokens`" in render([result])

@@ -17,7 +17,7 @@ class QueryTokens(tf.keras.layers.Layer):
 
   def build(self, input_shape):
     self.queries = self.add_weight(name="queries", shape=(self.num_query_tokens, input_shape[-1]),
-                                   initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02))
+                                   initializer=tf.keras.initializers.TruncatedNormal(stddev=1.0))
 
   def call(self, tokens, valid):
     b = tf.shape(tokens)[0]
