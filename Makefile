@@ -35,7 +35,7 @@ bench-report: venv
 	$(PY) -m benchmarks.report
 
 bench-train: venv
-	$(PY) -m benchmarks.train_cost --batch_size 256 --steps 20 --repeats 3
+	$(PY) -m benchmarks.train_cost --batch_size 256 --steps 10 --repeats 3
 	$(PY) -m benchmarks.report
 
 bench-ablation: venv

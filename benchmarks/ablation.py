@@ -28,7 +28,7 @@ def train_jobs(data_dir, work, args):
       cmd = [sys.executable, "-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
              f"--preset={args.preset}", f"--epochs={args.epochs}", f"--steps_per_epoch={args.steps}",
              f"--batch_size={args.batch_size}", f"--seed={seed}", f"--config_overrides={overrides}",
-             "--patience=1000"]
+             "--patience=1000", "--verbose=2"]
       jobs.append(((value, seed), cmd))
   return jobs
 

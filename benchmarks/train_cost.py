@@ -53,7 +53,8 @@ def batch(config: KuaiFormerConfig, size: int, seed: int = 0) -> dict:
 
 
 def flops(c: KuaiFormerConfig) -> float:
-  """Multiply-adds x2 of the user tower's transformer blocks for one history."""
+  """Multiply-adds x2 of the user tower's transformer blocks for one history (the token
+  MLP and element-wise attention work are not counted)."""
   def block(tokens, batch=1):
     proj = 4 * tokens * c.d_model * c.d_model          # q, k, v, out
     attn = 2 * tokens * tokens * c.d_model             # logits and weighted sum

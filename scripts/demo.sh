@@ -18,7 +18,7 @@ cat "$OUT/data/stats.txt"
 
 stage "3/6 training with model.fit (small preset)"
 $PY -m tfkf.train --data_dir="$OUT/data" --model_dir="$OUT/run" --preset=small \
-    --epochs=4 --steps_per_epoch=150 --batch_size=128
+    --epochs=4 --steps_per_epoch=150 --batch_size=128 --verbose=2
 
 stage "4/6 export SavedModel with an embedded ScaNN index"
 $PY -m serving.export --model_dir="$OUT/run" --data_dir="$OUT/data" \

@@ -14,7 +14,6 @@ import logging
 
 from aiohttp import web
 from google.protobuf import json_format
-import numpy as np
 import tensorflow as tf
 
 from serving import tensor_json
@@ -76,7 +75,8 @@ async def status(request: web.Request) -> web.Response:
   except ModelNotFound as e:
     return error(404, str(e))
   wanted = _version(request)
-  states = {v: s for v, s in manager.states.items() if wanted in (None, v)}
+  # copy() is atomic under the GIL; the polling thread may add versions meanwhile.
+  states = {v: s for v, s in manager.states.copy().items() if wanted in (None, v)}
   if not states:
     return error(404, f"Could not find version {wanted} of model {manager.name}")
   return web.json_response({"model_version_status": [

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import urllib.error
 import urllib.request
 
@@ -23,7 +22,8 @@ def served(tmp_path_factory):
   cli.run("beam_pipelines.build", "--runner=DirectRunner", f"--input={log}", "--format=kuairand",
           f"--item_features={d / 'raw' / 'items.csv'}", f"--output_dir={d / 'data'}", "--max_len=64")
   cli.run("tfkf.train", f"--data_dir={d / 'data'}", f"--model_dir={d / 'run'}", "--preset=small",
-          "--epochs=2", "--steps_per_epoch=120", "--batch_size=128", "--validation_steps=4")
+          "--epochs=2", "--steps_per_epoch=120", "--batch_size=128", "--validation_steps=4",
+          "--verbose=2")
   cli.run("serving.export", f"--model_dir={d / 'run'}", f"--data_dir={d / 'data'}",
           f"--export_base={d / 'models'}", "--index=scann", f"--top_k={K}")
   port = cli.free_port()

@@ -97,12 +97,15 @@ def test_an_all_padding_compression_window_contributes_nothing():
                              a(histories(base, [20])).numpy(), atol=1e-5)
 
 
-def test_a_long_history_keeps_the_latest_max_len_events():
+def test_a_3000_event_history_keeps_the_latest_max_len_events_and_1_event_works():
   config = PRESETS["small"]
   model = model_for(config)
-  long = histories(config, [300], width=300)
+  long = histories(config, [3000, 1], width=3000)
   latest = {k: v[:, -config.max_len:] for k, v in long.items()}
-  np.testing.assert_allclose(model(long).numpy(), model(latest).numpy(), atol=1e-6)
+  interests = model(long).numpy()
+  np.testing.assert_allclose(interests, model(latest).numpy(), atol=1e-6)
+  assert np.isfinite(interests).all()
+  np.testing.assert_allclose(np.linalg.norm(interests, axis=-1), 1.0, atol=1e-5)
 
 
 def reference_loss(logits, labels, alpha, removed):

@@ -1,7 +1,6 @@
 """The training job: multi-worker training and resuming a killed job."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ def data_dir(tmp_path_factory):
 
 def _train_args(data_dir, model_dir, *extra):
   return ["-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-          "--preset=small", "--batch_size=32", "--validation_steps=2", *extra]
+          "--preset=small", "--batch_size=32", "--validation_steps=2", "--verbose=2", *extra]
 
 
 ITERATIONS = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"

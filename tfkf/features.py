@@ -43,10 +43,11 @@ def _tf_raw(x: tf.Tensor) -> tf.Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class UniformBuckets:
-  """`bucket = 1 + int(min(x, cap) / cap * n)`, capped to n; 0 = unknown.
+class _CappedBuckets:
+  """`bucket = 1 + int(scale(min(x, cap)) * n)`, capped to n; 0 = unknown.
 
-  The paper's duration example: cap 300 s, 1000 buckets.
+  Subclasses define `scale` in NumPy and TF with the same operations, so Beam
+  and serving compute the same bucket.
   """
   cap: float
   num_buckets: int
@@ -57,39 +58,34 @@ class UniformBuckets:
 
   def to_numpy(self, x):
     x = np.clip(_np_raw(x), 0.0, self.cap)
-    return 1 + np.minimum((x / self.cap * self.num_buckets).astype(np.int64),
-                          self.num_buckets - 1)
-
-  def to_tf(self, x: tf.Tensor) -> tf.Tensor:
-    x = tf.clip_by_value(_tf_raw(x), 0.0, self.cap)
-    b = tf.cast(tf.math.floor(x / self.cap * self.num_buckets), tf.int64)
-    return 1 + tf.minimum(b, self.num_buckets - 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class LogBuckets:
-  """Log-uniform buckets for heavy-tailed values (watch time in seconds).
-
-  `bucket = 1 + int(log1p(min(x, cap)) / log1p(cap) * n)`, capped to n.
-  Fine resolution for short views, coarse for long ones.
-  """
-  cap: float
-  num_buckets: int
-
-  @property
-  def vocab_size(self) -> int:
-    return self.num_buckets + 1
-
-  def to_numpy(self, x):
-    x = np.clip(_np_raw(x), 0.0, self.cap)
-    b = (np.log1p(x) / math.log1p(self.cap) * self.num_buckets).astype(np.int64)
+    b = np.floor(self._scale_np(x) * self.num_buckets).astype(np.int64)
     return 1 + np.minimum(b, self.num_buckets - 1)
 
   def to_tf(self, x: tf.Tensor) -> tf.Tensor:
     x = tf.clip_by_value(_tf_raw(x), 0.0, self.cap)
-    b = tf.cast(tf.math.floor(tf.math.log1p(x) / math.log1p(self.cap)
-                              * self.num_buckets), tf.int64)
+    b = tf.cast(tf.math.floor(self._scale_tf(x) * self.num_buckets), tf.int64)
     return 1 + tf.minimum(b, self.num_buckets - 1)
+
+
+class UniformBuckets(_CappedBuckets):
+  """Uniform over [0, cap]. The paper's duration example: cap 300 s, 1000 buckets."""
+
+  def _scale_np(self, x):
+    return x / self.cap
+
+  def _scale_tf(self, x):
+    return x / self.cap
+
+
+class LogBuckets(_CappedBuckets):
+  """Log-uniform over [0, cap] for heavy-tailed values (watch time in seconds):
+  fine resolution for short views, coarse for long ones."""
+
+  def _scale_np(self, x):
+    return np.log1p(x) / math.log1p(self.cap)
+
+  def _scale_tf(self, x):
+    return tf.math.log1p(x) / math.log1p(self.cap)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,7 +105,8 @@ def train(args) -> dict:
   history = model.fit(read("train", repeat=True), epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch,
                       validation_data=read("valid", shuffle=False),
-                      validation_steps=args.validation_steps, callbacks=callbacks, verbose=2)
+                      validation_steps=args.validation_steps, callbacks=callbacks,
+                      verbose=args.verbose)
   model.save_weights(os.path.join(out, WEIGHTS))
   return {k: [float(x) for x in v] for k, v in history.history.items()}
 
@@ -129,6 +130,8 @@ def parse_args(argv=None):
                  help="BackupAndRestore frequency in steps (0: every epoch)")
   p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default="default")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                 help="1: the Keras progress bar; 2: one line per epoch (for log files)")
   return p.parse_args(argv)
 
 
