@@ -36,8 +36,8 @@ def export(model_dir: str, data_dir: str, export_base: str, index: str = "brute_
   version = version if version is not None else (versions[-1] + 1 if versions else 1)
   if version in versions:
     raise ValueError(f"version {version} already exists under {export_base}")
-  model = load_trained(model_dir, data_dir)
   catalog = Catalog.load(data_dir)
+  model = load_trained(model_dir, catalog)
   retriever = Retriever(model, os.path.join(data_dir, "vocab", "item.txt"), catalog.item_ids,
                         index=index, top_k=top_k, exclude_history=exclude_history)
   tf.io.gfile.makedirs(export_base)

@@ -73,9 +73,12 @@ class Retriever(tf.Module):
     return inputs
 
   # -- retrieval ----------------------------------------------------------------
-  def retrieve(self, inputs) -> Dict[str, tf.Tensor]:
-    interests = self.user_tower(inputs)  # [b, k, d]
-    history = inputs[features.HISTORY_ITEM] - features.NUM_RESERVED_IDS  # positions; < 0: none
+  def retrieve(self, item_ids: tf.Tensor, raw_events=None) -> Dict[str, tf.Tensor]:
+    """Raw [b, T] history -> top-K item ids, scores and the interest that found each."""
+    interests = self.user_tower(self.encode(item_ids, raw_events))  # [b, k, d]
+    # Catalog positions of every item sent, not only the latest max_len the model
+    # sees: -1 for padding and unknown ids. These are excluded from the results.
+    history = self.vocab.lookup(item_ids)
     if self.index_kind == "scann":
       scores, positions, interest = self._scann_candidates(interests, history)
     else:
@@ -120,14 +123,14 @@ def serving_signatures(retriever: Retriever) -> Dict[str, tf.types.experimental.
 
   @tf.function(input_signature=[ids_spec])
   def serving_default(item_ids):
-    return retriever.retrieve(retriever.encode(item_ids))
+    return retriever.retrieve(item_ids)
 
   raw_names = [features.EVENT_RAW_INPUTS[n] for n in retriever.event_features]
   event_specs = [tf.TensorSpec([None, None], tf.float32, name=n) for n in raw_names]
 
   @tf.function(input_signature=[ids_spec] + event_specs)
   def serving_with_events(item_ids, *raw):
-    return retriever.retrieve(retriever.encode(item_ids, dict(zip(raw_names, raw))))
+    return retriever.retrieve(item_ids, dict(zip(raw_names, raw)))
 
   @tf.function(input_signature=[ids_spec])
   def user_embedding(item_ids):

@@ -31,7 +31,8 @@ def served(tmp_path_factory):
                      f"--rest_api_port={port}", log_path=str(d / "server.log"))
   try:
     wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=120)
-    yield {"port": port, "log": log, "items": str(d / "raw" / "items.csv")}
+    yield {"port": port, "log": log, "items": str(d / "raw" / "items.csv"),
+           "data": str(d / "data"), "run": str(d / "run"), "dir": d}
   finally:
     server.terminate()
     server.wait(timeout=30)
@@ -75,3 +76,17 @@ def test_malformed_request_gets_4xx_json_and_server_keeps_serving(served):
     assert 400 <= e.value.code < 500
     assert "error" in json.load(e.value)
   assert len(_predict(served, [["1", "2"]])[0]["item_ids"]) == K
+
+
+def test_evaluate_cli_ranks_the_model_above_most_popular(served):
+  d = served["dir"]
+  cli.run("tfkf.evaluate", f"--data_dir={served['data']}", f"--model_dir={served['run']}",
+          "--split=valid", f"--output={d / 'model.json'}")
+  cli.run("tfkf.evaluate", f"--data_dir={served['data']}", "--baseline=most_popular",
+          "--split=valid", "--max_len=64", f"--output={d / 'popular.json'}")
+  model = json.loads((d / "model.json").read_text())
+  popular = json.loads((d / "popular.json").read_text())
+  assert model["examples"] == popular["examples"] == 1000
+  for k in (10, 100):
+    assert model[f"hr@{k}"] > popular[f"hr@{k}"]
+  assert model["hr@10"] <= model["hr@50"] <= model["hr@100"] <= model["hr@1000"]

@@ -94,7 +94,7 @@ def main(argv=None):
                       a.max_len, (), a.exclude_history, max_examples=a.max_examples)
   else:
     from tfkf.train import load_trained
-    model = load_trained(a.model_dir, a.data_dir)
+    model = load_trained(a.model_dir, Catalog.load(a.data_dir))
     c = model.config
     result = evaluate(model_scorer(model), a.data_dir, a.split, c.max_len, c.event_features,
                       a.exclude_history, max_examples=a.max_examples)

@@ -64,11 +64,11 @@ def build_model(config: KuaiFormerConfig, catalog: Catalog, learning_rate: float
   return model
 
 
-def load_trained(model_dir: str, data_dir: str) -> KuaiFormer:
-  """The trained model of --model_dir, with the catalog of --data_dir."""
+def load_trained(model_dir: str, catalog: Catalog) -> KuaiFormer:
+  """The trained model of --model_dir over `catalog` (Catalog.load of its data_dir)."""
   with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as f:
     config = KuaiFormerConfig.from_json(f.read())
-  model = KuaiFormer(config, Catalog.load(data_dir)).build_towers()
+  model = KuaiFormer(config, catalog).build_towers()
   model.load_weights(os.path.join(model_dir, WEIGHTS)).assert_existing_objects_matched().expect_partial()
   return model
 
