@@ -113,10 +113,28 @@ def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_p
     dead = [json.loads(l) for l in f]
   assert [(r["line"], r["reason"].split(":")[0]) for r in dead] == [
       (6 + 10 * i, reason) for i, reason in enumerate(CORRUPTIONS.values())]
-  # Every valid positive row of the log is an event of the output.
-  with open(d / "log.csv", newline="", encoding="utf-8", errors="replace") as f:
-    rows = [r for i, r in enumerate(csv.DictReader(f)) if i + 2 not in {x["line"] for x in dead}]
-  assert c["rows_accepted"] == sum(r["is_click"] == "1" or r["long_view"] == "1" for r in rows)
+  # Every valid positive row is in the output, intact: each user's test example
+  # (history + target) is exactly that user's valid positive events in time order.
+  dead_lines = {r["line"] for r in dead}
+  header = lines[0].decode().rstrip("\r").split(",")
+  expected = {}
+  for number, raw in enumerate(lines[1:], start=2):
+    if number in dead_lines or not raw:
+      continue
+    row = dict(zip(header, raw.decode().rstrip("\r").split(",")))
+    if row["is_click"] == "1" or row["long_view"] == "1":
+      expected.setdefault(row["user_id"], []).append((int(row["time_ms"]), number, row["video_id"]))
+  assert c["rows_accepted"] == sum(map(len, expected.values()))
+  with open(tmp_path / "a" / "vocab" / "item.txt") as f:
+    index = {item.rstrip("\n"): i + features.NUM_RESERVED_IDS for i, item in enumerate(f)}
+  seen = {}
+  for path in glob.glob(str(tmp_path / "a" / "test" / "*.tfrecord")):
+    for record in tf.data.TFRecordDataset(path):
+      ex = tf.train.Example.FromString(record.numpy()).features.feature
+      user = ex[features.USER_ID].bytes_list.value[0].decode()
+      seen[user] = (list(ex[features.HISTORY_ITEM].int64_list.value)
+                    + list(ex[features.TARGET_ITEM].int64_list.value))
+  assert seen == {u: [index[item] for _, _, item in sorted(events)] for u, events in expected.items()}
   assert meta["splits"]["test"]["examples"] == meta["splits"]["valid"]["examples"] == c["users"]
   first = _digest(tmp_path / "a")
   shutil.rmtree(tmp_path / "a")
