@@ -74,7 +74,7 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   item_vocab = (events | "ItemIds" >> beam.Map(lambda e: e["item"])
                 | "ItemVocab" >> T.BuildVocabulary(opts.min_item_count))
   item_index = item_vocab | "ItemIndex" >> beam.Map(
-      lambda v: {item: i + features.NUM_RESERVED_IDS for i, (item, _) in enumerate(v)})
+      lambda v: T.vocab_ids(item for item, _ in v))
   dead_letters = [parsed[T.DEAD_LETTER]]
   if opts.item_features:
     items = p | "ReadItems" >> T.ReadItemFeatures(opts.item_features)
@@ -161,11 +161,11 @@ def _flags(opts: BuildOptions) -> dict:
 def _write_artifacts(_, out, flags, event_features, catalog, example_stats, dead, **counts):
   tag_vocab = T.vocab_of(r["tag"] for r in catalog)
   author_vocab = T.vocab_of(r["author"] for r in catalog)
-  ids = lambda vocab: {v: i + features.NUM_RESERVED_IDS for i, v in enumerate(vocab)}
   for name, values in (("item", [r["item_id"] for r in catalog]), ("tag", tag_vocab),
                        ("author", author_vocab)):
     T.write_text(f"{out}/vocab/{name}.txt", "".join(f"{v}\n" for v in values))
-  T.write_text(f"{out}/catalog.csv", T.catalog_csv(catalog, ids(tag_vocab), ids(author_vocab)))
+  T.write_text(f"{out}/catalog.csv",
+               T.catalog_csv(catalog, T.vocab_ids(tag_vocab), T.vocab_ids(author_vocab)))
   T.write_text(f"{out}/dead_letter/dead_letter.jsonl", T.dead_letters_jsonl(dead))
   splits = {s: {"examples": 0, "mean_history_len": 0.0, "max_history_len": 0} for s in T.SPLITS}
   splits.update(dict(example_stats))

@@ -170,7 +170,17 @@ class BuildVocabulary(beam.PTransform):
             | "Count" >> beam.combiners.Count.PerElement()
             | "Keep" >> beam.Filter(lambda kv: kv[1] >= min_count)
             | "Collect" >> beam.combiners.ToList()
-            | "Order" >> beam.Map(lambda kvs: sorted(kvs, key=lambda kv: (-kv[1], kv[0]))))
+            | "Order" >> beam.Map(vocab_order))
+
+
+def vocab_order(counts: Iterable) -> List:
+  """(value, count) pairs in id order: most frequent first, ties by value."""
+  return sorted(counts, key=lambda kv: (-kv[1], kv[0]))
+
+
+def vocab_ids(values: Iterable) -> Dict:
+  """Values in id order -> {value: id}; ids start after the reserved PAD and OOV."""
+  return {v: i + features.NUM_RESERVED_IDS for i, v in enumerate(values)}
 
 
 def build_catalog(item_vocab, item_features, event_durations) -> List[Dict]:
@@ -189,12 +199,8 @@ def build_catalog(item_vocab, item_features, event_durations) -> List[Dict]:
 
 
 def vocab_of(values: Iterable) -> List[str]:
-  """Distinct non-empty values, most frequent first, ties by value."""
-  counts = {}
-  for v in values:
-    if v:
-      counts[v] = counts.get(v, 0) + 1
-  return [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+  """Distinct non-empty values in id order (see vocab_order)."""
+  return [v for v, _ in vocab_order(collections.Counter(v for v in values if v).items())]
 
 
 class LeaveOneOut:
