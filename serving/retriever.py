@@ -15,6 +15,9 @@ from tfkf import features, scoring
 from tfkf.model import KuaiFormer
 
 NEG_INF = float("-inf")
+# Requests may send more than max_len events (the model keeps the latest) but
+# not without bound: every sent item is compared against the candidates.
+DEFAULT_MAX_HISTORY_LENGTH = 1024
 
 
 def scann_parameters(num_items: int, k: int) -> Dict[str, int]:
@@ -29,7 +32,8 @@ class Retriever(tf.Module):
   """Holds the user tower, the item vocabulary and the index over the catalog."""
 
   def __init__(self, model: KuaiFormer, item_vocab_file: str, item_ids, index: str = "brute_force",
-               top_k: int = 100, exclude_history: bool = True):
+               top_k: int = 100, exclude_history: bool = True,
+               max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH):
     super().__init__()
     config = model.config
     self.user_tower = model.user_tower
@@ -37,6 +41,7 @@ class Retriever(tf.Module):
     self.event_features = config.event_features
     self.top_k = top_k
     self.exclude_history = exclude_history
+    self.max_history_length = max_history_length
     self.vocab = tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(item_vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
                                       tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
@@ -58,6 +63,7 @@ class Retriever(tf.Module):
   def encode(self, item_ids: tf.Tensor, raw_events: Optional[Dict[str, tf.Tensor]] = None):
     """Raw [b, T] ids ("" = padding, anywhere) -> model inputs, left-aligned to max_len."""
     present = tf.not_equal(item_ids, features.PAD_TOKEN)
+    self._check_lengths(tf.reduce_sum(tf.cast(present, tf.int32), axis=1))
     align = lambda x, pad: features.left_align(tf.ragged.boolean_mask(x, present), self.max_len, pad)
     raw = align(item_ids, features.PAD_TOKEN)
     found = self.vocab.lookup(raw)
@@ -71,6 +77,15 @@ class Retriever(tf.Module):
         encoded = features.EVENT_FEATURES[name].to_tf(raw_events[features.EVENT_RAW_INPUTS[name]])
         inputs[features.history_key(name)] = align(encoded, features.PAD_ID)
     return inputs
+
+  def _check_lengths(self, lengths: tf.Tensor) -> None:
+    """Rejects (InvalidArgument, a 400 in serving) empty and over-long histories."""
+    tf.debugging.assert_positive(
+        lengths, message="every history needs at least one item id; got an empty history")
+    tf.debugging.assert_less_equal(
+        lengths, self.max_history_length,
+        message=f"a history may hold at most {self.max_history_length} item ids (the newest "
+                f"{self.max_len} are used); send fewer")
 
   # -- retrieval ----------------------------------------------------------------
   def retrieve(self, item_ids: tf.Tensor, raw_events=None) -> Dict[str, tf.Tensor]:

@@ -1,60 +1,114 @@
-"""A TF-Serving-compatible model server (REST) for tfkf SavedModels.
+"""A TF-Serving-compatible model server (REST and gRPC) for tfkf SavedModels.
 
   python -m serving.server --model_name=kuaiformer --model_base_path=models/kuaiformer \
-      --rest_api_port=8501
+      --rest_api_port=8501 --port=8500 [--enable_batching]
 
-Flags follow tensorflow_model_server where they apply. Versions are numbered
-subdirectories of --model_base_path, polled every
---file_system_poll_wait_seconds; the newest loadable one is served.
+Flags follow tensorflow_model_server where they apply. One model from
+--model_name/--model_base_path, or several (with version policies and labels)
+from --model_config_file, TF Serving's text-format ModelServerConfig. Versions
+are polled every --file_system_poll_wait_seconds; see serving/model_manager.py.
 """
 
 import argparse
+import asyncio
 import logging
 import os
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import scann  # noqa: F401  (registers the ScaNN ops that ScaNN exports need)
 from aiohttp import web
+from google.protobuf import text_format
 import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
-from serving.model_manager import ModelManager
-from serving.rest import make_app, run_signature
+from serving import grpc_api
+from serving.batching import BatchScheduler
+from serving.model_manager import ModelConfig, ModelManager
+from serving.prediction import DEFAULT_SIGNATURE, Models, run_signature
+from serving.rest import make_app
+
+log = logging.getLogger("serving.server")
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
-def warmup(servable) -> None:
-  """One call through every signature before a version takes traffic."""
+def warmup(servable, path: str) -> None:
+  """Replays the version's warmup requests (TF Serving's file), else one dummy call per signature."""
+  records = os.path.join(path, WARMUP_FILE)
+  if tf.io.gfile.exists(records):
+    for raw in tf.data.TFRecordDataset(records).as_numpy_iterator():
+      request = prediction_log_pb2.PredictionLog.FromString(raw).predict_log.request
+      signature = servable.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE]
+      run_signature(signature, {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+    return
   for signature in servable.signatures.values():
     specs = dict(signature.structured_input_signature[1])
-    arrays = {k: (np.array([["__warmup__"]], dtype=object) if s.dtype.name == "string"
-                  else np.zeros([1, 1], s.dtype.as_numpy_dtype)) for k, s in specs.items()}
-    run_signature(signature, arrays)
+    run_signature(signature, {k: (np.array([["__warmup__"]], dtype=object) if s.dtype == tf.string
+                                  else np.zeros([1, 1], s.dtype.as_numpy_dtype))
+                              for k, s in specs.items()})
+
+
+def model_configs(args):
+  if args.model_config_file:
+    config = model_server_config_pb2.ModelServerConfig()
+    with tf.io.gfile.GFile(args.model_config_file) as f:
+      text_format.Parse(f.read(), config)
+    return list(config.model_config_list.config)
+  if not args.model_base_path:
+    raise SystemExit("either --model_base_path or --model_config_file is required")
+  return [ModelConfig(name=args.model_name, base_path=os.path.abspath(args.model_base_path))]
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model_name", default="default")
-  p.add_argument("--model_base_path", required=True)
-  p.add_argument("--rest_api_port", type=int, default=8501)
-  p.add_argument("--rest_api_host", default="127.0.0.1",
-                 help="bind address (default loopback only)")
+  p.add_argument("--model_base_path", default=None)
+  p.add_argument("--model_config_file", default=None,
+                 help="text-format ModelServerConfig (names, base paths, version policies, labels)")
+  p.add_argument("--port", type=int, default=8500, help="gRPC port (0 = no gRPC)")
+  p.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0 = no REST)")
+  p.add_argument("--host", default="127.0.0.1", help="bind address of both APIs (default loopback)")
   p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
-  p.add_argument("--max_request_bytes", type=int, default=4 << 20)
+  p.add_argument("--max_request_bytes", type=int, default=4 << 20,
+                 help="largest REST body or gRPC message accepted")
+  p.add_argument("--enable_batching", action="store_true",
+                 help="merge concurrent predict calls into batches")
+  p.add_argument("--max_batch_size", type=int, default=32, help="rows per batch (with batching)")
+  p.add_argument("--batch_timeout_micros", type=int, default=2000,
+                 help="longest wait for a batch to fill (with batching)")
+  p.add_argument("--num_threads", type=int, default=32, help="concurrent predict calls")
   return p.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-  manager = ModelManager(args.model_name, os.path.abspath(args.model_base_path), warmup=warmup)
-  manager.poll()
-  manager.start_polling(args.file_system_poll_wait_seconds)
-  app = make_app(manager, args.max_request_bytes)
-  web.run_app(app, host=args.rest_api_host, port=args.rest_api_port,
-              print=lambda msg: logging.getLogger("serving.server").info(
-                  "REST API at http://%s:%d/v1/models/%s", args.rest_api_host,
-                  args.rest_api_port, args.model_name))
-
+  managers = [ModelManager(c, warmup=warmup) for c in model_configs(args)]
+  for manager in managers:
+    manager.poll()
+    manager.start_polling(args.file_system_poll_wait_seconds)
+  batcher = (BatchScheduler(args.max_batch_size, args.batch_timeout_micros / 1e6)
+             if args.enable_batching else None)
+  models = Models(managers, batcher, args.num_threads)
+  if not (args.port or args.rest_api_port):
+    raise SystemExit("--port and --rest_api_port are both 0: nothing to serve")
+  grpc_server = None
+  if args.port:
+    grpc_server = grpc_api.make_server(models, f"{args.host}:{args.port}", args.num_threads,
+                                       args.max_request_bytes)
+    log.info("gRPC API at %s:%d", args.host, args.port)
+  if not args.rest_api_port:
+    grpc_server.wait_for_termination()
+    return
+  app = make_app(models, args.max_request_bytes)
+  if grpc_server is not None:
+    app.on_cleanup.append(lambda _: asyncio.to_thread(lambda: grpc_server.stop(grace=5).wait()))
+  names = ", ".join(m.name for m in managers)
+  web.run_app(app, host=args.host, port=args.rest_api_port, access_log_format='%a "%r" %s %b %Tfs',
+              print=lambda _: log.info("REST API at http://%s:%d/v1/models/{%s}", args.host,
+                                       args.rest_api_port, names))
 
 if __name__ == "__main__":
   main()

@@ -6,13 +6,15 @@ same shape; errors raise BadRequest with TF Serving's wording where it has one.
 """
 
 import base64
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from serving.prediction import InvalidArgument, input_specs
 
-class BadRequest(ValueError):
+
+class BadRequest(InvalidArgument):
   pass
 
 
@@ -31,35 +33,35 @@ def _decode_strings(value):
   raise BadRequest(f"Expected a string or {{\"b64\": ...}}, got {type(value).__name__}: {value!r:.40}")
 
 
-def to_array(value, spec: tf.TensorSpec, name: str) -> np.ndarray:
-  """A JSON value -> a NumPy array that fits `spec`, or BadRequest."""
-  if spec.dtype == tf.string:
-    value = _decode_strings(value)
-    array = np.array(value, dtype=object)
-  else:
-    try:
-      array = np.array(value, dtype=spec.dtype.as_numpy_dtype)
-    except (TypeError, ValueError):
-      raise BadRequest(f"Input {name!r} expects {spec.dtype.name} values; got {str(value)[:60]}") from None
-  if array.dtype == object and spec.dtype != tf.string:
+def to_array(value, spec: Optional[tf.TensorSpec], name: str) -> np.ndarray:
+  """A JSON value -> a NumPy array of `spec`'s dtype (or a guessed one without spec)."""
+  strings = spec.dtype == tf.string if spec is not None else _all_strings(value)
+  try:
+    if strings:
+      array = np.array(_decode_strings(value), dtype=object)
+    else:
+      array = np.array(value, dtype=spec.dtype.as_numpy_dtype if spec is not None else None)
+  except (TypeError, ValueError) as e:
+    if "inhomogeneous" in str(e):
+      raise BadRequest(f"Input {name!r} is ragged: all rows must have the same length") from None
+    raise BadRequest(f"Input {name!r} expects {spec.dtype.name if spec else 'numeric'} values; "
+                     f"got {str(value)[:60]}") from None
+  if array.dtype == object and any(not isinstance(v, bytes) for v in array.reshape(-1)):
     raise BadRequest(f"Input {name!r} is ragged: all rows must have the same length")
-  if spec.dtype == tf.string and any(not isinstance(v, bytes) for v in array.reshape(-1)):
-    raise BadRequest(f"Input {name!r} is ragged: all rows must have the same length")
-  if spec.shape.rank is not None and array.ndim != spec.shape.rank:
-    raise BadRequest(f"Input {name!r} must have rank {spec.shape.rank} (shape {spec.shape}); "
-                     f"got shape {list(array.shape)}")
   return array
 
 
-def _specs(signature) -> Dict[str, tf.TensorSpec]:
-  return dict(signature.structured_input_signature[1])
+def _all_strings(value) -> bool:
+  if isinstance(value, list):
+    return all(_all_strings(v) for v in value)
+  return isinstance(value, (str, dict))
 
 
 def parse_request(body, signature) -> (Dict[str, np.ndarray], bool):
   """A predict body -> ({input name: array}, row_format)."""
   if not isinstance(body, dict):
     raise BadRequest("Request body must be a JSON object")
-  specs = _specs(signature)
+  specs = input_specs(signature)
   if ("instances" in body) == ("inputs" in body):
     raise BadRequest("Missing 'instances' or 'inputs' key (exactly one is required)")
   if "instances" in body:
@@ -87,17 +89,7 @@ def _columns(inputs, specs) -> Dict[str, np.ndarray]:
     if len(specs) != 1:
       raise BadRequest(f"'inputs' must be an object naming the inputs {sorted(specs)}")
     inputs = {next(iter(specs)): inputs}
-  missing, extra = set(specs) - set(inputs), set(inputs) - set(specs)
-  if missing or extra:
-    raise BadRequest(f"input size does not match signature: {len(inputs)}!={len(specs)} "
-                     f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(specs))}}}). "
-                     f"Sent extra: {{{','.join(sorted(extra))}}}. "
-                     f"Missing but required: {{{','.join(sorted(missing))}}}.")
-  arrays = {name: to_array(inputs[name], specs[name], name) for name in specs}
-  batch = {a.shape[0] if a.ndim else None for a in arrays.values()}
-  if len(batch) > 1:
-    raise BadRequest(f"Inputs disagree on the batch size: {sorted(map(str, batch))}")
-  return arrays
+  return {name: to_array(value, specs.get(name), name) for name, value in inputs.items()}
 
 
 def _jsonable(array: np.ndarray) -> List:

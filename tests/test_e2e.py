@@ -15,24 +15,16 @@ K = 10
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(trained, tmp_path_factory):
   d = tmp_path_factory.mktemp("e2e")
-  log = str(d / "raw" / "log.csv")
-  cli.run("beam_pipelines.synthetic", "--users=1000", "--items=1500", "--seed=3", f"--output={log}")
-  cli.run("beam_pipelines.build", "--runner=DirectRunner", f"--input={log}", "--format=kuairand",
-          f"--item_features={d / 'raw' / 'items.csv'}", f"--output_dir={d / 'data'}", "--max_len=64")
-  cli.run("tfkf.train", f"--data_dir={d / 'data'}", f"--model_dir={d / 'run'}", "--preset=small",
-          "--epochs=2", "--steps_per_epoch=120", "--batch_size=128", "--validation_steps=4",
-          "--verbose=2")
-  cli.run("serving.export", f"--model_dir={d / 'run'}", f"--data_dir={d / 'data'}",
+  cli.run("serving.export", f"--model_dir={trained['run']}", f"--data_dir={trained['data']}",
           f"--export_base={d / 'models'}", "--index=scann", f"--top_k={K}")
   port = cli.free_port()
   server = cli.start("serving.server", "--model_name=kuaiformer", f"--model_base_path={d / 'models'}",
-                     f"--rest_api_port={port}", log_path=str(d / "server.log"))
+                     f"--rest_api_port={port}", "--port=0", log_path=str(d / "server.log"))
   try:
     wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=120)
-    yield {"port": port, "log": log, "items": str(d / "raw" / "items.csv"),
-           "data": str(d / "data"), "run": str(d / "run"), "dir": d}
+    yield {**trained, "port": port, "dir": d}
   finally:
     server.terminate()
     server.wait(timeout=30)
