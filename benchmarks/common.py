@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,12 @@ def timed_module(module: str, *args: str) -> float:
   if proc.returncode:
     raise RuntimeError(f"{module} failed:\n{proc.stderr[-3000:]}")
   return time.perf_counter() - start
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def write(name: str, payload: dict, output: str = None) -> str:

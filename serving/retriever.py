@@ -33,7 +33,10 @@ class Retriever(tf.Module):
 
   def __init__(self, model: KuaiFormer, item_vocab_file: str, item_ids, index: str = "brute_force",
                top_k: int = 100, exclude_history: bool = True,
-               max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH):
+               max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH, item_embeddings=None):
+    """item_ids [n] raw ids by item index (rows 0, 1 reserved); the first rows follow the
+    vocabulary file. item_embeddings [n, d] default to the model's item tower; they may
+    cover more items than the vocabulary (retrievable, but unknown as history)."""
     super().__init__()
     config = model.config
     self.user_tower = model.user_tower
@@ -48,7 +51,11 @@ class Retriever(tf.Module):
         default_value=-1)
     real = slice(features.NUM_RESERVED_IDS, None)
     self.item_ids = tf.constant(item_ids[real], tf.string)  # position p = item index p + 2
-    embeddings = model.item_embeddings()[real]
+    if item_embeddings is None:
+      item_embeddings = model.item_embeddings()
+    if len(item_ids) != int(item_embeddings.shape[0]):
+      raise ValueError(f"{len(item_ids)} item ids but {item_embeddings.shape[0]} item embeddings")
+    embeddings = tf.convert_to_tensor(item_embeddings, tf.float32)[real]
     self.num_items = int(embeddings.shape[0])
     self.index_kind = index
     if index == "scann":
@@ -117,9 +124,11 @@ class Retriever(tf.Module):
     b, k = tf.shape(interests)[0], tf.shape(interests)[1]
     flat = tf.reshape(interests, [b * k, -1])
     scores, positions = self.scann(flat)
-    c = k * self.per_interest_k
+    # ScaNN returns fewer than per_interest_k when the leaves searched hold fewer items.
+    found = tf.shape(scores)[1]
+    c = k * found
     scores, positions = tf.reshape(scores, [b, c]), tf.reshape(positions, [b, c])
-    interest = tf.reshape(tf.tile(tf.range(k)[:, None], [1, self.per_interest_k]), [1, c])
+    interest = tf.reshape(tf.tile(tf.range(k)[:, None], [1, found]), [1, c])
     interest = tf.tile(interest, [b, 1])
     same = tf.equal(positions[:, :, None], positions[:, None, :])
     better = tf.logical_or(scores[:, None, :] > scores[:, :, None],

@@ -76,8 +76,9 @@ def parse_args(argv=None):
   p.add_argument("--enable_batching", action="store_true",
                  help="merge concurrent predict calls into batches")
   p.add_argument("--max_batch_size", type=int, default=32, help="rows per batch (with batching)")
-  p.add_argument("--batch_timeout_micros", type=int, default=2000,
-                 help="longest wait for a batch to fill (with batching)")
+  p.add_argument("--batch_timeout_micros", type=int, default=0,
+                 help="longest wait for a batch to fill (with batching); 0 = take the calls "
+                      "already queued, which batches under load without delaying a lone call")
   p.add_argument("--num_threads", type=int, default=32, help="concurrent predict calls")
   return p.parse_args(argv)
 

@@ -1,0 +1,201 @@
+"""make bench-serving: latency and throughput of serving.server against the in-process floor.
+
+A small KuaiFormer is built and trained on SASRec Games (23,715 items) by the
+project's CLIs. Its retrieval is exported for the native catalog and for a
+catalog padded to --catalogs items with synthetic items around the trained
+ones (each a random trained item embedding plus Gaussian noise of 0.3x the
+per-dimension spread, so the index sees clustered, anisotropic data), with a
+ScaNN and a brute-force index. For each export:
+  * floor: the SavedModel's serving_default called in-process, one user per call;
+  * server: serving.server (REST) with batching off and on, at each concurrency,
+    driven by an asyncio HTTP client in this process (it shares the 2 cores);
+  * ScaNN recall@K against brute force on the same histories.
+
+  python -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import aiohttp
+import numpy as np
+import tensorflow as tf
+
+from benchmarks import common
+from serving import verify
+from serving.client import wait_until_available
+from serving.export import SAVE_OPTIONS
+from serving.retriever import Retriever, serving_signatures
+from tfkf.catalog import Catalog
+from tfkf.train import load_trained
+
+GAMES = os.path.join(common.ROOT, "..", "shared", "data", "sasrec_games", "Video.txt")
+
+
+def prepare(args) -> (str, str):
+  """(data_dir, model_dir): the Beam build and a short training run, cached in work_dir."""
+  data, run = os.path.join(args.work_dir, "data"), os.path.join(args.work_dir, "run")
+  if not os.path.exists(os.path.join(run, "config.json")):
+    common.timed_module("beam_pipelines.build", "--runner=DirectRunner", f"--input={args.input}",
+                        f"--format={args.format}", f"--output_dir={data}", f"--max_len={args.max_len}")
+    common.timed_module("tfkf.train", f"--data_dir={data}", f"--model_dir={run}", "--preset=small",
+                        f"--config_overrides={json.dumps({'max_len': args.max_len})}",
+                        "--epochs=1", f"--steps_per_epoch={args.train_steps}", "--batch_size=128",
+                        "--validation_steps=2", "--verbose=0")
+  return data, run
+
+
+def padded_catalog(catalog: Catalog, embeddings: np.ndarray, size: int, seed: int = 0):
+  """(item ids, embeddings) of `size` real items: the trained ones, then synthetic ones."""
+  real = embeddings[2:]
+  extra = max(0, size - len(real))
+  rng = np.random.default_rng(seed)
+  noise = rng.standard_normal((extra, real.shape[1])).astype(np.float32) * (0.3 * real.std(axis=0))
+  synthetic = real[rng.integers(0, len(real), extra)] + noise
+  ids = np.concatenate([catalog.item_ids, np.array([f"synthetic-{i}" for i in range(extra)], object)])
+  return ids, np.concatenate([embeddings, synthetic]).astype(np.float32)
+
+
+def export(model, data_dir, item_ids, embeddings, index, top_k, path) -> float:
+  """Saves one version; returns the index build + save seconds."""
+  start = time.perf_counter()
+  retriever = Retriever(model, os.path.join(data_dir, "vocab", "item.txt"), item_ids, index=index,
+                        top_k=top_k, item_embeddings=embeddings)
+  tf.saved_model.save(retriever, path, signatures=serving_signatures(retriever), options=SAVE_OPTIONS)
+  return time.perf_counter() - start
+
+
+def percentiles(latencies_s) -> dict:
+  ms = np.array(latencies_s) * 1e3
+  return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+          "requests": len(ms)}
+
+
+def floor(path: str, histories, seconds: float) -> dict:
+  """The in-process call of serving_default, one user at a time: the server's floor."""
+  signature = tf.saved_model.load(path).signatures["serving_default"]
+  latencies, deadline = [], time.perf_counter() + seconds
+  for i in range(10):  # warm up
+    signature(item_ids=tf.constant(histories[i % len(histories)][None]))
+  while time.perf_counter() < deadline:
+    history = histories[len(latencies) % len(histories)]
+    start = time.perf_counter()
+    signature(item_ids=tf.constant(history[None]))
+    latencies.append(time.perf_counter() - start)
+  return percentiles(latencies)
+
+
+async def drive(url: str, bodies, concurrency: int, seconds: float) -> dict:
+  """`concurrency` closed-loop clients for `seconds`: latency percentiles and throughput."""
+  latencies, errors = [], 0
+  deadline = time.perf_counter() + seconds
+  async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    async def client(worker):
+      nonlocal errors
+      n = worker
+      while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        async with session.post(url, data=bodies[n % len(bodies)]) as response:
+          await response.read()
+          errors += response.status != 200
+        latencies.append(time.perf_counter() - start)
+        n += concurrency
+    started = time.perf_counter()
+    await asyncio.gather(*(client(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - started
+  return {**percentiles(latencies), "throughput_rps": len(latencies) / elapsed, "errors": errors}
+
+
+def serve(base: str, batching: bool, log_path: str):
+  port = common.free_port()
+  flags = [f"--model_base_path={base}", "--model_name=kuaiformer", f"--rest_api_port={port}",
+           "--port=0", "--num_threads=32"] + (["--enable_batching"] if batching else [])
+  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
+  process = subprocess.Popen([sys.executable, "-m", "serving.server", *flags], cwd=common.ROOT, env=env,
+                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+  wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=600)
+  return process, port
+
+
+def histories_for(data_dir, catalog, max_len, n):
+  indices = verify.sample_histories(data_dir, max_len, n)
+  return verify.raw_histories(indices, catalog), indices
+
+
+def run(args) -> dict:
+  data_dir, model_dir = prepare(args)
+  catalog = Catalog.load(data_dir)
+  model = load_trained(model_dir, catalog)
+  embeddings = model.item_embeddings().numpy()
+  raw, _ = histories_for(data_dir, catalog, model.config.max_len, args.users)
+  bodies = [json.dumps({"instances": [{"item_ids": [x.decode() for x in h if x]}]}).encode() for h in raw]
+  results = {}
+  for size in args.catalogs:
+    item_ids, item_embeddings = padded_catalog(catalog, embeddings, size, args.seed)
+    label = f"{len(item_ids) - 2} items"
+    cell = results[label] = {}
+    outputs = {}
+    for index in args.indexes:
+      base = os.path.join(args.work_dir, "models", f"{len(item_ids)}-{index}")
+      shutil.rmtree(base, ignore_errors=True)
+      build_s = export(model, data_dir, item_ids, item_embeddings, index, args.top_k, os.path.join(base, "1"))
+      signature = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
+      outputs[index] = signature(item_ids=tf.constant(raw))["item_ids"].numpy()
+      entry = cell[index] = {"export_s": build_s, "floor": floor(os.path.join(base, "1"), raw, args.seconds)}
+      for batching in args.batching:
+        process, port = serve(base, batching, os.path.join(args.work_dir, f"server-{index}-{size}.log"))
+        try:
+          url = f"http://127.0.0.1:{port}/v1/models/kuaiformer:predict"
+          entry[f"batching_{'on' if batching else 'off'}"] = {
+              str(c): asyncio.run(drive(url, bodies, c, args.seconds)) for c in args.concurrency}
+        finally:
+          process.terminate()
+          process.wait(timeout=60)
+      print(json.dumps({label: {index: entry}}), flush=True)
+    if "scann" in outputs and "brute_force" in outputs:
+      recall = [len(set(a) & set(b)) / len(b) for a, b in zip(outputs["scann"], outputs["brute_force"])]
+      cell["scann_recall_at_k"] = float(np.mean(recall))
+  return results
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ints = lambda s: [int(x) for x in s.split(",")]
+  p.add_argument("--input", default=GAMES)
+  p.add_argument("--format", default="sasrec")
+  p.add_argument("--work_dir", default="/tmp/tfkf-bench-serving")
+  p.add_argument("--max_len", type=int, default=64)
+  p.add_argument("--train_steps", type=int, default=400)
+  p.add_argument("--catalogs", type=ints, default=[0, 1_000_000],
+                 help="catalog sizes; 0 (or anything below the data's) = the data's own items")
+  p.add_argument("--indexes", type=lambda s: s.split(","), default=["scann", "brute_force"])
+  p.add_argument("--batching", type=lambda s: [x == "on" for x in s.split(",")], default=[False, True])
+  p.add_argument("--concurrency", type=ints, default=[1, 8, 32])
+  p.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
+  p.add_argument("--users", type=int, default=512, help="distinct test histories sent")
+  p.add_argument("--top_k", type=int, default=100)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--output", default=None)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  results = run(args)
+  path = common.write("serving", {
+      "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]),
+      "versions": common.versions("tensorflow", "scann", "aiohttp"),
+      "seed": args.seed, "top_k": args.top_k, "max_len": args.max_len, "seconds": args.seconds,
+      "results": results}, args.output)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
