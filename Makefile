@@ -26,7 +26,7 @@ test: venv
 clean:
 	rm -rf demo_out .pytest_cache
 
-.PHONY: bench-pipeline bench-train bench-ablation bench-report
+.PHONY: bench-pipeline bench-train bench-ablation bench-serving bench-report
 bench-pipeline: venv
 	$(PY) -m benchmarks.pipeline --events 1000000 --repeats 1
 	$(PY) -m benchmarks.report
@@ -40,4 +40,8 @@ bench-train: venv
 
 bench-ablation: venv
 	$(PY) -m benchmarks.ablation --field num_query_tokens --values 1,4 --seeds 0,1,2
+	$(PY) -m benchmarks.report
+
+bench-serving: venv
+	$(PY) -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
 	$(PY) -m benchmarks.report

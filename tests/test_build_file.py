@@ -4,7 +4,7 @@ import glob
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("tfkf", "beam_pipelines", "serving", "benchmarks")
+PACKAGES = ("tfkf", "beam_pipelines", "serving", "benchmarks", "deploy")
 
 
 def _targets():

@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -265,3 +267,13 @@ def test_hot_swap_under_load_fails_no_request(trained, base, batching, histories
   assert states[2]["state"] == "END" and states[1]["state"] == "END"
   metrics = urllib.request.urlopen(batching.url("/monitoring/prometheus/metrics"), timeout=10).read().decode()
   assert f':tensorflow:serving:served_version{{model_name="{MODEL}"}} 4.0' in metrics
+
+
+def test_deployment_configs_parse_with_tf_servings_protos(tmp_path):
+  check = [sys.executable, os.path.join(cli.ROOT, "deploy", "check_configs.py")]
+  assert subprocess.run(check, capture_output=True).returncode == 0
+  shutil.copytree(os.path.join(cli.ROOT, "deploy"), tmp_path / "deploy")
+  config = tmp_path / "deploy" / "models.config"
+  config.write_text(config.read_text().replace("value: 2", "value: 7"))  # label -> unlisted version
+  broken = subprocess.run(check + [str(tmp_path / "deploy")], capture_output=True, text=True)
+  assert broken.returncode == 1 and "7" in broken.stdout + broken.stderr
