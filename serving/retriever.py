@@ -21,11 +21,16 @@ DEFAULT_MAX_HISTORY_LENGTH = 1024
 
 
 def scann_parameters(num_items: int, k: int) -> Dict[str, int]:
-  """ScaNN settings from the catalog size: ~sqrt(N) leaves, a fifth of them
-  searched, and exact re-scoring of 4k candidates (docs/architecture.md)."""
+  """ScaNN settings from the catalog size: ~sqrt(N) leaves, exact re-scoring of 10k
+  candidates, and 6% of the leaves searched but never fewer than hold ~4x the re-scored
+  candidates (small catalogs search a larger share, still cheap). Measured on trained
+  embeddings: recall@100 0.98 at 1M items vs 0.88 with 4k re-scored (docs/architecture.md)."""
+  k = min(num_items, k)
   leaves = max(2, int(round(math.sqrt(num_items))))
-  return {"num_leaves": leaves, "num_leaves_to_search": max(1, math.ceil(leaves / 5)),
-          "num_reordering_candidates": min(num_items, 4 * k), "k": min(num_items, k)}
+  reorder = min(num_items, 10 * k)
+  share = min(1.0, max(0.06, 4 * reorder / num_items))
+  return {"num_leaves": leaves, "num_leaves_to_search": min(leaves, max(1, math.ceil(share * leaves))),
+          "num_reordering_candidates": reorder, "k": k}
 
 
 class Retriever(tf.Module):
@@ -124,7 +129,9 @@ class Retriever(tf.Module):
     b, k = tf.shape(interests)[0], tf.shape(interests)[1]
     flat = tf.reshape(interests, [b * k, -1])
     scores, positions = self.scann(flat)
-    # ScaNN returns fewer than per_interest_k when the leaves searched hold fewer items.
+    # ScaNN returns fewer than per_interest_k when it re-scores fewer, and pads with
+    # item 0 at a NaN score when the leaves searched hold fewer; NaN would rank first.
+    scores = tf.where(tf.math.is_nan(scores), NEG_INF, scores)
     found = tf.shape(scores)[1]
     c = k * found
     scores, positions = tf.reshape(scores, [b, c]), tf.reshape(positions, [b, c])
