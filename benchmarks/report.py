@@ -74,7 +74,83 @@ def _ablation(r) -> list:
   return lines + [""]
 
 
-RENDERERS = {"pipeline": _pipeline, "train_cost": _train_cost}
+def _by_size(results: dict):
+  """Catalog cells ("23715 items", ...) smallest first."""
+  return sorted(results.items(), key=lambda kv: int(kv[0].split()[0]))
+
+
+def _serving(r) -> list:
+  lines = ["## Serving latency and throughput (`make bench-serving`)", "",
+           f"`serving.server` over REST on 127.0.0.1, top {r['top_k']}, max_len {r['max_len']}, "
+           f"{r['seconds']:.0f} s closed-loop per concurrency level, one test-split history per "
+           "request; the load generator runs on the same 2 cores. Floor: the SavedModel's "
+           "`serving_default` called in-process for one user. Catalogs beyond the data's own "
+           "items are padded with synthetic items around the trained embeddings "
+           "(`benchmarks/serving.py`).", "",
+           "![latency distributions](benchmarks/plots/serving_latency.png)", ""]
+  for catalog, cell in _by_size(r["results"]):
+    lines += [f"### {catalog}", "", "| index | path | concurrency | p50 (ms) | p99 (ms) | "
+              "requests/s | errors |", "|---|---|---:|---:|---:|---:|---:|"]
+    for index in ("scann", "brute_force"):
+      if index not in cell:
+        continue
+      e = cell[index]
+      lines.append(f"| {index} | floor (in-process) | 1 | {e['floor']['p50_ms']:.2f} | "
+                   f"{e['floor']['p99_ms']:.2f} | | |")
+      for path in ("batching_off", "batching_on"):
+        for c, v in e.get(path, {}).items():
+          lines.append(f"| {index} | server, {path.replace('_', ' ')} | {c} | {v['p50_ms']:.2f} | "
+                       f"{v['p99_ms']:.2f} | {v['throughput_rps']:.0f} | {v['errors']} |")
+    lines.append("")
+    for index in ("scann", "brute_force"):
+      e = cell.get(index, {})
+      if "batching_off" in e and "1" in e["batching_off"]:
+        overhead = e["batching_off"]["1"]["p50_ms"] / e["floor"]["p50_ms"] - 1
+        lines.append(f"- {index}: server overhead over the floor at p50, concurrency 1: "
+                     f"**{overhead:+.0%}** (target ≤ +25%); export + index build "
+                     f"{e['export_s']:.1f} s.")
+    if "scann" in cell and "brute_force" in cell:
+      s, b = cell["scann"], cell["brute_force"]
+      lines.append(f"- ScaNN vs brute force, floor p50: **{b['floor']['p50_ms'] / s['floor']['p50_ms']:.1f}×** "
+                   f"faster; server p50 at concurrency 1: "
+                   f"{b['batching_off']['1']['p50_ms'] / s['batching_off']['1']['p50_ms']:.1f}×; "
+                   f"ScaNN recall@{r['top_k']} against brute force: **{cell['scann_recall_at_k']:.3f}**.")
+    lines.append("")
+  return lines
+
+
+def plot_serving(r, path: str) -> None:
+  """Latency distributions (percentile curves) per catalog, index and path at concurrency 1."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(r["results"]), figsize=(6 * len(r["results"]), 4), squeeze=False)
+  for ax, (catalog, cell) in zip(axes[0], _by_size(r["results"])):
+    for index in ("scann", "brute_force"):
+      e = cell.get(index)
+      if not e:
+        continue
+      runs = [("floor", e["floor"])] + [(f"{p.replace('_', ' ')}, c={c}", v)
+                                         for p in ("batching_off", "batching_on")
+                                         for c, v in e.get(p, {}).items()]
+      for name, v in runs:
+        q = sorted(v["distribution_ms"], key=float)
+        ax.plot([v["distribution_ms"][k] for k in q], [float(k) for k in q], marker=".",
+                label=f"{index}: {name}")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log)")
+    ax.set_ylabel("percentile")
+    ax.set_title(catalog)
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0][-1].legend(fontsize=6, loc="lower right")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+PLOTS = {"serving": (plot_serving, os.path.join(ROOT, "benchmarks", "plots", "serving_latency.png"))}
+RENDERERS = {"pipeline": _pipeline, "train_cost": _train_cost, "serving": _serving}
 
 
 def renderer(benchmark: str):
@@ -103,6 +179,10 @@ def main():
       results.append(json.load(f))
   with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
     f.write(render(results))
+  for r in results:
+    if r["benchmark"] in PLOTS:
+      plot, path = PLOTS[r["benchmark"]]
+      plot(r, path)
   print(f"BENCHMARKS.md from {len(results)} result file(s)")
 
 

@@ -72,10 +72,13 @@ def export(model, data_dir, item_ids, embeddings, index, top_k, path) -> float:
   return time.perf_counter() - start
 
 
+DISTRIBUTION = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
+
+
 def percentiles(latencies_s) -> dict:
   ms = np.array(latencies_s) * 1e3
   return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-          "requests": len(ms)}
+          "requests": len(ms), "distribution_ms": {str(q): float(np.percentile(ms, q)) for q in DISTRIBUTION}}
 
 
 def floor(path: str, histories, seconds: float) -> dict:
