@@ -135,18 +135,24 @@ class Retriever(tf.Module):
     found = tf.shape(scores)[1]
     c = k * found
     scores, positions = tf.reshape(scores, [b, c]), tf.reshape(positions, [b, c])
-    interest = tf.reshape(tf.tile(tf.range(k)[:, None], [1, found]), [1, c])
-    interest = tf.tile(interest, [b, 1])
-    same = tf.equal(positions[:, :, None], positions[:, None, :])
-    better = tf.logical_or(scores[:, None, :] > scores[:, :, None],
-                           tf.logical_and(tf.equal(scores[:, None, :], scores[:, :, None]),
-                                          tf.range(c)[None, None, :] < tf.range(c)[None, :, None]))
-    drop = tf.reduce_any(tf.logical_and(same, better), axis=2)
-    if self.exclude_history:
-      in_history = tf.reduce_any(tf.equal(positions[:, :, None], history[:, None, :]), axis=2)
-      drop = tf.logical_or(drop, in_history)
-    return tf.where(drop, NEG_INF, scores), positions, interest
+    interest = tf.tile(tf.reshape(tf.tile(tf.range(k)[:, None], [1, found]), [1, c]), [b, 1])
+    return merge_candidates(scores, positions, interest, history if self.exclude_history else None)
 
+
+def merge_candidates(scores, positions, interest, history=None):
+  """[b, c] candidates of several interests -> the same, with -inf for every repeat of an
+  item but its best-scored one (ties: the earliest) and for items in `history` [b, T]."""
+  take = lambda x, order: tf.gather(x, order, batch_dims=1)
+  # Sorting best-first, then stably by item, puts each item's best first among its repeats.
+  order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
+  scores, positions, interest = take(scores, order), take(positions, order), take(interest, order)
+  order = tf.argsort(positions, axis=1, stable=True)
+  scores, positions, interest = take(scores, order), take(positions, order), take(interest, order)
+  drop = tf.concat([tf.zeros_like(positions[:, :1], tf.bool),
+                    tf.equal(positions[:, 1:], positions[:, :-1])], axis=1)
+  if history is not None:
+    drop = tf.logical_or(drop, tf.reduce_any(tf.equal(positions[:, :, None], history[:, None, :]), axis=2))
+  return tf.where(drop, NEG_INF, scores), positions, interest
 
 def serving_signatures(retriever: Retriever) -> Dict[str, tf.types.experimental.ConcreteFunction]:
   """serving_default (ids only), serving_with_events (ids + raw event features), user_embedding."""

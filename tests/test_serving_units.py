@@ -1,0 +1,62 @@
+"""Serving internals without a server: the multi-interest merge, batch merge/split, version policy."""
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+import tensorflow as tf
+
+from serving.batching import merge, split
+from serving.model_manager import ModelConfig, wanted_versions
+from serving.retriever import merge_candidates
+
+
+def reference_merge(scores, positions, history):
+  """Per row: {item: best score} over the candidates, history items left out."""
+  best = {}
+  for s, p in zip(scores, positions):
+    if p not in history:
+      best[p] = max(best.get(p, -np.inf), s)
+  return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 12), st.integers(0, 5), st.randoms(use_true_random=False))
+def test_merge_keeps_each_items_best_score_once_and_drops_history(batch, width, history_len, rnd):
+  rng = np.random.default_rng(rnd.randint(0, 2**32 - 1))
+  scores = rng.choice([0.1, 0.2, 0.5, 0.9], size=(batch, width)).astype(np.float32)  # ties on purpose
+  positions = rng.integers(0, 6, size=(batch, width))
+  history = np.concatenate([rng.integers(0, 6, size=(batch, history_len)),
+                            np.full((batch, 1), -1)], axis=1)  # -1: padding / unknown
+  interest = np.tile(np.arange(width, dtype=np.int32), (batch, 1))
+  merged, merged_positions, merged_interest = [x.numpy() for x in merge_candidates(
+      tf.constant(scores), tf.constant(positions), tf.constant(interest), tf.constant(history))]
+  for row in range(batch):
+    kept = merged[row] > -np.inf
+    got = dict(zip(merged_positions[row][kept], merged[row][kept]))
+    assert len(got) == kept.sum(), "an item is kept at most once"
+    assert got == reference_merge(scores[row], positions[row], set(history[row]))
+    for p, i in zip(merged_positions[row][kept], merged_interest[row][kept]):
+      assert scores[row, i] == got[p] and positions[row, i] == p, "interest found that score"
+
+
+def test_batch_merge_pads_time_and_split_restores_rows():
+  a = {"item_ids": np.array([[b"1", b"2", b"3"]], object), "watch_time_s": np.ones([1, 3], np.float32)}
+  b = {"item_ids": np.array([[b"4"], [b"5"]], object), "watch_time_s": np.full([2, 1], 2, np.float32)}
+  merged = merge([a, b])
+  assert merged["item_ids"].tolist() == [[b"1", b"2", b"3"], [b"4", b"", b""], [b"5", b"", b""]]
+  assert merged["watch_time_s"].tolist() == [[1, 1, 1], [2, 0, 0], [2, 0, 0]]
+  first, second = split({"scores": np.arange(3)[:, None]}, [1, 2])
+  assert first["scores"].tolist() == [[0]] and second["scores"].tolist() == [[1], [2]]
+
+
+def test_version_policies_follow_tf_serving():
+  latest = ModelConfig(name="m", base_path="/x")
+  assert wanted_versions(latest, [1, 2, 5]) == [5] and wanted_versions(latest, []) == []
+  two = ModelConfig(name="m", base_path="/x")
+  two.model_version_policy.latest.num_versions = 2
+  assert wanted_versions(two, [1, 2, 5]) == [2, 5]
+  specific = ModelConfig(name="m", base_path="/x")
+  specific.model_version_policy.specific.versions.extend([1, 7])
+  assert wanted_versions(specific, [1, 2, 5]) == [1]
+  every = ModelConfig(name="m", base_path="/x")
+  every.model_version_policy.all.SetInParent()
+  assert wanted_versions(every, [1, 2, 5]) == [1, 2, 5]
