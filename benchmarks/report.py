@@ -74,6 +74,10 @@ def _ablation(r) -> list:
   return lines + [""]
 
 
+SERVER_PATHS = {"batching_off": "REST, batching off", "batching_on": "REST, batching on",
+                "grpc_batching_off": "gRPC, batching off", "grpc_batching_on": "gRPC, batching on"}
+
+
 def _by_size(results: dict):
   """Catalog cells ("23715 items", ...) smallest first."""
   return sorted(results.items(), key=lambda kv: int(kv[0].split()[0]))
@@ -97,17 +101,18 @@ def _serving(r) -> list:
       e = cell[index]
       lines.append(f"| {index} | floor (in-process) | 1 | {e['floor']['p50_ms']:.2f} | "
                    f"{e['floor']['p99_ms']:.2f} | | |")
-      for path in ("batching_off", "batching_on"):
+      for path, name in SERVER_PATHS.items():
         for c, v in e.get(path, {}).items():
-          lines.append(f"| {index} | server, {path.replace('_', ' ')} | {c} | {v['p50_ms']:.2f} | "
+          lines.append(f"| {index} | {name} | {c} | {v['p50_ms']:.2f} | "
                        f"{v['p99_ms']:.2f} | {v['throughput_rps']:.0f} | {v['errors']} |")
     lines.append("")
     for index in ("scann", "brute_force"):
       e = cell.get(index, {})
-      if "batching_off" in e and "1" in e["batching_off"]:
-        overhead = e["batching_off"]["1"]["p50_ms"] / e["floor"]["p50_ms"] - 1
+      overheads = [f"{SERVER_PATHS[p]} **{e[p]['1']['p50_ms'] / e['floor']['p50_ms'] - 1:+.0%}**"
+                   for p in ("batching_off", "grpc_batching_off") if "1" in e.get(p, {})]
+      if overheads:
         lines.append(f"- {index}: server overhead over the floor at p50, concurrency 1: "
-                     f"**{overhead:+.0%}** (target ≤ +25%); export + index build "
+                     f"{', '.join(overheads)} (target ≤ +25%); export + index build "
                      f"{e['export_s']:.1f} s.")
     if "scann" in cell and "brute_force" in cell:
       s, b = cell["scann"], cell["brute_force"]
@@ -130,8 +135,7 @@ def plot_serving(r, path: str) -> None:
       e = cell.get(index)
       if not e:
         continue
-      runs = [("floor", e["floor"])] + [(f"{p.replace('_', ' ')}, c={c}", v)
-                                         for p in ("batching_off", "batching_on")
+      runs = [("floor", e["floor"])] + [(f"{name}, c={c}", v) for p, name in SERVER_PATHS.items()
                                          for c, v in e.get(p, {}).items()]
       for name, v in runs:
         q = sorted(v["distribution_ms"], key=float)

@@ -7,8 +7,9 @@ ones (each a random trained item embedding plus Gaussian noise of 0.3x the
 per-dimension spread, so the index sees clustered, anisotropic data), with a
 ScaNN and a brute-force index. For each export:
   * floor: the SavedModel's serving_default called in-process, one user per call;
-  * server: serving.server (REST) with batching off and on, at each concurrency,
-    driven by an asyncio HTTP client in this process (it shares the 2 cores);
+  * server: serving.server with batching off and on, at each concurrency, over REST
+    (aiohttp client) and gRPC (grpc.aio client), closed loop from this process (it
+    shares the 2 cores with the server);
   * ScaNN recall@K against brute force on the same histories.
 
   python -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
@@ -25,8 +26,10 @@ import time
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import aiohttp
+import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from benchmarks import common
 from serving import verify
@@ -85,12 +88,13 @@ def floor(path: str, histories, seconds: float) -> dict:
   """The in-process call of serving_default, one user at a time: the server's floor."""
   signature = tf.saved_model.load(path).signatures["serving_default"]
   latencies, deadline = [], time.perf_counter() + seconds
+  call = lambda history: {k: v.numpy() for k, v in signature(item_ids=tf.constant(history[None])).items()}
   for i in range(10):  # warm up
-    signature(item_ids=tf.constant(histories[i % len(histories)][None]))
+    call(histories[i % len(histories)])
   while time.perf_counter() < deadline:
     history = histories[len(latencies) % len(histories)]
     start = time.perf_counter()
-    signature(item_ids=tf.constant(history[None]))
+    call(history)
     latencies.append(time.perf_counter() - start)
   return percentiles(latencies)
 
@@ -116,15 +120,49 @@ async def drive(url: str, bodies, concurrency: int, seconds: float) -> dict:
   return {**percentiles(latencies), "throughput_rps": len(latencies) / elapsed, "errors": errors}
 
 
+async def drive_grpc(port: int, requests, concurrency: int, seconds: float) -> dict:
+  """The same closed loop over gRPC Predict (grpc.aio)."""
+  latencies, errors = [], 0
+  deadline = time.perf_counter() + seconds
+  async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    async def client(worker):
+      nonlocal errors
+      n = worker
+      while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        try:
+          await stub.Predict(requests[n % len(requests)], timeout=30)
+        except grpc.aio.AioRpcError:
+          errors += 1
+        latencies.append(time.perf_counter() - start)
+        n += concurrency
+    started = time.perf_counter()
+    await asyncio.gather(*(client(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - started
+  return {**percentiles(latencies), "throughput_rps": len(latencies) / elapsed, "errors": errors}
+
+
+def grpc_requests(raw) -> list:
+  out = []
+  for history in raw:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "kuaiformer"
+    request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array([[x for x in history if x]], object)))
+    out.append(request)
+  return out
+
+
 def serve(base: str, batching: bool, log_path: str):
-  port = common.free_port()
+  port, grpc_port = common.free_port(), common.free_port()
   flags = [f"--model_base_path={base}", "--model_name=kuaiformer", f"--rest_api_port={port}",
-           "--port=0", "--num_threads=32"] + (["--enable_batching"] if batching else [])
+           f"--port={grpc_port}", "--num_threads=32"] + (["--enable_batching"] if batching else [])
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
   process = subprocess.Popen([sys.executable, "-m", "serving.server", *flags], cwd=common.ROOT, env=env,
                              stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
   wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=600)
-  return process, port
+  return process, port, grpc_port
 
 
 def histories_for(data_dir, catalog, max_len, n):
@@ -139,6 +177,7 @@ def run(args) -> dict:
   embeddings = model.item_embeddings().numpy()
   raw, _ = histories_for(data_dir, catalog, model.config.max_len, args.users)
   bodies = [json.dumps({"instances": [{"item_ids": [x.decode() for x in h if x]}]}).encode() for h in raw]
+  requests = grpc_requests(raw)
   results = {}
   for size in args.catalogs:
     item_ids, item_embeddings = padded_catalog(catalog, embeddings, size, args.seed)
@@ -153,11 +192,13 @@ def run(args) -> dict:
       outputs[index] = signature(item_ids=tf.constant(raw))["item_ids"].numpy()
       entry = cell[index] = {"export_s": build_s, "floor": floor(os.path.join(base, "1"), raw, args.seconds)}
       for batching in args.batching:
-        process, port = serve(base, batching, os.path.join(args.work_dir, f"server-{index}-{size}.log"))
+        process, port, grpc_port = serve(base, batching, os.path.join(args.work_dir, f"server-{index}-{size}.log"))
         try:
           url = f"http://127.0.0.1:{port}/v1/models/kuaiformer:predict"
-          entry[f"batching_{'on' if batching else 'off'}"] = {
-              str(c): asyncio.run(drive(url, bodies, c, args.seconds)) for c in args.concurrency}
+          mode = f"batching_{'on' if batching else 'off'}"
+          entry[mode] = {str(c): asyncio.run(drive(url, bodies, c, args.seconds)) for c in args.concurrency}
+          entry[f"grpc_{mode}"] = {str(c): asyncio.run(drive_grpc(grpc_port, requests, c, args.seconds))
+                                   for c in args.concurrency}
         finally:
           process.terminate()
           process.wait(timeout=60)

@@ -67,7 +67,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     with _rpc(context, name, "predict"):
       servable, signature = self.models.signature(name, version, label, request.model_spec.signature_name)
       arrays = {k: to_array(k, v) for k, v in request.inputs.items()}
-      outputs = self.models.run(servable, signature, arrays).result()
+      outputs = self.models.run_here(servable, signature, arrays)
       unknown = set(request.output_filter) - set(outputs)
       if unknown:
         raise InvalidArgument(f"output tensor alias not found in signature: {sorted(unknown)}")

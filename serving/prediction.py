@@ -102,11 +102,20 @@ class Models:
   def run(self, servable: Servable, signature, arrays: Arrays) -> concurrent.futures.Future:
     """Checks the inputs and starts the call: a future of {output name: array}."""
     check_inputs(arrays, signature)
-    run = lambda a: run_signature(signature, a)
     if self.batcher is None:
-      return self._executor.submit(run, arrays)
+      return self._executor.submit(run_signature, signature, arrays)
+    return self._batched(servable, signature, arrays)
+
+  def run_here(self, servable: Servable, signature, arrays: Arrays) -> Arrays:
+    """`run` for callers on their own worker thread (gRPC): no hop to another thread."""
+    check_inputs(arrays, signature)
+    if self.batcher is None:
+      return run_signature(signature, arrays)
+    return self._batched(servable, signature, arrays).result()
+
+  def _batched(self, servable, signature, arrays) -> concurrent.futures.Future:
     key = (id(servable), id(signature), tuple((k, v.ndim) for k, v in sorted(arrays.items())))
-    return self.batcher.submit(key, run, arrays)
+    return self.batcher.submit(key, lambda a: run_signature(signature, a), arrays)
 
   def statuses(self, name: str, version: Optional[int] = None,
                label: Optional[str] = None) -> List[Tuple[int, VersionState]]:
