@@ -102,7 +102,7 @@ def _serving(r) -> list:
       lines.append(f"| {index} | floor (in-process) | 1 | {e['floor']['p50_ms']:.2f} | "
                    f"{e['floor']['p99_ms']:.2f} | | |")
       for path, name in SERVER_PATHS.items():
-        for c, v in e.get(path, {}).items():
+        for c, v in sorted(e.get(path, {}).items(), key=lambda cv: int(cv[0])):
           lines.append(f"| {index} | {name} | {c} | {v['p50_ms']:.2f} | "
                        f"{v['p99_ms']:.2f} | {v['throughput_rps']:.0f} | {v['errors']} |")
     lines.append("")
@@ -124,8 +124,32 @@ def _serving(r) -> list:
   return lines
 
 
+def _freshness(r) -> list:
+  c = r["config"]
+  lines = ["## Online learning freshness (`make bench-freshness`)", "",
+           f"`tfkf.online` with `serving.server` on the same machine: synthetic stream "
+           f"({c['users']:,} users, {c['items']:,} initial items, {c['new_items_per_batch']} new "
+           f"items per batch), small preset, max_len {c['max_len']}, {c['index']} index, top "
+           f"{c['top_k']}, `--export_every_s=0`, {c['epochs_per_batch']} epoch(s) per micro-batch. "
+           "Files land one at a time, each after the previous one is served. Freshness: from the "
+           "file's rename into the stream directory to the first AVAILABLE version trained on it "
+           "(REST status polled every 50 ms). With `--export_every_s=S` add up to S seconds.", "",
+           "| file | rows | examples | new items | steps | pickup | parse (Beam) | make examples | "
+           "load model | test + train | commit | export | server load | **freshness (s)** |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for b in r["batches"]:
+    lines.append(
+        f"| {b['file']} | {b['rows_in']:,} | {b['examples']:,} | {b['new_items']} | "
+        f"{b['train_steps']} | {b['pickup_s']:.1f} | {b['parse_s']:.1f} | {b['examples_s']:.1f} | "
+        f"{b['load_model_s']:.1f} | {b['train_s']:.1f} | {b['commit_s']:.1f} | "
+        f"{b['export_s']:.1f} | {b['load_s']:.1f} | **{b['freshness_s']:.1f}** |")
+  return lines + ["", f"Median freshness **{r['median_freshness_s']:.1f} s** (min "
+                  f"{r['min_freshness_s']:.1f}, max {r['max_freshness_s']:.1f}) over "
+                  f"{len(r['batches'])} batches.", ""]
+
+
 def plot_serving(r, path: str) -> None:
-  """Latency distributions (percentile curves) per catalog, index and path at concurrency 1."""
+  """Latency distributions (percentile curves) per catalog, index and API at concurrency 1."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -136,7 +160,7 @@ def plot_serving(r, path: str) -> None:
       if not e:
         continue
       runs = [("floor", e["floor"])] + [(f"{name}, c={c}", v) for p, name in SERVER_PATHS.items()
-                                         for c, v in e.get(p, {}).items()]
+                                         for c, v in e.get(p, {}).items() if c == "1"]
       for name, v in runs:
         q = sorted(v["distribution_ms"], key=float)
         ax.plot([v["distribution_ms"][k] for k in q], [float(k) for k in q], marker=".",
@@ -154,7 +178,8 @@ def plot_serving(r, path: str) -> None:
 
 
 PLOTS = {"serving": (plot_serving, os.path.join(ROOT, "benchmarks", "plots", "serving_latency.png"))}
-RENDERERS = {"pipeline": _pipeline, "train_cost": _train_cost, "serving": _serving}
+RENDERERS = {"pipeline": _pipeline, "train_cost": _train_cost, "serving": _serving,
+             "freshness": _freshness}
 
 
 def renderer(benchmark: str):

@@ -88,6 +88,9 @@ def test_export_matches_the_keras_model_and_refuses_a_bad_index(trained, base, t
   assert brute_force["examples"] >= 100 and brute_force["identical_rows"] == 1.0
   scann = export(trained, tmp_path / "models", "--index=scann")["verification"]
   assert scann[f"recall@{K}"] >= 0.95, scann
+  # Stock TF Serving has no ScaNN ops: the brute-force graph must not name any.
+  assert b"Scann>" not in (base / "1" / "saved_model.pb").read_bytes()
+  assert b"Scann>" in (tmp_path / "models" / "1" / "saved_model.pb").read_bytes()
   with pytest.raises(AssertionError, match="recall"):  # a threshold no index can meet
     export(trained, tmp_path / "models", "--index=scann", "--min_recall=1.01")
   assert sorted(os.listdir(tmp_path / "models")) == ["1"], "a refused export publishes nothing"
@@ -138,6 +141,15 @@ def test_batched_concurrent_calls_equal_single_calls(batching, histories):
   for a, b in zip(alone, together):
     assert a["item_ids"] == b["item_ids"]
     np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5)
+
+
+def test_client_cli_prints_the_same_over_rest_and_grpc(batching, histories):
+  history = ",".join(histories[0])
+  rest = cli.run("serving.client", f"--history={history}", f"--model_name={MODEL}",
+                 f"--rest_api_port={batching.rest}")
+  via_grpc = cli.run("serving.client", f"--history={history}", f"--model_name={MODEL}", "--grpc",
+                     f"--port={batching.grpc}")
+  assert rest == via_grpc and len(rest.strip().splitlines()) == 1 + K
 
 
 BAD_REQUESTS = {
