@@ -114,6 +114,12 @@ def _serving(r) -> list:
         lines.append(f"- {index}: server overhead over the floor at p50, concurrency 1: "
                      f"{', '.join(overheads)} (target ≤ +25%); export + index build "
                      f"{e['export_s']:.1f} s.")
+      inside = [f"{SERVER_PATHS[p]}: client {e[p]['1']['mean_ms']:.2f} ms, of which inside the "
+                f"server's handler {e[p]['1']['server_handler_mean_ms']:.2f} ms"
+                for p in ("batching_off", "grpc_batching_off")
+                if "server_handler_mean_ms" in e.get(p, {}).get("1", {})]
+      if inside:
+        lines.append(f"  - means at concurrency 1 (floor {e['floor']['mean_ms']:.2f} ms): " + "; ".join(inside))
     if "scann" in cell and "brute_force" in cell:
       s, b = cell["scann"], cell["brute_force"]
       lines.append(f"- ScaNN vs brute force, floor p50: **{b['floor']['p50_ms'] / s['floor']['p50_ms']:.1f}×** "

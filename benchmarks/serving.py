@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import aiohttp
@@ -81,16 +82,17 @@ DISTRIBUTION = (1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9)
 def percentiles(latencies_s) -> dict:
   ms = np.array(latencies_s) * 1e3
   return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+          "mean_ms": float(ms.mean()),
           "requests": len(ms), "distribution_ms": {str(q): float(np.percentile(ms, q)) for q in DISTRIBUTION}}
 
 
 def floor(path: str, histories, seconds: float) -> dict:
   """The in-process call of serving_default, one user at a time: the server's floor."""
   signature = tf.saved_model.load(path).signatures["serving_default"]
-  latencies, deadline = [], time.perf_counter() + seconds
   call = lambda history: {k: v.numpy() for k, v in signature(item_ids=tf.constant(history[None])).items()}
   for i in range(10):  # warm up
     call(histories[i % len(histories)])
+  latencies, deadline = [], time.perf_counter() + seconds
   while time.perf_counter() < deadline:
     history = histories[len(latencies) % len(histories)]
     start = time.perf_counter()
@@ -154,6 +156,24 @@ def grpc_requests(raw) -> list:
   return out
 
 
+def handler_seconds(port: int, entrypoint: str):
+  """(sum, count) of the server's own predict latency histogram for an entrypoint."""
+  text = urllib.request.urlopen(f"http://127.0.0.1:{port}/monitoring/prometheus/metrics").read().decode()
+  labels = f'{{API="predict",entrypoint="{entrypoint}",model_name="kuaiformer"}}'
+  value = lambda name: float(next((l.split()[-1] for l in text.splitlines()
+                                   if l.startswith(f":tensorflow:serving:request_latency_{name}{labels}")), 0))
+  return value("sum") / 1e6, value("count")
+
+
+def measured(port: int, entrypoint: str, run) -> dict:
+  """`run()`'s client-side numbers plus the mean time the server spent inside its handler."""
+  before = handler_seconds(port, entrypoint)
+  result = run()
+  after = handler_seconds(port, entrypoint)
+  result["server_handler_mean_ms"] = 1e3 * (after[0] - before[0]) / max(1, after[1] - before[1])
+  return result
+
+
 def serve(base: str, batching: bool, log_path: str):
   port, grpc_port = common.free_port(), common.free_port()
   flags = [f"--model_base_path={base}", "--model_name=kuaiformer", f"--rest_api_port={port}",
@@ -196,9 +216,11 @@ def run(args) -> dict:
         try:
           url = f"http://127.0.0.1:{port}/v1/models/kuaiformer:predict"
           mode = f"batching_{'on' if batching else 'off'}"
-          entry[mode] = {str(c): asyncio.run(drive(url, bodies, c, args.seconds)) for c in args.concurrency}
-          entry[f"grpc_{mode}"] = {str(c): asyncio.run(drive_grpc(grpc_port, requests, c, args.seconds))
-                                   for c in args.concurrency}
+          entry[mode] = {str(c): measured(port, "REST", lambda: asyncio.run(drive(url, bodies, c, args.seconds)))
+                         for c in args.concurrency}
+          entry[f"grpc_{mode}"] = {
+              str(c): measured(port, "GRPC", lambda: asyncio.run(drive_grpc(grpc_port, requests, c, args.seconds)))
+              for c in args.concurrency}
         finally:
           process.terminate()
           process.wait(timeout=60)

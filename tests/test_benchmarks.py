@@ -38,3 +38,24 @@ def test_ablation_benchmark(tmp_path):
   assert all(0 <= v["median_val_in_batch_accuracy"] <= 1 for v in result["results"].values())
   from benchmarks.report import render
   assert "Ablation: `num_query_tokens`" in render([result])
+
+
+def test_serving_benchmark(trained, tmp_path):
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "data").symlink_to(trained["data"])  # the benchmark reuses a built and trained run
+  (work / "run").symlink_to(trained["run"])
+  out = tmp_path / "serving.json"
+  cli.run("benchmarks.serving", f"--work_dir={work}", "--catalogs=2000", "--indexes=scann,brute_force",
+          "--batching=off", "--concurrency=1,2", "--seconds=0.5", "--users=8", "--top_k=10",
+          f"--output={out}")
+  result = json.loads(out.read_text())
+  cell = result["results"]["2000 items"]  # 1,500 trained items padded with 500 synthetic ones
+  assert cell["scann_recall_at_k"] >= 0.95
+  for index in ("scann", "brute_force"):
+    runs = cell[index]["batching_off"].values()
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in runs)
+    assert cell[index]["grpc_batching_off"]["2"]["server_handler_mean_ms"] > 0
+  from benchmarks.report import render
+  assert "### 2000 items" in render([result]) and "ScaNN vs brute force" in render([result])
+
