@@ -101,49 +101,48 @@ def floor(path: str, histories, seconds: float) -> dict:
   return percentiles(latencies)
 
 
-async def drive(url: str, bodies, concurrency: int, seconds: float) -> dict:
-  """`concurrency` closed-loop clients for `seconds`: latency percentiles and throughput."""
+async def closed_loop(call, concurrency: int, seconds: float) -> dict:
+  """`concurrency` clients, each awaiting `call(n)` (True if it succeeded) back to back for
+  `seconds`: latency percentiles, throughput and errors."""
   latencies, errors = [], 0
   deadline = time.perf_counter() + seconds
-  async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-    async def client(worker):
-      nonlocal errors
-      n = worker
-      while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        async with session.post(url, data=bodies[n % len(bodies)]) as response:
-          await response.read()
-          errors += response.status != 200
-        latencies.append(time.perf_counter() - start)
-        n += concurrency
-    started = time.perf_counter()
-    await asyncio.gather(*(client(w) for w in range(concurrency)))
-    elapsed = time.perf_counter() - started
+
+  async def client(worker):
+    nonlocal errors
+    n = worker
+    while time.perf_counter() < deadline:
+      start = time.perf_counter()
+      errors += not await call(n)
+      latencies.append(time.perf_counter() - start)
+      n += concurrency
+  started = time.perf_counter()
+  await asyncio.gather(*(client(w) for w in range(concurrency)))
+  elapsed = time.perf_counter() - started
   return {**percentiles(latencies), "throughput_rps": len(latencies) / elapsed, "errors": errors}
+
+
+async def drive(url: str, bodies, concurrency: int, seconds: float) -> dict:
+  """The closed loop over REST predict (aiohttp)."""
+  async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    async def call(n):
+      async with session.post(url, data=bodies[n % len(bodies)]) as response:
+        await response.read()
+        return response.status == 200
+    return await closed_loop(call, concurrency, seconds)
 
 
 async def drive_grpc(port: int, requests, concurrency: int, seconds: float) -> dict:
-  """The same closed loop over gRPC Predict (grpc.aio)."""
-  latencies, errors = [], 0
-  deadline = time.perf_counter() + seconds
+  """The closed loop over gRPC Predict (grpc.aio)."""
   async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
-    async def client(worker):
-      nonlocal errors
-      n = worker
-      while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        try:
-          await stub.Predict(requests[n % len(requests)], timeout=30)
-        except grpc.aio.AioRpcError:
-          errors += 1
-        latencies.append(time.perf_counter() - start)
-        n += concurrency
-    started = time.perf_counter()
-    await asyncio.gather(*(client(w) for w in range(concurrency)))
-    elapsed = time.perf_counter() - started
-  return {**percentiles(latencies), "throughput_rps": len(latencies) / elapsed, "errors": errors}
+    async def call(n):
+      try:
+        await stub.Predict(requests[n % len(requests)], timeout=30)
+        return True
+      except grpc.aio.AioRpcError:
+        return False
+    return await closed_loop(call, concurrency, seconds)
 
 
 def grpc_requests(raw) -> list:
