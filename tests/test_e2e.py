@@ -5,7 +5,9 @@ import json
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 import cli
 import planted
@@ -82,3 +84,34 @@ def test_evaluate_cli_ranks_the_model_above_most_popular(served):
   for k in (10, 100):
     assert model[f"hr@{k}"] > popular[f"hr@{k}"]
   assert model["hr@10"] <= model["hr@50"] <= model["hr@100"] <= model["hr@1000"]
+
+
+def test_sampled_protocol_draws_the_same_untouched_negatives_for_every_model(served):
+  from tfkf import data, evaluate, features
+  negatives = evaluate.sampled_negatives(served["data"], "valid", num_negatives=100, seed=5)
+  again = evaluate.sampled_negatives(served["data"], "valid", num_negatives=100, seed=5)
+  np.testing.assert_array_equal(negatives, again)
+  assert not np.array_equal(negatives, evaluate.sampled_negatives(served["data"], "valid", 100, seed=6))
+  batch = next(iter(data.dataset(served["data"], "valid", 2000, 64, (), shuffle=False, drop_remainder=False)))
+  histories, targets = batch[features.HISTORY_ITEM].numpy(), batch[features.TARGET_ITEM].numpy()
+  assert len(negatives) == len(targets) == 1000
+  for row, history, target in zip(negatives, histories, targets):
+    assert len(set(row)) == 100 and not set(row) & (set(history) | {target})
+    assert row.min() >= features.NUM_RESERVED_IDS
+  scores = tf.constant([[0.0, 0.0, 0.5, 0.9, 0.5, 0.1]])  # target item 2; negatives 3, 4, 5
+  ranks = evaluate.sampled_target_ranks(scores, tf.constant([2]), tf.constant([[3, 4, 5]]))
+  assert ranks.numpy().tolist() == [2], "a tie counts against the target"
+
+
+def test_evaluate_cli_sampled_protocol_ranks_the_model_above_most_popular(served):
+  d = served["dir"]
+  common = ["--split=valid", "--protocol=sampled", "--num_negatives=100", "--seed=1"]
+  cli.run("tfkf.evaluate", f"--data_dir={served['data']}", f"--model_dir={served['run']}", *common,
+          f"--output={d / 'model_sampled.json'}")
+  cli.run("tfkf.evaluate", f"--data_dir={served['data']}", "--baseline=most_popular", "--max_len=64",
+          *common, f"--output={d / 'popular_sampled.json'}")
+  model = json.loads((d / "model_sampled.json").read_text())
+  popular = json.loads((d / "popular_sampled.json").read_text())
+  assert model["protocol"] == "sampled" and model["examples"] == popular["examples"] == 1000
+  assert model["hr@1"] <= model["hr@5"] <= model["hr@10"] and model["ndcg@10"] <= model["hr@10"]
+  assert model["hr@10"] > popular["hr@10"] and model["ndcg@10"] > popular["ndcg@10"]

@@ -1,13 +1,20 @@
-"""Full-catalog ranking metrics of a trained model or a baseline, on a built split.
+"""Ranking metrics of a trained model or a baseline, on a built split.
 
   python -m tfkf.evaluate --data_dir=data/ml --model_dir=runs/ml --split=valid \
-      --output=results.json [--baseline=most_popular]
+      --output=results.json [--baseline=most_popular] [--protocol=full|sampled]
 
-Every item of the catalog is scored for each example (maxsim over the k
-interests for KuaiFormer); the rank of the target gives HR@K, NDCG@K and MRR.
-With --exclude_history (default) items already in the history are removed
-from the ranking, as a deployed retriever does (a target that repeats a
-history item then counts as a miss).
+--protocol=full (default): every item of the catalog is scored for each example
+(maxsim over the k interests for KuaiFormer); the rank of the target gives
+HR@{10,50,100,500,1000}, NDCG@{10,100} and MRR. With --exclude_history (default)
+items already in the history are removed from the ranking, as a deployed
+retriever does (a target that repeats a history item then counts as a miss).
+
+--protocol=sampled: SASRec's protocol. The target is ranked against
+--num_negatives items drawn uniformly, without repeats, from the items the
+example's stored history (up to the build's max_len) and target do not contain;
+the draws depend only on --seed, the data and the example's position, so every
+model is ranked against the same negatives. Gives HR@{1,5,10}, NDCG@10 and MRR.
+Ties count against the target in both protocols.
 """
 
 import argparse
@@ -36,12 +43,42 @@ def target_ranks(scores: tf.Tensor, history: tf.Tensor, targets: tf.Tensor,
   return tf.reduce_sum(tf.cast(scores >= target_score[:, None], tf.int32), axis=1) - 1
 
 
-def summarize(ranks: np.ndarray, cutoffs=CUTOFFS) -> dict:
+def sampled_target_ranks(scores: tf.Tensor, targets: tf.Tensor, negatives: tf.Tensor) -> tf.Tensor:
+  """0-based rank of each target among itself and its negatives. negatives [b, m]."""
+  target_score = tf.gather(scores, targets, batch_dims=1)
+  negative_scores = tf.gather(scores, negatives, batch_dims=1)
+  return tf.reduce_sum(tf.cast(negative_scores >= target_score[:, None], tf.int32), axis=1)
+
+
+def sampled_negatives(data_dir: str, split: str, num_negatives: int, seed: int) -> np.ndarray:
+  """[examples, num_negatives] item indices none of which the example's history or target holds."""
+  meta = data.metadata(data_dir)
+  num_items = meta["vocab_sizes"]["item"]
+  max_len = meta["flags"]["max_len"]  # what the build stored: the whole history we know of
+  if num_items - features.NUM_RESERVED_IDS <= num_negatives + max_len:
+    raise ValueError(f"{num_items} items are too few for {num_negatives} negatives")
+  out = []
+  for batch in data.dataset(data_dir, split, 1024, max_len, (), shuffle=False,
+                            drop_remainder=False):
+    for history, target in zip(batch[features.HISTORY_ITEM].numpy(), batch[features.TARGET_ITEM].numpy()):
+      rng = np.random.default_rng([seed, len(out)])  # per example: same draws for every model
+      touched = set(history.tolist()) | {int(target)}
+      chosen = []
+      while len(chosen) < num_negatives:
+        for item in rng.integers(features.NUM_RESERVED_IDS, num_items, 2 * num_negatives).tolist():
+          if item not in touched and len(chosen) < num_negatives:
+            touched.add(item)
+            chosen.append(item)
+      out.append(chosen)
+  return np.array(out, np.int64).reshape(-1, num_negatives)
+
+
+def summarize(ranks: np.ndarray, cutoffs=CUTOFFS, ndcg_cutoffs=(10, 100)) -> dict:
   ranks = np.asarray(ranks)
   out = {"examples": int(len(ranks)), "mrr": float(np.mean(1.0 / (ranks + 1)))}
   for k in cutoffs:
     out[f"hr@{k}"] = float(np.mean(ranks < k))
-  for k in (10, 100):
+  for k in ndcg_cutoffs:
     out[f"ndcg@{k}"] = float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
   return out
 
@@ -59,17 +96,25 @@ def popularity_scorer(catalog: Catalog):
 
 
 def evaluate(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
-             exclude_history: bool = True, batch_size: int = 256, max_examples: int = None) -> dict:
+             exclude_history: bool = True, batch_size: int = 256, max_examples: int = None,
+             negatives: np.ndarray = None) -> dict:
+  """Full-catalog metrics, or the sampled protocol's if `negatives` (sampled_negatives) is given."""
   ranks = []
   ds = data.dataset(data_dir, split, batch_size, max_len, event_features, shuffle=False,
                     drop_remainder=False)
   for batch in ds:
-    ranks.append(target_ranks(score_fn(batch), batch[features.HISTORY_ITEM],
-                              batch[features.TARGET_ITEM], exclude_history).numpy())
+    scores, targets = score_fn(batch), batch[features.TARGET_ITEM]
+    if negatives is None:
+      ranks.append(target_ranks(scores, batch[features.HISTORY_ITEM], targets, exclude_history).numpy())
+    else:
+      done = sum(map(len, ranks))
+      ranks.append(sampled_target_ranks(scores, targets, negatives[done:done + len(targets)]).numpy())
     if max_examples and sum(map(len, ranks)) >= max_examples:
       break
   ranks = np.concatenate(ranks)[:max_examples]
-  return summarize(ranks)
+  if negatives is None:
+    return summarize(ranks)
+  return summarize(ranks, cutoffs=(1, 5, 10), ndcg_cutoffs=(10,))
 
 
 def parse_args(argv=None):
@@ -81,7 +126,11 @@ def parse_args(argv=None):
   p.add_argument("--split", default="test", choices=["train", "valid", "test"])
   p.add_argument("--max_len", type=int, default=features.MAX_LEN,
                  help="history length for baselines (models use their config)")
-  p.add_argument("--exclude_history", type=lambda s: s.lower() != "false", default=True)
+  p.add_argument("--exclude_history", type=lambda s: s.lower() != "false", default=True,
+                 help="full protocol: remove history items from the ranking (default true)")
+  p.add_argument("--protocol", choices=["full", "sampled"], default="full")
+  p.add_argument("--num_negatives", type=int, default=100, help="sampled protocol")
+  p.add_argument("--seed", type=int, default=0, help="sampled protocol: the negatives' seed")
   p.add_argument("--max_examples", type=int, default=None)
   p.add_argument("--output", default=None, help="write the metrics as JSON here")
   return p.parse_args(argv)
@@ -89,16 +138,21 @@ def parse_args(argv=None):
 
 def main(argv=None):
   a = parse_args(argv)
+  negatives = (sampled_negatives(a.data_dir, a.split, a.num_negatives, a.seed)
+               if a.protocol == "sampled" else None)
   if a.baseline:
     result = evaluate(popularity_scorer(Catalog.load(a.data_dir)), a.data_dir, a.split,
-                      a.max_len, (), a.exclude_history, max_examples=a.max_examples)
+                      a.max_len, (), a.exclude_history, max_examples=a.max_examples,
+                      negatives=negatives)
   else:
     from tfkf.train import load_trained
     model = load_trained(a.model_dir, Catalog.load(a.data_dir))
     c = model.config
     result = evaluate(model_scorer(model), a.data_dir, a.split, c.max_len, c.event_features,
-                      a.exclude_history, max_examples=a.max_examples)
-  result = {"split": a.split, "scorer": a.baseline or "kuaiformer", **result}
+                      a.exclude_history, max_examples=a.max_examples, negatives=negatives)
+  result = {"split": a.split, "scorer": a.baseline or "kuaiformer", "protocol": a.protocol,
+            **({"num_negatives": a.num_negatives, "seed": a.seed} if negatives is not None else {}),
+            **result}
   print(json.dumps(result, indent=2))
   if a.output:
     with tf.io.gfile.GFile(a.output, "w") as f:
