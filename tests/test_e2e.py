@@ -78,11 +78,15 @@ def test_evaluate_cli_ranks_the_model_above_most_popular(served):
           "--split=valid", f"--output={d / 'model.json'}")
   cli.run("tfkf.evaluate", f"--data_dir={served['data']}", "--baseline=most_popular",
           "--split=valid", "--max_len=64", f"--output={d / 'popular.json'}")
+  cli.run("tfkf.evaluate", f"--data_dir={served['data']}", "--baseline=item_knn",
+          "--split=valid", "--max_len=64", f"--output={d / 'item_knn.json'}")
   model = json.loads((d / "model.json").read_text())
   popular = json.loads((d / "popular.json").read_text())
-  assert model["examples"] == popular["examples"] == 1000
+  item_knn = json.loads((d / "item_knn.json").read_text())
+  assert model["examples"] == popular["examples"] == item_knn["examples"] == 1000
   for k in (10, 100):
     assert model[f"hr@{k}"] > popular[f"hr@{k}"]
+  assert item_knn["hr@100"] > popular["hr@100"], "co-occurrence finds the planted clusters"
   assert model["hr@10"] <= model["hr@50"] <= model["hr@100"] <= model["hr@1000"]
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkf import data, features, scoring
+from tfkf.baselines.item_knn import ItemKNN
 from tfkf.catalog import Catalog
 
 CUTOFFS = (10, 50, 100, 500, 1000)
@@ -122,7 +123,9 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data_dir", required=True)
   p.add_argument("--model_dir", help="a tfkf.train --model_dir (not needed for a baseline)")
-  p.add_argument("--baseline", choices=["most_popular"], default=None)
+  p.add_argument("--baseline", choices=["most_popular", "item_knn"], default=None,
+                 help="item_knn is fitted on the train split of --data_dir first")
+  p.add_argument("--num_neighbors", type=int, default=100, help="item_knn: neighbours kept per item")
   p.add_argument("--split", default="test", choices=["train", "valid", "test"])
   p.add_argument("--max_len", type=int, default=features.MAX_LEN,
                  help="history length for baselines (models use their config)")
@@ -141,7 +144,9 @@ def main(argv=None):
   negatives = (sampled_negatives(a.data_dir, a.split, a.num_negatives, a.seed)
                if a.protocol == "sampled" else None)
   if a.baseline:
-    result = evaluate(popularity_scorer(Catalog.load(a.data_dir)), a.data_dir, a.split,
+    scorer = (popularity_scorer(Catalog.load(a.data_dir)) if a.baseline == "most_popular"
+              else ItemKNN.fit(a.data_dir, a.num_neighbors).scorer())
+    result = evaluate(scorer, a.data_dir, a.split,
                       a.max_len, (), a.exclude_history, max_examples=a.max_examples,
                       negatives=negatives)
   else:

@@ -1,0 +1,1 @@
+"""Baselines evaluated by tfkf.evaluate exactly as KuaiFormer is."""
