@@ -21,12 +21,12 @@ demo: venv
 	PY=$(PY) bash scripts/demo.sh
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 clean:
 	rm -rf demo_out .pytest_cache
 
-.PHONY: bench-pipeline bench-train bench-ablation bench-serving bench-report
+.PHONY: bench-pipeline bench-train bench-ablation bench-serving bench-freshness bench-report
 bench-pipeline: venv
 	$(PY) -m benchmarks.pipeline --events 1000000 --repeats 1
 	$(PY) -m benchmarks.report
@@ -44,4 +44,8 @@ bench-ablation: venv
 
 bench-serving: venv
 	$(PY) -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
+	$(PY) -m benchmarks.report
+
+bench-freshness: venv
+	$(PY) -m benchmarks.freshness --users 2000 --items 3000 --batches 6 --index scann
 	$(PY) -m benchmarks.report

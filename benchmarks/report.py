@@ -141,13 +141,13 @@ def _freshness(r) -> list:
            "file's rename into the stream directory to the first AVAILABLE version trained on it "
            "(REST status polled every 50 ms). With `--export_every_s=S` add up to S seconds.", "",
            "| file | rows | examples | new items | steps | pickup | parse (Beam) | make examples | "
-           "load model | test + train | commit | export | server load | **freshness (s)** |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "load model | test + train | export | server load | **freshness (s)** |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for b in r["batches"]:
     lines.append(
         f"| {b['file']} | {b['rows_in']:,} | {b['examples']:,} | {b['new_items']} | "
         f"{b['train_steps']} | {b['pickup_s']:.1f} | {b['parse_s']:.1f} | {b['examples_s']:.1f} | "
-        f"{b['load_model_s']:.1f} | {b['train_s']:.1f} | {b['commit_s']:.1f} | "
+        f"{b['load_model_s']:.1f} | {b['train_s']:.1f} | "
         f"{b['export_s']:.1f} | {b['load_s']:.1f} | **{b['freshness_s']:.1f}** |")
   return lines + ["", f"Median freshness **{r['median_freshness_s']:.1f} s** (min "
                   f"{r['min_freshness_s']:.1f}, max {r['max_freshness_s']:.1f}) over "

@@ -17,7 +17,7 @@ def trained(tmp_path_factory):
   cli.run("beam_pipelines.build", "--runner=DirectRunner", f"--input={log}", "--format=kuairand",
           f"--item_features={d / 'raw' / 'items.csv'}", f"--output_dir={d / 'data'}", "--max_len=64")
   cli.run("tfkf.train", f"--data_dir={d / 'data'}", f"--model_dir={d / 'run'}", "--preset=small",
-          "--epochs=2", "--steps_per_epoch=120", "--batch_size=128", "--validation_steps=4",
+          "--epochs=1", "--steps_per_epoch=160", "--batch_size=128", "--validation_steps=4",
           "--verbose=2")
   return {"log": log, "items": str(d / "raw" / "items.csv"), "data": str(d / "data"),
           "run": str(d / "run"), "dir": d}

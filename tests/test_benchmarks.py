@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import cli
 
 
@@ -40,22 +42,21 @@ def test_ablation_benchmark(tmp_path):
   assert "Ablation: `num_query_tokens`" in render([result])
 
 
+@pytest.mark.xdist_group("trained")  # one worker builds the shared model (conftest)
 def test_serving_benchmark(trained, tmp_path):
   work = tmp_path / "work"
   work.mkdir()
   (work / "data").symlink_to(trained["data"])  # the benchmark reuses a built and trained run
   (work / "run").symlink_to(trained["run"])
   out = tmp_path / "serving.json"
-  cli.run("benchmarks.serving", f"--work_dir={work}", "--catalogs=2000", "--indexes=scann,brute_force",
-          "--batching=off", "--concurrency=1,2", "--seconds=0.5", "--users=8", "--top_k=10",
+  cli.run("benchmarks.serving", f"--work_dir={work}", "--catalogs=2000", "--indexes=scann",
+          "--batching=off", "--concurrency=2", "--seconds=0.5", "--users=8", "--top_k=10",
           f"--output={out}")
   result = json.loads(out.read_text())
-  cell = result["results"]["2000 items"]  # 1,500 trained items padded with 500 synthetic ones
-  assert cell["scann_recall_at_k"] >= 0.95
-  for index in ("scann", "brute_force"):
-    runs = cell[index]["batching_off"].values()
-    assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in runs)
-    assert cell[index]["grpc_batching_off"]["2"]["server_handler_mean_ms"] > 0
+  scann = result["results"]["2000 items"]["scann"]  # 1,500 trained items + 500 synthetic ones
+  for run in (scann["batching_off"]["2"], scann["grpc_batching_off"]["2"]):
+    assert run["errors"] == 0 and run["requests"] > 0 and run["p99_ms"] >= run["p50_ms"]
+    assert 0 < run["server_handler_mean_ms"] < run["mean_ms"]
   from benchmarks.report import render
-  assert "### 2000 items" in render([result]) and "ScaNN vs brute force" in render([result])
+  assert "### 2000 items" in render([result]) and "gRPC, batching off | 2 |" in render([result])
 

@@ -1,0 +1,164 @@
+"""Freshness of online learning: seconds from a log file landing to a served model trained on it.
+
+  python -m benchmarks.freshness --users 2000 --items 3000 --batches 6 --index scann
+
+Builds and trains a first model on the initial log of beam_pipelines.synthetic_stream,
+starts serving.server and tfkf.online (--export_every_s=0: export after every
+micro-batch), then lands the batch files one at a time, each after the previous
+one is served. Per file: landing (its rename into the stream dir) -> the trainer
+picks it up -> generation committed -> version exported (its
+assets.extra/online.json) -> AVAILABLE on the server (REST status polled every
+50 ms). A longer --export_every_s adds up to that many seconds of waiting.
+Writes benchmarks/results/freshness.json.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from benchmarks import common
+
+MODEL = "kuaiformer"
+
+
+def _env():
+  return {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+          "PYTHONPATH": common.ROOT}
+
+
+def _start(log_path, module, *args):
+  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=common.ROOT, env=_env(),
+                          stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+
+
+def _status(port):
+  try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{MODEL}", timeout=5) as r:
+      return {int(s["version"]): s["state"] for s in json.load(r)["model_version_status"]}
+  except OSError:  # not listening yet, or no version loaded yet (404)
+    return {}
+
+
+def _lineage(base, version):
+  path = os.path.join(base, str(version), "assets.extra", "online.json")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _wait_served(port, base, name, procs, timeout_s):
+  """(time the first AVAILABLE version trained on file `name` was seen, its lineage)."""
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    for proc in procs:
+      if proc.poll() not in (None, 0):
+        raise RuntimeError(f"{proc.args[2]} exited with {proc.returncode}")
+    for version, state in sorted(_status(port).items()):
+      if state == "AVAILABLE":
+        lineage = _lineage(base, version)
+        if name in lineage["new_files"] or (name is None and version >= 1):
+          return time.time(), lineage
+    time.sleep(0.05)
+  raise TimeoutError(f"no served version trained on {name} after {timeout_s}s")
+
+
+def prepare(args, work) -> dict:
+  """The stream files and the first model (synthetic_stream, build, train)."""
+  from beam_pipelines import synthetic_stream
+  files = synthetic_stream.generate(synthetic_stream.parse_args([
+      f"--output_dir={work}/stream", f"--users={args.users}", f"--items={args.items}",
+      f"--batches={args.batches}", f"--new_items_per_batch={args.new_items_per_batch}",
+      f"--batch_min_events={args.batch_events // 2}", f"--batch_max_events={args.batch_events}",
+      f"--seed={args.seed}"]))
+  common.timed_module("beam_pipelines.build", "--runner=DirectRunner", f"--input={files['initial']}",
+                      "--format=kuairand", f"--item_features={files['items']}",
+                      f"--output_dir={work}/data", f"--max_len={args.max_len}")
+  common.timed_module("tfkf.train", f"--data_dir={work}/data", f"--model_dir={work}/run",
+                      "--preset=small", "--epochs=1", f"--steps_per_epoch={args.init_steps}",
+                      "--batch_size=64", "--validation_steps=1", "--verbose=2")
+  return files
+
+
+def measure(args, work, files) -> list:
+  base, incoming = os.path.join(work, "models"), os.path.join(work, "incoming")
+  os.makedirs(base)
+  os.makedirs(incoming)
+  port = common.free_port()
+  server = _start(os.path.join(work, "server.log"), "serving.server", f"--model_name={MODEL}",
+                  f"--model_base_path={base}", f"--rest_api_port={port}", "--port=0",
+                  "--file_system_poll_wait_seconds=0.2")
+  trainer = _start(os.path.join(work, "trainer.log"), "tfkf.online", f"--stream_dir={incoming}",
+                   f"--state_dir={work}/state", f"--init_data_dir={work}/data",
+                   f"--init_model_dir={work}/run", f"--item_features={files['items']}",
+                   f"--export_base={base}", "--export_every_s=0", f"--index={args.index}",
+                   f"--top_k={args.top_k}", "--max_files_per_batch=1", "--poll_interval_s=0.2",
+                   f"--max_batches={args.batches}", f"--epochs_per_batch={args.epochs_per_batch}")
+  procs = [server, trainer]
+  rows = []
+  try:
+    _wait_served(port, base, None, procs, timeout_s=600)  # version 1: the initial model
+    for path in files["batches"]:
+      name = os.path.basename(path)
+      shutil.copy(path, os.path.join(incoming, "." + name))
+      landed = time.time()
+      os.rename(os.path.join(incoming, "." + name), os.path.join(incoming, name))
+      served, lineage = _wait_served(port, base, name, procs, timeout_s=600)
+      batch = lineage["batch"]
+      rows.append({
+          "file": name, "version": lineage["version"], "rows_in": batch["batch_counts"]["rows_in"],
+          "examples": batch["batch_counts"]["examples"], "new_items": batch["new_items"],
+          "train_steps": batch["steps"], "freshness_s": served - landed,
+          "pickup_s": batch["started_at"] - landed, **batch["timings"],
+          "export_s": lineage["export_s"], "load_s": served - lineage["exported_at"]})
+      print(json.dumps(rows[-1]), flush=True)
+    trainer.wait(timeout=600)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
+  return rows
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--users", type=int, default=2000)
+  p.add_argument("--items", type=int, default=3000)
+  p.add_argument("--batches", type=int, default=6)
+  p.add_argument("--batch_events", type=int, default=8, help="most events per user per batch")
+  p.add_argument("--new_items_per_batch", type=int, default=50)
+  p.add_argument("--max_len", type=int, default=64)
+  p.add_argument("--init_steps", type=int, default=200, help="training steps of the first model")
+  p.add_argument("--epochs_per_batch", type=float, default=1.0)
+  p.add_argument("--index", choices=["scann", "brute_force"], default="scann")
+  p.add_argument("--top_k", type=int, default=100)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--workdir", default=None, help="keep the artifacts here (default: a temp dir)")
+  p.add_argument("--output", default=None)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  work = args.workdir or tempfile.mkdtemp(prefix="tfkf-bench-freshness-")
+  files = prepare(args, work)
+  rows = measure(args, work, files)
+  fresh = [r["freshness_s"] for r in rows]
+  payload = {"config": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")},
+             "batches": rows, "median_freshness_s": statistics.median(fresh),
+             "max_freshness_s": max(fresh), "min_freshness_s": min(fresh),
+             "versions": common.versions("tensorflow", "apache-beam", "scann")}
+  print(f"wrote {common.write('freshness', payload, args.output)}")
+  if not args.workdir:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,457 @@
+"""Online learning: trains KuaiFormer on log files as they land and exports on a cadence.
+
+  python -m tfkf.online --stream_dir=logs/incoming --state_dir=online_state \
+      --init_data_dir=data/built --init_model_dir=runs/demo \
+      --item_features=data/raw/items.csv --export_base=models/kuaiformer --export_every_s=60
+
+The first start copies the batch-built --init_data_dir and the trained
+--init_model_dir into generation 0 of --state_dir; training always continues
+from the newest committed generation, never from scratch. Then, per micro-batch
+of landed files (the local stand-in for a Pub/Sub or Kafka topic):
+
+  1. the build job's Beam transforms parse them (ReadRecords, ParseEvents:
+     dead letters, positive filter; rows_in = accepted + rejected + filtered);
+  2. items never seen get the next ids (old ids never change) and the model's
+     item-, tag- and author-indexed tables grow (tfkf/online_model.py);
+  3. every new event becomes a training example with the user's history before
+     it; each user's newest max_len events are kept for the next batch;
+  4. the current model is scored on the batch before it trains on it
+     (test-then-train), then model.fit continues it, Adam state included;
+  5. the new generation is committed atomically with the names of the files it
+     consumed (tfkf/online_state.py): exactly once over files, across kills.
+
+Every --export_every_s, the newest committed generation is exported with
+serving.export (checked against the Keras model, catalog and index rebuilt) as
+the next version under --export_base, which serving.server picks up. Landed
+files: regular files matching --pattern whose names do not start with "." or
+"_" or end in ".tmp"; producers write elsewhere and rename them in. Files are
+consumed in name order.
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from fnmatch import fnmatch
+from typing import Dict, List
+
+import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from beam_pipelines import formats
+from beam_pipelines import transforms as T
+from tfkf import data, evaluate, features
+from tfkf.catalog import Catalog
+from tfkf.online_model import continue_model, read_config, step_count
+from tfkf.online_parse import COUNTS, parse_files
+from tfkf.online_state import HISTORY_KEYS, StateDir, StreamState, consumed_files
+from tfkf.train import CONFIG_FILE, WEIGHTS
+
+LINEAGE = os.path.join("assets.extra", "online.json")
+EXPORT_STAGING = ".online-staging"
+KILL_AT_ENV = "TFKF_ONLINE_KILL_AT"  # "<point>@<generation>": SIGKILL there (crash tests)
+
+
+def log(**record) -> None:
+  print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def kill_point(point: str, generation: int) -> None:
+  """Crash tests: the process SIGKILLs itself at a named point when TFKF_ONLINE_KILL_AT says so."""
+  if os.environ.get(KILL_AT_ENV) == f"{point}@{generation}":
+    log(event="killing_self", point=point, generation=generation)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def landed_files(stream_dir: str, pattern: str = "*") -> List[str]:
+  """Names of the complete files in stream_dir, in consumption (name) order."""
+  if not os.path.isdir(stream_dir):
+    return []
+  return sorted(n for n in os.listdir(stream_dir)
+                if fnmatch(n, pattern) and not n.startswith((".", "_")) and not n.endswith(".tmp")
+                and os.path.isfile(os.path.join(stream_dir, n)))
+
+
+# -- generation 0 from a batch build and a trained model -----------------------------
+def histories_from_examples(data_dir: str, max_len: int) -> Dict[str, Dict[str, np.ndarray]]:
+  """Each user's newest events, from the latest example (history + target) of the build.
+
+  Examples do not store the target event's own features: they are 0 ("unknown").
+  Users with a single event have no example and start without a history.
+  """
+  spec = {features.USER_ID: tf.io.FixedLenFeature([], tf.string),
+          features.TARGET_TIME: tf.io.FixedLenFeature([], tf.int64),
+          features.TARGET_ITEM: tf.io.FixedLenFeature([], tf.int64)}
+  spec.update({features.history_key(k): tf.io.RaggedFeature(tf.int64) for k in HISTORY_KEYS})
+  files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "*", "*.tfrecord")))
+  latest = {}
+  for batch in tf.data.TFRecordDataset(files).batch(4096).map(lambda s: tf.io.parse_example(s, spec)):
+    users = [u.decode() for u in batch[features.USER_ID].numpy()]
+    times, targets = batch[features.TARGET_TIME].numpy(), batch[features.TARGET_ITEM].numpy()
+    ragged = {k: batch[features.history_key(k)] for k in HISTORY_KEYS}
+    values = {k: r.flat_values.numpy() for k, r in ragged.items()}
+    splits = ragged["item"].row_splits.numpy()
+    for row, user in enumerate(users):
+      key = (int(times[row]), int(splits[row + 1] - splits[row]))
+      if user not in latest or key > latest[user][0]:
+        latest[user] = (key, {k: np.append(values[k][splits[row]:splits[row + 1]],
+                                           targets[row] if k == "item" else features.PAD_ID)
+                              for k in HISTORY_KEYS})
+  return {user: {k: v[-max_len:].astype(np.int64) for k, v in h.items()}
+          for user, (_, h) in latest.items()}
+
+
+def bootstrap(state_dir: StateDir, data_dir: str, model_dir: str) -> None:
+  """Commits generation 0: the build's data and the trained model, histories and counts."""
+  work = state_dir.work_dir(0)
+  config = read_config(model_dir)
+  catalog = Catalog.load(data_dir)
+  with tf.io.gfile.GFile(os.path.join(data_dir, "catalog.csv")) as f:
+    counts = pd.read_csv(f, dtype={"item_id": str}, keep_default_na=False)["count"].to_numpy(np.int64)
+  vocab = lambda name: tf.io.gfile.GFile(os.path.join(data_dir, "vocab", f"{name}.txt")).read().splitlines()
+  real = catalog.real_items
+  state = StreamState(
+      items=vocab("item"), tags=vocab("tag"), authors=vocab("author"),
+      item_tag=catalog.tag[real], item_author=catalog.author[real],
+      item_duration=catalog.duration[real], item_count=counts,
+      recent_count=counts.astype(np.float64),
+      histories=histories_from_examples(data_dir, config.max_len), ledger=[],
+      counts={name: 0 for name in COUNTS + ("examples", "first_events", "dead_letters_total")})
+  state.write(work)
+  shutil.copytree(os.path.join(data_dir, "test"), os.path.join(work, "test"))
+  shutil.copytree(os.path.join(model_dir, os.path.dirname(WEIGHTS)),
+                  os.path.join(work, os.path.dirname(WEIGHTS)))
+  shutil.copy(os.path.join(model_dir, CONFIG_FILE), os.path.join(work, CONFIG_FILE))
+  base = data.metadata(data_dir)
+  _write_metadata(work, base, state, base["splits"],
+                  {"generation": 0, "files": [], "init_data_dir": os.path.abspath(data_dir),
+                   "init_model_dir": os.path.abspath(model_dir), "initial_build_counts": base["counts"]})
+  state_dir.commit(work, 0)
+  log(event="bootstrapped", generation=0, items=len(state.items), users=len(state.histories))
+
+
+def _write_metadata(out: str, base: dict, state: StreamState, splits: dict, online: dict) -> None:
+  """metadata.json as beam_pipelines.build writes it, counts over the stream, plus "online"."""
+  metadata = {
+      "schema_version": features.SCHEMA_VERSION, "flags": base.get("flags", {}),
+      "event_features": base["event_features"],
+      "counts": {**state.counts, "users": len(state.histories), "items": len(state.items)},
+      "vocab_sizes": {"item": len(state.items) + features.NUM_RESERVED_IDS,
+                      "tag": len(state.tags) + features.NUM_RESERVED_IDS,
+                      "author": len(state.authors) + features.NUM_RESERVED_IDS},
+      "splits": splits, "online": online}
+  with open(os.path.join(out, "metadata.json"), "w") as f:
+    json.dump(metadata, f, indent=2, sort_keys=True)
+
+
+# -- one micro-batch ----------------------------------------------------------------------
+def grow_vocabulary(state: StreamState, events: List[Dict], item_features: Dict[str, Dict],
+                    count_decay: float) -> List[str]:
+  """Appends items never seen (most frequent first, ties by id) and their new tags and
+  authors; updates the counts. Returns the new items. Old ids never change."""
+  batch_counts = collections.Counter(e["item"] for e in events)
+  known = set(state.items)
+  new = [item for item, _ in T.vocab_order((i, c) for i, c in batch_counts.items() if i not in known)]
+  durations = {}
+  for e in events:
+    if e["item"] not in known and e["duration_s"]:
+      durations[e["item"]] = max(durations.get(e["item"], 0.0), e["duration_s"])
+  tag_ids = T.vocab_ids(state.tags)
+  author_ids = T.vocab_ids(state.authors)
+
+  def vocab_id(value, ids, values):
+    if not value:
+      return features.OOV_ID
+    if value not in ids:
+      values.append(value)
+      ids[value] = len(values) - 1 + features.NUM_RESERVED_IDS
+    return ids[value]
+
+  rows = {"tag": [], "author": [], "duration": []}
+  for item in new:
+    side = item_features.get(item, {})
+    rows["tag"].append(vocab_id(side.get("tag"), tag_ids, state.tags))
+    rows["author"].append(vocab_id(side.get("author"), author_ids, state.authors))
+    duration = side.get("duration_s") or durations.get(item)
+    rows["duration"].append(int(features.DURATION.to_numpy(duration)) if duration else features.PAD_ID)
+  state.items.extend(new)
+  grow = lambda a, extra: np.concatenate([a, np.asarray(extra, a.dtype)])
+  state.item_tag = grow(state.item_tag, rows["tag"])
+  state.item_author = grow(state.item_author, rows["author"])
+  state.item_duration = grow(state.item_duration, rows["duration"])
+  state.item_count = grow(state.item_count, [0] * len(new))
+  state.recent_count = grow(state.recent_count, [0.0] * len(new)) * count_decay
+  row = {item: i for i, item in enumerate(state.items)}
+  for item, c in batch_counts.items():
+    state.item_count[row[item]] += c
+    state.recent_count[row[item]] += c
+  return new
+
+
+def new_examples(state: StreamState, events: List[Dict], max_len: int):
+  """Each new event with history -> a serialized example; updates the histories.
+
+  Returns (train payloads, test payloads: each user's newest example, stats).
+  """
+  item_index = T.vocab_ids(state.items)
+  by_user = collections.defaultdict(list)
+  for e in events:
+    by_user[e["user"]].append(e)
+  train, test = [], []
+  stats = {"examples": 0, "first_events": 0, "history_lens": []}
+  empty = {k: np.zeros(0, np.int64) for k in HISTORY_KEYS}
+  for user in sorted(by_user):
+    user_events = sorted(by_user[user], key=lambda e: (e["time"], e["order"]))
+    old = state.histories.get(user, empty)
+    new = T.encode_events(user_events, item_index)
+    enc = {k: old[k].tolist() + new[k].tolist() for k in HISTORY_KEYS}
+    newest = None
+    for j, e in enumerate(user_events):
+      p = len(old["item"]) + j
+      if p == 0:  # A user's first event ever: history only, nothing to predict it from.
+        stats["first_events"] += 1
+        continue
+      start = max(0, p - max_len)
+      newest = T.example_bytes(user, e["time"], enc, start, p)
+      train.append(newest)
+      stats["history_lens"].append(p - start)
+    if newest is not None:
+      test.append(newest)
+    state.histories[user] = {k: np.asarray(enc[k][-max_len:], np.int64) for k in HISTORY_KEYS}
+  stats["examples"] = len(train)
+  return train, test, stats
+
+
+def _write_records(path: str, payloads) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as w:
+    for payload in payloads:
+      w.write(payload)
+
+
+def _format_options(args) -> dict:
+  options = {"min_rating": args.min_rating, "positive_column": args.positive_column}
+  if issubclass(formats.FORMATS[args.format], formats.Columnar):
+    options["columns"] = formats.parse_columns(args.columns)
+  return options
+
+
+def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> int:
+  """Consumes the landed files `names` into the next generation; returns its number."""
+  timings, started = {}, time.time()
+  clock = [time.perf_counter()]
+
+  def lap(name):
+    now = time.perf_counter()
+    timings[name] = round(now - clock[0], 3)
+    clock[0] = now
+
+  previous, prev_path = state_dir.current()
+  number = previous + 1
+  state = StreamState.read(prev_path)
+  work = state_dir.work_dir(number)
+  paths = [os.path.join(os.path.abspath(args.stream_dir), n) for n in names]
+  sizes = {p: os.path.getsize(p) for p in paths}
+  landed = {p: os.path.getmtime(p) for p in paths}
+  parsed = parse_files(paths, args.format, os.path.join(work, "parsed"), args.item_features,
+                       beam_args, **_format_options(args))
+  lap("parse_s")
+  kill_point("parsed", number)
+
+  for path, c in parsed.counts.items():
+    if c["rows_in"] != c["rows_accepted"] + c["rows_rejected"] + c["rows_filtered"]:
+      raise RuntimeError(f"accounting broken for {path}: {c}")
+  new_items = grow_vocabulary(state, parsed.events, parsed.item_features, args.count_decay)
+  config = read_config(prev_path)
+  train, test, stats = new_examples(state, parsed.events, config.max_len)
+  if stats["examples"] + stats["first_events"] != len(parsed.events):
+    raise RuntimeError(f"{len(parsed.events)} events but {stats} examples + first events")
+  for path in paths:
+    state.ledger.append({"name": os.path.basename(path), "size": sizes[path],
+                         "landed_at": landed[path], "generation": number, **parsed.counts[path]})
+  batch_counts = {name: sum(parsed.counts[p][name] for p in paths) for name in COUNTS}
+  batch_counts.update(examples=stats["examples"], first_events=stats["first_events"],
+                      dead_letters_total=len(parsed.dead_letters))
+  for name, value in batch_counts.items():
+    state.counts[name] += value
+  state.write(work)
+  _write_records(os.path.join(work, "train", "part-00000-of-00001.tfrecord"), train)
+  if test:
+    _write_records(os.path.join(work, "test", "part-00000-of-00001.tfrecord"), test)
+  else:  # Nothing to hold out in this batch: keep the last one for the export's check.
+    shutil.copytree(os.path.join(prev_path, "test"), os.path.join(work, "test"))
+  os.makedirs(os.path.join(work, "dead_letter"))
+  shutil.move(os.path.join(work, "parsed", "dead_letter.jsonl"),
+              os.path.join(work, "dead_letter", "dead_letter.jsonl"))
+  shutil.rmtree(os.path.join(work, "parsed"))
+  lens = stats["history_lens"]
+  splits = {"train": {"examples": len(train), "mean_history_len": float(np.mean(lens)) if lens else 0.0,
+                      "max_history_len": int(max(lens, default=0))},
+            "valid": {"examples": 0, "mean_history_len": 0.0, "max_history_len": 0},
+            "test": {"examples": len(test), "mean_history_len": 0.0, "max_history_len": 0}}
+  base = data.metadata(prev_path)
+  online = {"generation": number, "files": names, "batch_counts": batch_counts,
+            "new_items": len(new_items)}
+  _write_metadata(work, base, state, splits, online)
+  lap("examples_s")
+
+  model = continue_model(prev_path, Catalog.load(prev_path), Catalog.load(work), args.learning_rate)
+  lap("load_model_s")
+  if test:  # Test-then-train: the model that is served now, on events it has not seen.
+    online["before_training"] = evaluate.evaluate(
+        evaluate.model_scorer(model), work, "test", config.max_len, config.event_features)
+  steps = 0
+  if train:
+    tf.keras.utils.set_random_seed(args.seed + number)
+    ds = data.dataset(work, "train", args.batch_size, config.max_len, config.event_features,
+                      seed=args.seed + number, repeat=True)
+    steps = max(1, math.ceil(len(train) * args.epochs_per_batch / args.batch_size))
+    history = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    online["train_loss"] = float(history.history["loss"][-1])
+  model.save_weights(os.path.join(work, WEIGHTS))
+  shutil.copy(os.path.join(prev_path, CONFIG_FILE), os.path.join(work, CONFIG_FILE))
+  lap("train_s")
+  kill_point("trained", number)
+
+  online.update(steps=steps, optimizer_step=step_count(model), timings=timings,
+                started_at=started, committed_at=time.time())
+  _write_metadata(work, base, state, splits, online)
+  kill_point("staged", number)
+  state_dir.commit(work, number, before_pointer=lambda: kill_point("renamed", number))
+  lap("commit_s")
+  log(event="committed", generation=number, files=names, new_items=len(new_items),
+      examples=len(train), steps=steps, optimizer_step=online["optimizer_step"],
+      before_training={k: v for k, v in online.get("before_training", {}).items()
+                       if k in ("hr@10", "hr@100", "examples")}, timings=timings)
+  kill_point("committed", number)
+  return number
+
+
+# -- exports ---------------------------------------------------------------------------
+def last_export(export_base: str):
+  """Lineage (assets.extra/online.json) of the newest online export, or None."""
+  from serving.export import existing_versions
+  for version in reversed(existing_versions(export_base)):
+    path = os.path.join(export_base, str(version), LINEAGE)
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+  return None
+
+
+def export_generation(args, state_dir: StateDir, since_generation: int) -> dict:
+  """Exports the committed generation as the next version; its lineage names the files
+  consumed since `since_generation` (the last exported one)."""
+  from serving.export import existing_versions, export
+  number, gen = state_dir.current()
+  staging = os.path.join(args.export_base, EXPORT_STAGING)
+  shutil.rmtree(staging, ignore_errors=True)  # Left by a killed export: never published.
+  version = max(existing_versions(args.export_base), default=0) + 1
+  started = time.perf_counter()
+  result = export(gen, gen, staging, index=args.index, top_k=args.top_k, version=version,
+                  verify_examples=args.verify_examples, min_recall=args.min_recall)
+  state = StreamState.read(gen)
+  lineage = {"version": version, "generation": number, "exported_at": time.time(),
+             "batch": data.metadata(gen)["online"],  # the newest generation's record
+             "export_s": round(time.perf_counter() - started, 3),
+             "new_files": [e["name"] for e in state.ledger if e["generation"] > since_generation],
+             "files_consumed": len(state.ledger), "counts": state.counts,
+             "items": len(state.items), "verification": result["verification"]}
+  with open(os.path.join(result["path"], LINEAGE), "w") as f:
+    json.dump(lineage, f, indent=1, sort_keys=True)
+  # Published in one rename: the server never sees a version without its lineage.
+  os.rename(result["path"], os.path.join(args.export_base, str(version)))
+  shutil.rmtree(staging, ignore_errors=True)
+  log(event="exported", version=version, generation=number, new_files=lineage["new_files"],
+      export_s=lineage["export_s"])
+  kill_point("exported", number)
+  return lineage
+
+
+# -- the loop -------------------------------------------------------------------------
+def run(args, beam_args=()) -> dict:
+  state_dir = StateDir(args.state_dir)
+  removed = state_dir.recover()
+  if removed:
+    log(event="recovered", discarded=removed)
+  if state_dir.current() is None:
+    if not (args.init_data_dir and args.init_model_dir):
+      raise SystemExit("tfkf.online: an empty --state_dir needs --init_data_dir and --init_model_dir")
+    bootstrap(state_dir, args.init_data_dir, args.init_model_dir)
+  exported = last_export(args.export_base) if args.export_base else None
+  exported_generation = exported["generation"] if exported else -1
+  exported_at = exported["exported_at"] if exported else -math.inf
+  batches, idle_since = 0, time.monotonic()
+  enough = lambda: args.max_batches is not None and batches >= args.max_batches
+  while True:
+    number, gen = state_dir.current()
+    consumed = consumed_files(gen)
+    pending = [n for n in landed_files(args.stream_dir, args.pattern) if n not in consumed]
+    if pending and not enough():
+      number = process_batch(args, state_dir, pending[:args.max_files_per_batch], beam_args)
+      batches += 1
+      idle_since = time.monotonic()
+    idle = (args.exit_when_idle_s is not None and not pending
+            and time.monotonic() - idle_since >= args.exit_when_idle_s)
+    stopping = enough() or idle
+    due = time.time() - exported_at >= args.export_every_s
+    if args.export_base and number > exported_generation and (due or stopping):
+      lineage = export_generation(args, state_dir, exported_generation)
+      exported_generation, exported_at = lineage["generation"], lineage["exported_at"]
+    if stopping:
+      return {"generation": number, "batches": batches, "exported_generation": exported_generation}
+    if not pending:
+      time.sleep(args.poll_interval_s)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--stream_dir", required=True, help="directory new log files land in")
+  p.add_argument("--state_dir", required=True, help="committed generations (model, vocab, histories)")
+  p.add_argument("--init_data_dir", help="beam_pipelines.build --output_dir (first start only)")
+  p.add_argument("--init_model_dir", help="tfkf.train --model_dir (first start only)")
+  p.add_argument("--pattern", default="*", help="only landed files whose names match")
+  p.add_argument("--format", choices=sorted(formats.FORMATS), default="kuairand")
+  p.add_argument("--item_features", default=None,
+                 help="item-feature CSV glob (as beam_pipelines.build), re-read every batch")
+  p.add_argument("--columns", default=None, help="csv/jsonl/parquet column mapping (as the build)")
+  p.add_argument("--positive_column", default=None)
+  p.add_argument("--min_rating", type=float, default=None)
+  p.add_argument("--max_files_per_batch", type=int, default=8)
+  p.add_argument("--epochs_per_batch", type=float, default=1.0,
+                 help="passes over each micro-batch's examples")
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--learning_rate", type=float, default=1e-3)
+  p.add_argument("--count_decay", type=float, default=0.5,
+                 help="per micro-batch decay of the item counts behind the logQ probabilities")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--export_base", default=None, help="versions go to <export_base>/<N>/")
+  p.add_argument("--export_every_s", type=float, default=60.0,
+                 help="least seconds between exports (0: after every micro-batch)")
+  p.add_argument("--index", choices=["scann", "brute_force"], default="scann")
+  p.add_argument("--top_k", type=int, default=100)
+  p.add_argument("--verify_examples", type=int, default=256)
+  p.add_argument("--min_recall", type=float, default=0.95)
+  p.add_argument("--poll_interval_s", type=float, default=1.0)
+  p.add_argument("--max_batches", type=int, default=None, help="stop after this many micro-batches")
+  p.add_argument("--exit_when_idle_s", type=float, default=None,
+                 help="stop after this long with no new file (0: once everything landed is consumed)")
+  return p.parse_known_args(argv)
+
+
+def main(argv=None):
+  args, beam_args = parse_args(argv)
+  if args.format in ("csv", "jsonl", "parquet") and not args.columns:
+    raise SystemExit(f"tfkf.online: --format={args.format} needs --columns")
+  log(event="done", **run(args, beam_args))
+
+
+if __name__ == "__main__":
+  main()
