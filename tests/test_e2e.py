@@ -109,15 +109,18 @@ def test_sampled_protocol_draws_the_same_untouched_negatives_for_every_model(ser
   assert ranks.numpy().tolist() == [2], "a tie counts against the target"
 
 
-def test_evaluate_cli_sampled_protocol_ranks_the_model_above_most_popular(served):
-  d = served["dir"]
-  common = ["--split=valid", "--protocol=sampled", "--num_negatives=100", "--seed=1"]
-  cli.run("tfkf.evaluate", f"--data_dir={served['data']}", f"--model_dir={served['run']}", *common,
-          f"--output={d / 'model_sampled.json'}")
-  cli.run("tfkf.evaluate", f"--data_dir={served['data']}", "--baseline=most_popular", "--max_len=64",
-          *common, f"--output={d / 'popular_sampled.json'}")
-  model = json.loads((d / "model_sampled.json").read_text())
-  popular = json.loads((d / "popular_sampled.json").read_text())
-  assert model["protocol"] == "sampled" and model["examples"] == popular["examples"] == 1000
-  assert model["hr@1"] <= model["hr@5"] <= model["hr@10"] and model["ndcg@10"] <= model["hr@10"]
-  assert model["hr@10"] > popular["hr@10"] and model["ndcg@10"] > popular["ndcg@10"]
+def test_sampled_protocol_ranks_the_model_above_most_popular(served):
+  from tfkf import evaluate
+  from tfkf.catalog import Catalog
+  from tfkf.train import load_trained
+  catalog = Catalog.load(served["data"])
+  model = load_trained(served["run"], catalog)
+  negatives = evaluate.sampled_negatives(served["data"], "valid", num_negatives=100, seed=1)
+  ranked = {name: evaluate.evaluate(scorer, served["data"], "valid", 64, model.config.event_features,
+                                    negatives=negatives)
+            for name, scorer in (("model", evaluate.model_scorer(model)),
+                                 ("popular", evaluate.popularity_scorer(catalog)))}
+  model_hr, popular_hr = ranked["model"], ranked["popular"]
+  assert model_hr["examples"] == popular_hr["examples"] == 1000
+  assert model_hr["hr@1"] <= model_hr["hr@5"] <= model_hr["hr@10"] and model_hr["ndcg@10"] <= model_hr["hr@10"]
+  assert model_hr["hr@10"] > popular_hr["hr@10"] and model_hr["ndcg@10"] > popular_hr["ndcg@10"]

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 import cli
 import planted
@@ -93,8 +93,10 @@ def test_export_matches_the_keras_model_and_refuses_a_bad_index(trained, base, t
   # Stock TF Serving has no ScaNN ops: the brute-force graph must not name any.
   assert b"Scann>" not in (base / "1" / "saved_model.pb").read_bytes()
   assert b"Scann>" in (tmp_path / "models" / "1" / "saved_model.pb").read_bytes()
-  with pytest.raises(AssertionError, match="recall"):  # a threshold no index can meet
-    export(trained, tmp_path / "models", "--index=scann", "--min_recall=1.01")
+  from serving import export as exporter, verify
+  with pytest.raises(verify.ExportMismatch, match="recall"):  # a threshold no index can meet
+    exporter.export(trained["run"], trained["data"], str(tmp_path / "models"), index="scann",
+                    top_k=K, min_recall=1.01)
   assert sorted(os.listdir(tmp_path / "models")) == ["1"], "a refused export publishes nothing"
 
 
@@ -116,6 +118,13 @@ def test_rest_row_columnar_and_grpc_answer_alike(batching, histories):
   assert (status["version"], status["state"]) == ("1", "AVAILABLE")
   signatures = batching.get(f"/v1/models/{MODEL}/metadata")["metadata"]["signature_def"]["signature_def"]
   assert {"serving_default", "serving_with_events", "user_embedding"} <= set(signatures)
+  stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{batching.grpc}"))
+  request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+  request.model_spec.name = MODEL
+  signature_map = get_model_metadata_pb2.SignatureDefMap()
+  stub.GetModelMetadata(request, timeout=30).metadata["signature_def"].Unpack(signature_map)
+  assert set(signature_map.signature_def) == set(signatures)
+  assert set(signature_map.signature_def["serving_default"].outputs) == {"item_ids", "scores", "interest"}
 
 
 def test_batched_concurrent_calls_equal_single_calls(batching, histories):
