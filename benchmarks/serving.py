@@ -184,17 +184,12 @@ def serve(base: str, batching: bool, log_path: str):
   return process, port, grpc_port
 
 
-def histories_for(data_dir, catalog, max_len, n):
-  indices = verify.sample_histories(data_dir, max_len, n)
-  return verify.raw_histories(indices, catalog), indices
-
-
 def run(args) -> dict:
   data_dir, model_dir = prepare(args)
   catalog = Catalog.load(data_dir)
   model = load_trained(model_dir, catalog)
   embeddings = model.item_embeddings().numpy()
-  raw, _ = histories_for(data_dir, catalog, model.config.max_len, args.users)
+  raw = verify.raw_histories(verify.sample_histories(data_dir, model.config.max_len, args.users), catalog)
   bodies = [json.dumps({"instances": [{"item_ids": [x.decode() for x in h if x]}]}).encode() for h in raw]
   requests = grpc_requests(raw)
   results = {}

@@ -1,6 +1,5 @@
 """The build job: transforms in TestPipeline, and the whole job on a corrupted log."""
 
-import csv
 import glob
 import hashlib
 import json
