@@ -22,6 +22,8 @@ MODEL = "kuaiformer"
 BATCHES = 3
 CORRUPT_ROWS = 2
 ITERATIONS = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+# One worker runs the whole module: its fixtures are module-scoped and heavy.
+pytestmark = pytest.mark.xdist_group("online")
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +82,10 @@ def status(port):
     return {int(s["version"]): s["state"] for s in json.load(r)["model_version_status"]}
 
 
-def wait_for_version(port, version, trainer, timeout_s=180):
+def wait_for_version(port, version, trainer, log, timeout_s=180):
   deadline = time.monotonic() + timeout_s
   while time.monotonic() < deadline:
-    assert trainer.poll() in (None, 0), "the online trainer died"
+    assert trainer.poll() in (None, 0), f"the online trainer died:\n{log.read_text()[-3000:]}"
     if status(port).get(version) == "AVAILABLE":
       return
     time.sleep(0.2)
@@ -153,7 +155,7 @@ def online(server, stream):
         assert (state / "generations" / f"gen-{batch:08d}").exists(), "renamed, not committed"
         assert (state / "CURRENT").read_text().strip() == f"gen-{batch - 1:08d}"
         trainer = start_trainer(None, "--exit_when_idle_s=0")
-      wait_for_version(rest, version, trainer)
+      wait_for_version(rest, version, trainer, logs[-1])
       versions.append(max(status(rest)))
       served[version] = rest_predict("127.0.0.1", rest, MODEL,
                                      list(before_hit.values()))["predictions"]

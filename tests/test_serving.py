@@ -87,7 +87,7 @@ def batching(base):
 def test_export_matches_the_keras_model_and_refuses_a_bad_index(trained, base, tmp_path):
   with open(base / "1" / "assets.extra" / "verification.json") as f:
     brute_force = json.load(f)
-  assert brute_force["examples"] >= 100 and brute_force["identical_rows"] == 1.0
+  assert brute_force["examples"] >= 100 and brute_force["identical_rows_up_to_ties"] == 1.0
   scann = export(trained, tmp_path / "models", "--index=scann")["verification"]
   assert scann[f"recall@{K}"] >= 0.95, scann
   # Stock TF Serving has no ScaNN ops: the brute-force graph must not name any.
