@@ -8,8 +8,10 @@ per-dimension spread, so the index sees clustered, anisotropic data), with a
 ScaNN and a brute-force index. For each export:
   * floor: the SavedModel's serving_default called in-process, one user per call;
   * server: serving.server with batching off and on, at each concurrency, over REST
-    (aiohttp client) and gRPC (grpc.aio client), closed loop from this process (it
-    shares the 2 cores with the server);
+    (aiohttp client) and gRPC (grpc.aio client) on uvloop, closed loop from this process
+    (it shares the 2 cores with the server);
+  * the server overhead at concurrency 1, measured fairly on a shared machine: floor,
+    REST and gRPC in alternating short rounds, the median over rounds of p50 / floor p50;
   * ScaNN recall@K against brute force on the same histories.
 
   python -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
@@ -31,6 +33,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+import uvloop
 
 from benchmarks import common
 from serving import verify
@@ -86,10 +89,15 @@ def percentiles(latencies_s) -> dict:
           "requests": len(ms), "distribution_ms": {str(q): float(np.percentile(ms, q)) for q in DISTRIBUTION}}
 
 
-def floor(path: str, histories, seconds: float) -> dict:
-  """The in-process call of serving_default, one user at a time: the server's floor."""
+def in_process(path: str):
+  """The floor: serving_default called in-process for one user (a history of raw ids)."""
   signature = tf.saved_model.load(path).signatures["serving_default"]
-  call = lambda history: {k: v.numpy() for k, v in signature(item_ids=tf.constant(history[None])).items()}
+  return lambda history: {k: v.numpy() for k, v in signature(item_ids=tf.constant(history[None])).items()}
+
+
+def floor(path: str, histories, seconds: float) -> dict:
+  """The in-process call, one user at a time, back to back for `seconds`."""
+  call = in_process(path)
   for i in range(10):  # warm up
     call(histories[i % len(histories)])
   latencies, deadline = [], time.perf_counter() + seconds
@@ -101,9 +109,9 @@ def floor(path: str, histories, seconds: float) -> dict:
   return percentiles(latencies)
 
 
-async def closed_loop(call, concurrency: int, seconds: float) -> dict:
+async def closed_loop(call, concurrency: int, seconds: float, keep: list = None) -> dict:
   """`concurrency` clients, each awaiting `call(n)` (True if it succeeded) back to back for
-  `seconds`: latency percentiles, throughput and errors."""
+  `seconds`: latency percentiles, throughput and errors (latencies also appended to `keep`)."""
   latencies, errors = [], 0
   deadline = time.perf_counter() + seconds
 
@@ -118,6 +126,8 @@ async def closed_loop(call, concurrency: int, seconds: float) -> dict:
   started = time.perf_counter()
   await asyncio.gather(*(client(w) for w in range(concurrency)))
   elapsed = time.perf_counter() - started
+  if keep is not None:
+    keep.extend(latencies)
   return {**percentiles(latencies), "throughput_rps": len(latencies) / elapsed, "errors": errors}
 
 
@@ -143,6 +153,46 @@ async def drive_grpc(port: int, requests, concurrency: int, seconds: float) -> d
       except grpc.aio.AioRpcError:
         return False
     return await closed_loop(call, concurrency, seconds)
+
+
+async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, rounds: int,
+                      seconds: float) -> dict:
+  """Concurrency 1: the floor, REST and gRPC in alternating rounds of `seconds` each (the
+  order rotating), so load drifting on the shared machine hits all three alike. Gives each
+  path's pooled percentiles and, per round, its p50 over the floor's p50."""
+  async with aiohttp.ClientSession() as session, \
+      grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    async def floor_call(n):
+      call_floor(histories[n % len(histories)])
+      return True
+
+    async def rest_call(n):
+      async with session.post(url, data=bodies[n % len(bodies)]) as response:
+        await response.read()
+        return response.status == 200
+
+    async def grpc_call(n):
+      await stub.Predict(requests[n % len(requests)], timeout=30)
+      return True
+
+    paths = {"floor": floor_call, "rest": rest_call, "grpc": grpc_call}
+    latencies = {name: [] for name in paths}
+    ratios = {"rest": [], "grpc": []}
+    for r in range(rounds):
+      order = list(paths)[r % 3:] + list(paths)[:r % 3]
+      p50 = {}
+      for name in order:
+        result = await closed_loop(paths[name], 1, seconds, keep=latencies[name])
+        p50[name] = result["p50_ms"]
+      for name in ratios:
+        ratios[name].append(p50[name] / p50["floor"])
+  out = {name: percentiles(v) for name, v in latencies.items()}
+  out.update(rounds=rounds, seconds_per_round=seconds,
+             **{f"{name}_p50_over_floor_per_round": v for name, v in ratios.items()},
+             **{f"{name}_overhead_median": float(np.median(v)) - 1 for name, v in ratios.items()})
+  return out
 
 
 def grpc_requests(raw) -> list:
@@ -210,11 +260,15 @@ def run(args) -> dict:
         try:
           url = f"http://127.0.0.1:{port}/v1/models/kuaiformer:predict"
           mode = f"batching_{'on' if batching else 'off'}"
-          entry[mode] = {str(c): measured(port, "REST", lambda: asyncio.run(drive(url, bodies, c, args.seconds)))
+          entry[mode] = {str(c): measured(port, "REST", lambda: uvloop.run(drive(url, bodies, c, args.seconds)))
                          for c in args.concurrency}
           entry[f"grpc_{mode}"] = {
-              str(c): measured(port, "GRPC", lambda: asyncio.run(drive_grpc(grpc_port, requests, c, args.seconds)))
+              str(c): measured(port, "GRPC", lambda: uvloop.run(drive_grpc(grpc_port, requests, c, args.seconds)))
               for c in args.concurrency}
+          if not batching and args.rounds:
+            entry["interleaved_c1"] = uvloop.run(interleaved(
+                in_process(os.path.join(base, "1")), raw, url, bodies, grpc_port, requests,
+                args.rounds, args.seconds / 4))
         finally:
           process.terminate()
           process.wait(timeout=60)
@@ -239,6 +293,8 @@ def parse_args(argv=None):
   p.add_argument("--batching", type=lambda s: [x == "on" for x in s.split(",")], default=[False, True])
   p.add_argument("--concurrency", type=ints, default=[1, 8, 32])
   p.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
+  p.add_argument("--rounds", type=int, default=12,
+                 help="interleaved floor/REST/gRPC rounds at concurrency 1 (seconds/4 each; 0: none)")
   p.add_argument("--users", type=int, default=512, help="distinct test histories sent")
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--seed", type=int, default=0)

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
+import uvloop
 
 from serving import grpc_api
 from serving.batching import BatchScheduler
@@ -107,7 +108,10 @@ def main(argv=None):
   if grpc_server is not None:
     app.on_cleanup.append(lambda _: asyncio.to_thread(lambda: grpc_server.stop(grace=5).wait()))
   names = ", ".join(m.name for m in managers)
+  # uvloop: libuv's event loop halves the per-request cost of the asyncio default
+  # (BENCHMARKS.md "Serving latency"), most of what the server adds to a model call.
   web.run_app(app, host=args.host, port=args.rest_api_port, access_log_format='%a "%r" %s %b %Tfs',
+              loop=uvloop.new_event_loop(),
               print=lambda _: log.info("REST API at http://%s:%d/v1/models/{%s}", args.host,
                                        args.rest_api_port, names))
 
