@@ -26,7 +26,7 @@ test: venv
 clean:
 	rm -rf demo_out .pytest_cache
 
-.PHONY: bench-pipeline bench-train bench-ablation bench-serving bench-freshness bench-report
+.PHONY: bench-pipeline bench-cost bench-ablation bench-serving bench-freshness bench-report bench-quality
 bench-pipeline: venv
 	$(PY) -m benchmarks.pipeline --events 1000000 --repeats 1
 	$(PY) -m benchmarks.report
@@ -34,18 +34,28 @@ bench-pipeline: venv
 bench-report: venv
 	$(PY) -m benchmarks.report
 
-bench-train: venv
-	$(PY) -m benchmarks.train_cost --batch_size 256 --steps 10 --repeats 3
+# Training step and 1-user inference, 32/64/128/256 plain and 256 compressed, paper preset.
+bench-cost: venv
+	$(PY) -m benchmarks.train_cost --batch_size 128 --steps 8 --calls 50 --repeats 3
 	$(PY) -m benchmarks.report
 
+# Sequence length, query tokens, layers, compression on ml-latest-small and synthetic: 34 runs,
+# 43 min measured on 2 cores shared with other jobs.
 bench-ablation: venv
-	$(PY) -m benchmarks.ablation --field num_query_tokens --values 1,4 --seeds 0,1,2
+	$(PY) -m benchmarks.ablation --epochs 3 --steps 100 --batch_size 64 --seeds 0
 	$(PY) -m benchmarks.report
 
 bench-serving: venv
-	$(PY) -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
+	$(PY) -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 6
 	$(PY) -m benchmarks.report
 
 bench-freshness: venv
 	$(PY) -m benchmarks.freshness --users 2000 --items 3000 --batches 6 --index scann
+	$(PY) -m benchmarks.report
+
+# KuaiFormer vs SASRec (BCE, in-batch), ItemKNN, most popular on SASRec Games and
+# ml-latest-small: 4 min of training per model; measured 23 + 18 min on 2 shared cores.
+bench-quality: venv
+	$(PY) -m benchmarks.quality --datasets games --train_seconds 240
+	$(PY) -m benchmarks.quality --datasets ml --train_seconds 240
 	$(PY) -m benchmarks.report

@@ -1,97 +1,207 @@
-"""make bench-ablation: one config field varied at equal budget, several seeds.
+"""make bench-ablation: the paper's ablations (Table 3, Figure 3) on two data sets.
 
-Builds the planted synthetic data set once, then trains every (value, seed)
-with tfkf.train (two at a time on 2 cores) and records the final validation
-in-batch accuracy (the paper's offline accuracy) and loss.
+One base point (preset small: d 64, 2 heads, ffn 128; --base_len events plain,
+--base_layers layers, --base_query_tokens interests) and four axes around it:
 
-  python -m benchmarks.ablation --field num_query_tokens --values 1,4 --seeds 0,1,2
+  max_len           --max_lens (plain: no compression)
+  num_query_tokens  --query_tokens
+  num_layers        --layers
+  compression       off / on at --compressed_len events (--compression_windows)
+
+Data sets: ml-latest-small (the build's --format=movielens: long histories) and
+the planted synthetic short-video log (beam_pipelines.synthetic, with longer
+histories than its defaults so that 256 events exist). Each is built once at
+the longest length and cached in --cache_dir; the reader keeps the latest
+max_len events of each history. Every distinct config trains for the same
+budget (two worker processes on 2 cores), then records:
+
+  * validation in-batch accuracy at the fixed --batch_size (the paper's metric),
+  * full-ranking HR@{50,100,500} on the test split (tfkf.evaluate's protocol,
+    history items excluded),
+  * parameter counts (total, and the transformer without the embedding tables).
+
+  python -m benchmarks.ablation --epochs 3 --steps 100 --batch_size 64 --seeds 0
 """
 
 import argparse
 import concurrent.futures
+import hashlib
 import json
+import multiprocessing
 import os
+import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
+import time
 
 from benchmarks import common
 
-
-def train_jobs(data_dir, work, args):
-  jobs = []
-  for value in args.values:
-    for seed in args.seeds:
-      overrides = json.dumps({args.field: value})
-      model_dir = os.path.join(work, f"{args.field}-{value}-seed{seed}")
-      cmd = [sys.executable, "-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-             f"--preset={args.preset}", f"--epochs={args.epochs}", f"--steps_per_epoch={args.steps}",
-             f"--batch_size={args.batch_size}", f"--seed={seed}", f"--config_overrides={overrides}",
-             "--patience=1000", "--verbose=2"]
-      jobs.append(((value, seed), cmd))
-  return jobs
+ML_DIR = os.path.join(os.path.dirname(common.ROOT), "shared", "data", "movielens_latest_small")
+# = tfkf.features.COMPRESSION_WINDOWS, copied so the parent process never loads TensorFlow.
+PAPER_WINDOWS = (64, 64, 16, 16, 16, 16, 16)
+# What the paper reports (DESIGN.md §1): in-batch accuracy at a fixed batch size.
+PAPER = {"max_len": {"8": 0.325, "64": 0.417, "256": 0.441},
+         "num_layers": {"1": 0.391, "5": 0.435},
+         "compression": {"off": 0.441, "on": 0.445},
+         "num_query_tokens": "more query tokens help, with diminishing returns"}
+HR_CUTOFFS = (50, 100, 500)
 
 
-def run_parallel(jobs, parallel: int):
-  """{key: final fit metrics} for each (key, command), `parallel` at a time."""
-  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-         "PYTHONPATH": common.ROOT}
+def build_data(name: str, args) -> str:
+  """The built data set `name` (cached by its build flags): its data_dir."""
+  if name == "movielens":
+    raw = {"ratings": args.movielens_ratings, "movies": args.movielens_movies}
+    gen = None
+    build = ["--format=movielens", f"--input={raw['ratings']}", f"--item_features={raw['movies']}"]
+  else:
+    gen = [f"--users={args.users}", f"--items={args.items}", f"--seed={args.data_seed}",
+           f"--min_events={args.min_events}", f"--max_events={args.max_events}"]
+    build = ["--format=kuairand", f"--max_examples_per_user={args.max_examples_per_user}"]
+  build += ["--runner=DirectRunner", f"--max_len={args.build_len}"]
+  key = hashlib.sha1(json.dumps([name, gen, build]).encode()).hexdigest()[:12]
+  root = os.path.join(args.cache_dir, f"{name}-{key}")
+  data_dir = os.path.join(root, "data")
+  if not os.path.exists(os.path.join(data_dir, "metadata.json")):
+    if gen:
+      log = os.path.join(root, "raw", "log.csv")
+      common.timed_module("beam_pipelines.synthetic", *gen, f"--output={log}")
+      build += [f"--input={log}", f"--item_features={os.path.join(root, 'raw', 'items.csv')}"]
+    common.timed_module("beam_pipelines.build", *build, f"--output_dir={data_dir}")
+  return data_dir
 
-  def train(cmd):
-    proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode:
-      raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
-  with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-    futures = {key: pool.submit(train, cmd) for key, cmd in jobs}
-    return {key: f.result() for key, f in futures.items()}
+def points(args) -> dict:
+  """{axis: {value: config overrides}} over the small preset; the base point is shared."""
+  base = {"max_len": args.base_len, "compression_windows": [], "dropout": 0.0,
+          "num_query_tokens": args.base_query_tokens, "num_layers": args.base_layers}
+  axes = {"max_len": {str(v): {**base, "max_len": v} for v in args.max_lens},
+          "num_query_tokens": {str(v): {**base, "num_query_tokens": v} for v in args.query_tokens},
+          "num_layers": {str(v): {**base, "num_layers": v} for v in args.layers}}
+  if args.compressed_len:
+    plain = {**base, "max_len": args.compressed_len}
+    axes["compression"] = {"off": plain,
+                           "on": {**plain, "compression_windows": list(args.compression_windows)}}
+  return axes
+
+
+def train_point(data_dir: str, model_dir: str, overrides: dict, seed: int, budget: dict) -> dict:
+  """Trains one config (in a worker process) and measures it."""
+  import tensorflow as tf
+
+  from tfkf import evaluate, train
+  from tfkf.catalog import Catalog
+  tf.keras.backend.clear_session()
+  start = time.perf_counter()
+  history = train.train(train.parse_args([
+      f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--preset=small",
+      f"--config_overrides={json.dumps(overrides)}", f"--epochs={budget['epochs']}",
+      f"--steps_per_epoch={budget['steps_per_epoch']}", f"--batch_size={budget['batch_size']}",
+      f"--seed={seed}", "--patience=1000", "--verbose=0"]))
+  train_s = time.perf_counter() - start
+  model = train.load_trained(model_dir, Catalog.load(data_dir))
+  c = model.config
+  ranking = evaluate.evaluate(evaluate.model_scorer(model), data_dir, "test", c.max_len,
+                              c.event_features, max_examples=budget["eval_examples"])
+  tower = model.user_tower
+  backbone = [*tower.blocks, tower.query_tokens, tower.final_norm]
+  backbone += [tower.compressor] if tower.compressor is not None else []
+  shutil.rmtree(model_dir, ignore_errors=True)
+  return {"val_in_batch_accuracy": history["val_in_batch_accuracy"][-1],
+          "val_loss": history["val_loss"][-1], "train_s": train_s,
+          **{f"hr@{k}": ranking[f"hr@{k}"] for k in HR_CUTOFFS}, "test_examples": ranking["examples"],
+          "params_total": int(model.count_params()),
+          "params_transformer": int(sum(layer.count_params() for layer in backbone)),
+          "sequence_tokens": c.num_sequence_tokens}
+
+
+def _cost(overrides: dict) -> int:
+  """Rough relative training cost, to start the longest jobs first."""
+  return overrides["max_len"] * (overrides["num_layers"] + 1)
 
 
 def run(args) -> dict:
-  work = tempfile.mkdtemp(prefix="bench-ablation-")
-  log = os.path.join(work, "raw", "log.csv")
-  common.timed_module("beam_pipelines.synthetic", f"--users={args.users}", "--items=3000",
-                      f"--seed={args.data_seed}", f"--output={log}")
-  data_dir = os.path.join(work, "data")
-  common.timed_module("beam_pipelines.build", "--runner=DirectRunner", f"--input={log}",
-                      "--format=kuairand", f"--item_features={os.path.join(work, 'raw', 'items.csv')}",
-                      f"--output_dir={data_dir}", f"--max_len={args.max_len}")
-  results = run_parallel(train_jobs(data_dir, work, args), parallel=2)
-  table = {}
-  for value in args.values:
-    runs = [results[(value, s)] for s in args.seeds]
-    accs = [r["val_in_batch_accuracy"] for r in runs]
-    table[str(value)] = {"val_in_batch_accuracy": accs, "median_val_in_batch_accuracy":
-                         statistics.median(accs),
-                         "val_loss": [r["val_loss"] for r in runs],
-                         "median_val_loss": statistics.median(r["val_loss"] for r in runs)}
-  return {"field": args.field, "preset": args.preset, "seeds": args.seeds,
-          "data": {"generator": "beam_pipelines.synthetic", "users": args.users,
-                   "seed": args.data_seed, "max_len": args.max_len},
-          "budget": {"epochs": args.epochs, "steps_per_epoch": args.steps,
-                     "batch_size": args.batch_size},
-          "versions": common.versions("tensorflow", "tensorflow-recommenders"), "results": table}
+  budget = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch_size,
+            "eval_examples": args.eval_examples}
+  axes = points(args)
+  unique = {json.dumps(o, sort_keys=True): o for axis in axes.values() for o in axis.values()}
+  datasets, jobs = {}, []
+  for name in args.datasets:
+    start = time.perf_counter()
+    data_dir = build_data(name, args)
+    with open(os.path.join(data_dir, "metadata.json")) as f:
+      meta = json.load(f)
+    datasets[name] = {"build_or_cache_s": time.perf_counter() - start, "data_dir": data_dir,
+                      "items": meta["counts"]["items"], "splits": meta["splits"],
+                      "build_flags": meta["flags"]}
+    jobs += [(name, key, seed, data_dir) for key in unique for seed in args.seeds]
+  jobs.sort(key=lambda j: -_cost(unique[j[1]]))
+  spawn = multiprocessing.get_context("spawn")  # fresh TensorFlow per worker, not a fork
+  with (tempfile.TemporaryDirectory(prefix="bench-ablation-") as work,
+        concurrent.futures.ProcessPoolExecutor(args.parallel, mp_context=spawn) as pool):
+    futures = {pool.submit(train_point, data_dir, os.path.join(work, f"run{i}"), unique[key],
+                           seed, budget): (name, key, seed)
+               for i, (name, key, seed, data_dir) in enumerate(jobs)}
+    measured = {}
+    for future in concurrent.futures.as_completed(futures):
+      measured[futures[future]] = future.result()
+      print(f"{len(measured)}/{len(jobs)} {futures[future]}", flush=True)
+  for name, d in datasets.items():
+    d["axes"] = {axis: {value: _summary([measured[(name, json.dumps(o, sort_keys=True), s)]
+                                         for s in args.seeds], o)
+                        for value, o in values.items()}
+                 for axis, values in axes.items()}
+  return {"seeds": args.seeds, "preset": "small", "budget": budget, "datasets": datasets,
+          "paper": PAPER, "data_seed": args.data_seed,
+          "versions": common.versions("tensorflow", "tf-keras", "tensorflow-recommenders",
+                                      "apache-beam")}
+
+
+def _summary(runs: list, overrides: dict) -> dict:
+  """Per-seed lists, their medians, and what does not depend on the seed."""
+  out = {"config": overrides, **{k: runs[0][k] for k in
+                                 ("params_total", "params_transformer", "sequence_tokens")}}
+  for metric in ("val_in_batch_accuracy", "val_loss", "train_s", *(f"hr@{k}" for k in HR_CUTOFFS)):
+    values = [r[metric] for r in runs]
+    out[metric] = values
+    out[f"median_{metric}"] = statistics.median(values)
+  return out
+
+
+def _ints(text: str) -> list:
+  return [int(v) for v in text.split(",") if v]
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--field", default="num_query_tokens")
-  p.add_argument("--values", type=lambda s: [json.loads(v) for v in s.split(",")], default=[1, 4])
-  p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
-  p.add_argument("--preset", default="small")
-  p.add_argument("--users", type=int, default=2000)
+  p.add_argument("--datasets", type=lambda s: s.split(","), default=["movielens", "synthetic"])
+  p.add_argument("--max_lens", type=_ints, default=[8, 16, 32, 64, 128, 256])
+  p.add_argument("--query_tokens", type=_ints, default=[1, 2, 3, 4, 5, 6, 7])
+  p.add_argument("--layers", type=_ints, default=[1, 2, 3, 4, 5])
+  p.add_argument("--compressed_len", type=int, default=256, help="0: no compression pair")
+  p.add_argument("--compression_windows", type=_ints, default=list(PAPER_WINDOWS))
+  p.add_argument("--base_len", type=int, default=64)
+  p.add_argument("--base_layers", type=int, default=2)
+  p.add_argument("--base_query_tokens", type=int, default=4)
+  p.add_argument("--seeds", type=_ints, default=[0])
+  p.add_argument("--epochs", type=int, default=3)
+  p.add_argument("--steps", type=int, default=100, help="steps per epoch")
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--eval_examples", type=int, default=None, help="cap on test examples ranked")
+  p.add_argument("--parallel", type=int, default=2, help="worker processes")
+  p.add_argument("--movielens_ratings", default=os.path.join(ML_DIR, "ratings.csv"))
+  p.add_argument("--movielens_movies", default=os.path.join(ML_DIR, "movies.csv"))
+  p.add_argument("--users", type=int, default=2000, help="synthetic")
+  p.add_argument("--items", type=int, default=10000, help="synthetic")
+  p.add_argument("--min_events", type=int, default=60, help="synthetic")
+  p.add_argument("--max_events", type=int, default=400, help="synthetic")
+  p.add_argument("--max_examples_per_user", type=int, default=50, help="synthetic build")
   p.add_argument("--data_seed", type=int, default=7)
-  p.add_argument("--max_len", type=int, default=64)
-  p.add_argument("--epochs", type=int, default=4)
-  p.add_argument("--steps", type=int, default=150)
-  p.add_argument("--batch_size", type=int, default=128)
-  p.add_argument("--output", default=None)
+  p.add_argument("--build_len", type=int, default=256, help="history length stored by the builds")
+  p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "tfkf-bench-cache"))
+  p.add_argument("--output", default=None, help="default: benchmarks/results/ablation.json")
   args = p.parse_args(argv)
-  name = f"ablation_{args.field}"
-  print(common.write(name, run(args), args.output))
+  print(common.write("ablation", run(args), args.output))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 
 import glob
 import json
+import math
 import os
+import statistics
 
 from benchmarks.common import RESULTS, ROOT
 
@@ -27,51 +29,182 @@ def _pipeline(r) -> list:
   ]
 
 
-def _train_cost(r) -> list:
+def _cost(r) -> list:
+  c = json.loads(r["config"])
   lines = [
-      "## Training throughput and the cost of long histories (`make bench-train`)", "",
-      f"Paper preset (d 128, 4 layers, 4 heads, k 4), batch {r['batch_size']}, every history "
-      f"full, input pipeline excluded; median of {r['repeats']} interleaved rounds of "
-      f"{r['steps']} steps. Cost ratios are against 64 events plain; the paper's anchor: 256 "
-      "plain ≈ 6×, 256 compressed ≈ 1.1×.", "",
-      "| variant | tokens | train step (s) | examples/s | 1-user inference (ms) | train cost | "
-      "inference cost | FLOPs model | paper |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  # Rows ordered by modelled cost (the JSON keys are sorted alphabetically).
-  for name, v in sorted(r["variants"].items(), key=lambda kv: kv[1]["flops_vs_64_plain"]):
+      "## Cost of long histories: training step and single-user inference (`make bench-cost`)", "",
+      (f"Preset `{r['preset']}` (d {c['d_model']}, {c['num_layers']} layers, {c['num_heads']} heads, "
+      f"ffn {c['ffn_dim']}, k {c['num_query_tokens']}) in every variant; batch {r['batch_size']}, "
+      "every history full, input pipeline excluded. Median over "
+      f"{r['repeats']} interleaved rounds of {r['steps']} training steps and {r['calls']} "
+      "single-user calls of the traced user tower. Ratios are against 64 plain, measured in the "
+       "same run. Paper anchor: 256 plain ≈ 6×, 256 compressed ≈ 1.1× of 64 plain."), "",
+      "![cost against sequence length](benchmarks/plots/cost.png)", "",
+      ("| variant | tokens | train step (s) | examples/s | 1-user inference (ms) | train ratio | "
+       "inference ratio | FLOPs ratio (train) | attention scores ratio | paper |"),
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for name, v in _cost_order(r):
     anchor = r["paper_anchor"].get(name)
     lines.append(
         f"| {name} | {v['sequence_tokens']} | {v['train_step_s']:.3f} | "
-        f"{v['train_examples_per_s']:,.0f} | {v['infer_one_user_ms']:.1f} | "
-        f"{v['train_cost_vs_64_plain']:.2f}× | {v['infer_cost_vs_64_plain']:.2f}× | "
-        f"{v['flops_vs_64_plain']:.2f}× | {f'{anchor}×' if anchor else '1×'} |")
-  return lines + [
-      "",
-      "The FLOPs model (`benchmarks/train_cost.py: flops`) counts the user tower's blocks: L "
-      "layers over the sequence tokens (quadratic attention plus linear projections and FFN) "
-      "and, when compressed, the one shared block over every window. It explains the "
-      "measured ordering and most of the gap to the paper: with L = 4, the compressor's "
-      "block over 208 old events is a large share of the total, so compression costs "
-      "well above the paper's 1.1×, which implies a backbone that is heavier relative to "
-      "its compressor. Measured ratios sit above the model because it leaves out work that "
-      "grows with length: the token MLP over every embedded event (256 in both 256 "
-      "variants, 64 in the baseline) and element-wise attention work (masks, softmax over "
-      "T² per head).", ""]
+        f"{v['train_examples_per_s']:,.0f} | {v['infer_one_user_ms']:.2f} | "
+        f"{v['train_vs_64_plain']:.2f}× | {v['infer_vs_64_plain']:.2f}× | "
+        f"{v['flops_train_vs_64_plain']:.2f}× | {v['score_elements_vs_64_plain']:.2f}× | "
+        f"{f'{anchor}×' if anchor else ''} |")
+  f = {name: v["flops"] for name, v in r["variants"].items()}
+  share = lambda name, part: f[name][part] / f[name]["forward"]
+  lines += ["", ("FLOPs model (`benchmarks/train_cost.py: flops`): token MLP over every event, the "
+            "compressor's one shared block over each window, L causal blocks over the sequence "
+            "tokens (4Td² + 2T²d + 3Tdf each), a training step ≈ 3× the forward plus the "
+            "length-independent candidate tower and in-batch logits. "
+            "The attention-scores column counts heads × T² per block: the elements masking and "
+            "softmax touch one by one, few FLOPs but memory-bound on a CPU.")]
+  if "256 compressed" in f:
+    lines += ["", (f"Forward FLOPs of 256 compressed: compressor "
+              f"{share('256 compressed', 'compressor'):.0%}, backbone "
+              f"{share('256 compressed', 'backbone'):.0%}, token MLP "
+              f"{share('256 compressed', 'token_mlp'):.0%}. The compressor is one block over "
+              "208 events whatever L is, so its share shrinks as the backbone deepens: the model "
+              "puts compressed/64 plain at the paper's 1.1× only at L ≈ "
+              f"{r['layers_for_paper_compressed_ratio']:.0f} layers (this preset: "
+              f"{c['num_layers']}).")]
+  return lines + [""]
+
+
+def _cost_order(r):
+  """Plain variants by length, then the compressed ones."""
+  return sorted(r["variants"].items(), key=lambda kv: (kv[1]["compressed"], kv[1]["max_len"]))
+
+
+AXIS_TITLES = {"max_len": "Sequence length (plain)", "num_query_tokens": "Query tokens k",
+               "num_layers": "Layers L", "compression": "Compression at 256 events"}
+
+
+def _axis_values(axis: str, values) -> list:
+  return list(values) if axis == "compression" else sorted(values, key=int)
 
 
 def _ablation(r) -> list:
-  b, d = r["budget"], r["data"]
-  lines = [f"## Ablation: `{r['field']}` (`make bench-ablation`)", "",
-           f"Preset `{r['preset']}`, planted synthetic data ({d['users']:,} users, seed "
-           f"{d['seed']}, max_len {d['max_len']}), equal budget: {b['epochs']} epochs × "
-           f"{b['steps_per_epoch']} steps, batch {b['batch_size']}; seeds {r['seeds']}. "
-           "Validation in-batch accuracy is the paper's offline accuracy.", "",
-           "| value | val in-batch accuracy per seed | median | median val loss |",
-           "|---|---|---:|---:|"]
-  for value, v in r["results"].items():
-    lines.append(f"| {value} | {', '.join(f'{a:.4f}' for a in v['val_in_batch_accuracy'])} | "
-                 f"{v['median_val_in_batch_accuracy']:.4f} | {v['median_val_loss']:.3f} |")
-  return lines + [""]
+  b = r["budget"]
+  first = next(iter(r["datasets"].values()))
+  # The base point is what the other axes hold fixed.
+  held = lambda axis: next(iter(first["axes"][axis].values()))["config"]
+  base = {**held("max_len"), "max_len": held("num_layers")["max_len"]}
+  lines = ["## Ablations: sequence length, query tokens, layers, compression (`make bench-ablation`)",
+           "",
+           (f"Preset `{r['preset']}` (d 64, 2 heads, ffn 128, dropout 0); base point "
+           f"{base['max_len']} events plain, k {base['num_query_tokens']}, "
+           f"L {base['num_layers']}; each axis varies one field from it. Equal budget for "
+           f"every point: {b['epochs']} × {b['steps_per_epoch']} steps at batch "
+           f"{b['batch_size']}; seeds {r['seeds']}. In-batch accuracy: validation split, fixed "
+           f"batch {b['batch_size']} (the paper's metric; the paper's own batch size is not in our "
+           "notes, so compare trends, not levels). HR@K: full ranking of the test split, history "
+           "items excluded. Paper numbers are the ones known (DESIGN.md §1); blank where unknown."),
+           "", "![ablation curves](benchmarks/plots/ablation.png)", ""]
+  for name, d in r["datasets"].items():
+    s = d["splits"]
+    lines += [f"### {name}", "",
+              (f"{d['items']:,} items; examples train {s['train']['examples']:,} / valid "
+              f"{s['valid']['examples']:,} / test {s['test']['examples']:,}; mean stored history "
+              f"{s['train']['mean_history_len']:.0f} events (build max_len "
+              f"{d['build_flags']['max_len']})."), "",
+              ("| axis | value | params (transformer / total) | tokens | in-batch acc | paper | "
+               "HR@50 | HR@100 | HR@500 | train (s) |"),
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for axis in [a for a in AXIS_TITLES if a in d["axes"]]:
+      values, paper = d["axes"][axis], r["paper"].get(axis)
+      for value in _axis_values(axis, values):
+        v = values[value]
+        known = f"{paper[value]:.3f}" if isinstance(paper, dict) and value in paper else ""
+        accs = v["val_in_batch_accuracy"]
+        acc = f"{v['median_val_in_batch_accuracy']:.3f}" + (
+            f" ({', '.join(f'{a:.3f}' for a in accs)})" if len(accs) > 1 else "")
+        lines.append(
+            f"| {axis} | {value} | {v['params_transformer']:,} / {v['params_total']:,} | "
+            f"{v['sequence_tokens']} | {acc} | {known} | {v['median_hr@50']:.3f} | "
+            f"{v['median_hr@100']:.3f} | {v['median_hr@500']:.3f} | {v['median_train_s']:.0f} |")
+    # Validation batches are full (drop_remainder), so that many examples are scored.
+    n = s["valid"]["examples"] // b["batch_size"] * b["batch_size"]
+    p = statistics.median(v["median_val_in_batch_accuracy"] for axis in d["axes"].values()
+                          for v in axis.values())
+    lines += ["", (f"In-batch accuracy is over {n:,} validation examples: binomial standard error "
+              f"≈ {math.sqrt(p * (1 - p) / n):.3f} at the median accuracy {p:.3f}. "
+              "Train (s): wall time of each run on the shared machine, two runs at a time."), ""]
+  return lines + [f"Paper on query tokens: {r['paper']['num_query_tokens']}.", ""]
+
+
+def _plot_axes(n: int, rows: int = 1):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(rows, n, figsize=(4 * n, 3.4 * rows), squeeze=False)
+  return plt, fig, axes
+
+
+def _save(plt, fig, path: str) -> None:
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_ablation(r, path: str) -> None:
+  """Per axis: in-batch accuracy (ours per data set, the paper's known points) and HR@100."""
+  names = list(AXIS_TITLES)
+  plt, fig, axes = _plot_axes(len(names), rows=2)
+  for col, axis in enumerate(names):
+    acc, hr = axes[0][col], axes[1][col]
+    for name, d in r["datasets"].items():
+      if axis not in d["axes"]:
+        continue
+      values = _axis_values(axis, d["axes"][axis])
+      x = list(range(len(values))) if axis == "compression" else [int(v) for v in values]
+      acc.plot(x, [d["axes"][axis][v]["median_val_in_batch_accuracy"] for v in values], "o-",
+               label=f"ours: {name}")
+      hr.plot(x, [d["axes"][axis][v]["median_hr@100"] for v in values], "o-", label=name)
+    paper = r["paper"].get(axis)
+    if isinstance(paper, dict):  # on its own scale: the levels differ, the trends compare
+      keys = ["off", "on"] if axis == "compression" else sorted(paper, key=int)
+      px = [["off", "on"].index(k) for k in keys] if axis == "compression" else [int(k) for k in keys]
+      twin = acc.twinx()
+      twin.plot(px, [paper[k] for k in keys], "k*--", markersize=10)
+      twin.set_ylabel("paper in-batch accuracy (★, right)")
+    for ax in (acc, hr):
+      if axis == "compression":
+        ax.set_xticks([0, 1], ["off (256 plain)", "on (compressed)"])
+      elif axis == "max_len":
+        ax.set_xscale("log", base=2)
+      ax.grid(True, alpha=0.3)
+    acc.set_title(AXIS_TITLES[axis])
+    acc.set_ylabel("val in-batch accuracy")
+    hr.set_ylabel("test HR@100 (full ranking)")
+  axes[0][0].legend(fontsize=7)
+  _save(plt, fig, path)
+
+
+def plot_cost(r, path: str) -> None:
+  """Ratios to 64 plain against the history length: measured, FLOPs model, paper anchors."""
+  plt, fig, axes = _plot_axes(1)
+  ax = axes[0][0]
+  plain = [(n, v) for n, v in _cost_order(r) if not v["compressed"]]
+  packed = [(n, v) for n, v in _cost_order(r) if v["compressed"]]
+  for key, label, marker in (("train_vs_64_plain", "train step", "o"),
+                             ("infer_vs_64_plain", "1-user inference", "s"),
+                             ("flops_train_vs_64_plain", "FLOPs model", "x")):
+    line, = ax.plot([v["max_len"] for _, v in plain], [v[key] for _, v in plain],
+                    marker=marker, linestyle="-", label=f"{label}, plain")
+    ax.plot([v["max_len"] for _, v in packed], [v[key] for _, v in packed], marker=marker,
+            linestyle="none", color=line.get_color(), markersize=11, fillstyle="none",
+            label=f"{label}, compressed")
+  anchor = r["paper_anchor"]
+  ax.plot([256, 256], [anchor["256 plain"], anchor["256 compressed"]], "r*", markersize=12,
+          label="paper: 256 plain 6×, compressed 1.1×")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("history length (events)")
+  ax.set_ylabel("cost / cost of 64 plain")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=6)
+  _save(plt, fig, path)
 
 
 SERVER_PATHS = {"batching_off": "REST, batching off", "batching_on": "REST, batching on",
@@ -111,9 +244,16 @@ def _serving(r) -> list:
       overheads = [f"{SERVER_PATHS[p]} **{e[p]['1']['p50_ms'] / e['floor']['p50_ms'] - 1:+.0%}**"
                    for p in ("batching_off", "grpc_batching_off") if "1" in e.get(p, {})]
       if overheads:
-        lines.append(f"- {index}: server overhead over the floor at p50, concurrency 1: "
-                     f"{', '.join(overheads)} (target ≤ +25%); export + index build "
-                     f"{e['export_s']:.1f} s.")
+        lines.append(f"- {index}: server p50 at concurrency 1 over the floor measured before it: "
+                     f"{', '.join(overheads)}; export + index build {e['export_s']:.1f} s.")
+      if "interleaved_c1" in e:
+        i = e["interleaved_c1"]
+        lines.append(
+            f"  - **server overhead at p50, concurrency 1 (target ≤ +25%)**, from {i['rounds']} "
+            f"interleaved rounds of {i['seconds_per_round']:.0f} s (floor, REST, gRPC in rotating "
+            f"order; median over rounds of p50 / floor p50): REST **{i['rest_overhead_median']:+.0%}**, "
+            f"gRPC **{i['grpc_overhead_median']:+.0%}**; pooled p50 floor {i['floor']['p50_ms']:.2f} ms, "
+            f"REST {i['rest']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")
       inside = [f"{SERVER_PATHS[p]}: client {e[p]['1']['mean_ms']:.2f} ms, of which inside the "
                 f"server's handler {e[p]['1']['server_handler_mean_ms']:.2f} ms"
                 for p in ("batching_off", "grpc_batching_off")
@@ -183,13 +323,63 @@ def plot_serving(r, path: str) -> None:
   plt.close(fig)
 
 
-PLOTS = {"serving": (plot_serving, os.path.join(ROOT, "benchmarks", "plots", "serving_latency.png"))}
-RENDERERS = {"pipeline": _pipeline, "train_cost": _train_cost, "serving": _serving,
-             "freshness": _freshness}
+QUALITY_NAMES = {"most_popular": "Most popular", "item_knn": "ItemKNN (cosine)",
+                 "sasrec_bce": "SASRec (BCE, as published)",
+                 "sasrec_in_batch": "SASRec (in-batch softmax)", "kuaiformer": "KuaiFormer"}
+
+
+def _quality(r) -> list:
+  b = r["budget"]
+  titles = ", ".join(d["title"] for d in r["datasets"].values())
+  lines = [f"## Retrieval quality against baselines: {titles} (`make bench-quality`)", "",
+           (f"Test split (each user's last event), every model on the same examples. Sampled: "
+            f"{r['protocol']['sampled']} (SASRec's protocol). Full: {r['protocol']['full']}. "
+            f"Budget: {b['kind']}, {b['train_seconds']:.0f} s each (stopping at the end of the "
+            f"first {b['steps_per_epoch']}-step epoch past it), batch {b['sasrec_batch_size']} "
+            f"for SASRec (one example per user: the published per-user sample), "
+            f"{b['kuaiformer_batch_size']} for KuaiFormer (one example per target). KuaiFormer: "
+            f"paper preset with {json.dumps(b['kuaiformer_overrides'])}. Seed {r['seed']}. "
+            "train (s): the whole `tfkf.train` process (start-up and validation included); "
+            "ItemKNN: its fit."), ""]
+  for d in r["datasets"].values():
+    prefix = d["builds"]["prefix"]
+    lines += [f"### {d['title']}", "",
+              (f"{prefix['users']:,} users, {prefix['items']:,} items, {prefix['events']:,} events; "
+               f"{prefix['splits']['test']['examples']:,} test examples."), "",
+              ("| model | sampled HR@10 | sampled NDCG@10 | HR@10 | HR@50 | HR@100 | HR@500 | "
+               "NDCG@10 | MRR | params | train (s) | steps |"),
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, anchor in d["anchors"].items():
+      lines.append(f"| {name} | {anchor['hr@10']:.4f} | {anchor['ndcg@10']:.4f} | | | | | | | | | |")
+    order = sorted(d["models"], key=lambda n: list(QUALITY_NAMES).index(n)
+                   if n in QUALITY_NAMES else len(QUALITY_NAMES))
+    for name in order:
+      m = d["models"][name]
+      s, f = m["sampled"], m["full"]
+      steps = f"{m['steps']:,}" if "steps" in m else ""
+      seconds = f"{m['train_seconds']:.0f}" if "train_seconds" in m else ""
+      params = f"{m['params']:,}" if m["params"] else ""
+      lines.append(
+          f"| {QUALITY_NAMES.get(name, name)} | {s['hr@10']:.4f} | {s['ndcg@10']:.4f} | "
+          f"{f['hr@10']:.4f} | {f['hr@50']:.4f} | {f['hr@100']:.4f} | {f['hr@500']:.4f} | "
+          f"{f['ndcg@10']:.4f} | {f['mrr']:.4f} | {params} | {seconds} | {steps} |")
+    ours = d["models"].get("sasrec_bce")
+    for name, anchor in d["anchors"].items() if ours else ():
+      lines += ["", f"SASRec (BCE) against {name}, sampled: " + ", ".join(
+          f"{k.upper()} {ours['sampled'][k] / v - 1:+.1%}" for k, v in anchor.items()) + "."]
+    lines.append("")
+  return lines
+
+
+PLOTS = {"serving": (plot_serving, os.path.join(ROOT, "benchmarks", "plots", "serving_latency.png")),
+         "ablation": (plot_ablation, os.path.join(ROOT, "benchmarks", "plots", "ablation.png")),
+         "cost": (plot_cost, os.path.join(ROOT, "benchmarks", "plots", "cost.png"))}
+RENDERERS = {"pipeline": _pipeline, "cost": _cost, "serving": _serving,
+             "freshness": _freshness, "ablation": _ablation, "quality": _quality}
 
 
 def renderer(benchmark: str):
-  return _ablation if benchmark.startswith("ablation_") else RENDERERS[benchmark]
+  return RENDERERS[benchmark]
 
 
 def _footer(r) -> str:

@@ -1,12 +1,15 @@
-"""make bench-train: training throughput and cost of sequence length and compression.
+"""make bench-cost: training and single-user inference cost against history length.
 
-Variants with the same d, L, k (the paper preset): 64 events plain, 256 events
-plain, 256 events compressed (the paper's windows). Every history is full, the
-batch is held fixed in memory (input pipeline excluded), and the variants run
-interleaved, --repeats rounds each; medians are reported with ratios to
-"64 plain" beside a FLOPs model of the user tower.
+Variants with the same d, L, k (--preset, the paper's by default): plain
+histories of each of --lengths events, and --compressed_len events compressed
+with the paper's windows. Every history is full and the batch is held fixed in
+memory (input pipeline excluded). The variants run interleaved, --repeats
+rounds each; a round times --steps training steps and --calls calls of the user
+tower on one history (a traced tf.function, as in the exported signature).
+Medians are reported with ratios to "64 plain" measured in the same run, beside
+a FLOPs model (`flops`) of the same work.
 
-  python -m benchmarks.train_cost --batch_size 256 --steps 20 --repeats 3
+  python -m benchmarks.train_cost --batch_size 128 --steps 8 --repeats 3
 """
 
 import argparse
@@ -14,6 +17,8 @@ import statistics
 import time
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
@@ -24,13 +29,16 @@ from tfkf.config import PRESETS, KuaiFormerConfig
 from tfkf.model import KuaiFormer
 
 NUM_ITEMS = 20_000
+BASELINE = "64 plain"
+PAPER_ANCHOR = {"256 plain": 6.0, "256 compressed": 1.1}
 
 
-def variants():
-  paper = PRESETS["paper"]
-  return {"64 plain": paper.replace(max_len=64, compression_windows=()),
-          "256 plain": paper.replace(max_len=256, compression_windows=()),
-          "256 compressed": paper}
+def variants(preset: KuaiFormerConfig, lengths, compressed_len: int) -> dict:
+  out = {f"{n} plain": preset.replace(max_len=n, compression_windows=()) for n in lengths}
+  if compressed_len:
+    out[f"{compressed_len} compressed"] = preset.replace(
+        max_len=compressed_len, compression_windows=features.COMPRESSION_WINDOWS)
+  return out
 
 
 def catalog() -> Catalog:
@@ -52,17 +60,44 @@ def batch(config: KuaiFormerConfig, size: int, seed: int = 0) -> dict:
   return out
 
 
-def flops(c: KuaiFormerConfig) -> float:
-  """Multiply-adds x2 of the user tower's transformer blocks for one history (the token
-  MLP and element-wise attention work are not counted)."""
-  def block(tokens, batch=1):
-    proj = 4 * tokens * c.d_model * c.d_model          # q, k, v, out
-    attn = 2 * tokens * tokens * c.d_model             # logits and weighted sum
-    ffn = 3 * tokens * c.d_model * c.ffn_dim           # gate, up, down
-    return 2 * batch * (proj + attn + ffn)
-  main = c.num_layers * block(c.num_sequence_tokens)
+def flops(c: KuaiFormerConfig, batch_size: int) -> dict:
+  """FLOPs (2 x multiply-adds) of the matrix products, per user.
+
+  Forward of the user tower = token MLP over every event + the compressor's one
+  shared block over every window + L causal blocks over the S + k tokens; a
+  block over T tokens costs 4Td^2 (q, k, v, out) + 2T^2 d (logits, weighted sum)
+  + 3Td f (gated FFN). A training step is ~3x the forward (backward ~2x) plus
+  the candidate tower and the in-batch logits [b, b, k], which do not depend on
+  the history length. `score_elements` counts the attention scores (heads x T^2
+  per block) that masking and softmax touch element by element: cheap in FLOPs,
+  but memory-bound on a CPU.
+  """
+  d, f, h = c.d_model, c.ffn_dim, c.num_heads
+  token_in = d + c.feature_dim * (len(c.item_features) + len(c.event_features))
+
+  def block(t):
+    return 2 * (4 * t * d * d + 2 * t * t * d + 3 * t * d * f)
+
+  mlp = 2 * c.max_len * (token_in * d + d * d)
   compressor = sum(block(w) for w in c.compression_windows)
-  return float(main + compressor)
+  backbone = c.num_layers * block(c.num_sequence_tokens)
+  forward = mlp + compressor + backbone
+  candidate = 2 * (d + c.feature_dim * len(c.item_features)) * d + 2 * batch_size * c.num_query_tokens * d
+  scores = h * (sum(w * w for w in c.compression_windows) + c.num_layers * c.num_sequence_tokens ** 2)
+  return {"token_mlp": float(mlp), "compressor": float(compressor), "backbone": float(backbone),
+          "forward": float(forward), "train_step": float(3 * (forward + candidate)),
+          "score_elements": float(scores)}
+
+
+def layers_for_ratio(c: KuaiFormerConfig, ratio: float, batch_size: int) -> float:
+  """Backbone depth L at which the FLOPs model puts compressed / 64 plain at `ratio`."""
+  plain = c.replace(max_len=64, compression_windows=())
+  per = {name: flops(cfg.replace(num_layers=1), batch_size) for name, cfg in
+         (("plain", plain), ("compressed", c))}
+  fixed = {k: v["forward"] - v["backbone"] for k, v in per.items()}
+  # ratio * (fixed_p + L b_p) = fixed_c + L b_c, solved for L.
+  return ((fixed["compressed"] - ratio * fixed["plain"])
+          / (ratio * per["plain"]["backbone"] - per["compressed"]["backbone"]))
 
 
 class StepTimer(tf.keras.callbacks.Callback):
@@ -77,63 +112,88 @@ class StepTimer(tf.keras.callbacks.Callback):
     self.times.append(time.perf_counter() - self._start)
 
 
-def measure(model, config, batch_size, steps) -> dict:
-  data = tf.data.Dataset.from_tensors(batch(config, batch_size)).repeat()
-  timer = StepTimer()
-  model.fit(data, steps_per_epoch=steps + 2, epochs=1, verbose=0, callbacks=[timer])
-  step = statistics.median(timer.times[2:])  # the first steps include tracing
-  one = {k: v[:1] for k, v in batch(config, 1, seed=1).items()}
-  call = tf.function(lambda b: model(b))
-  call(one)
-  latencies = []
-  for _ in range(30):
-    start = time.perf_counter()
-    call(one).numpy()
-    latencies.append(time.perf_counter() - start)
-  return {"train_step_s": step, "infer_one_user_s": statistics.median(latencies)}
+class Variant:
+  """One model, its training data and its traced single-user call."""
+
+  def __init__(self, config: KuaiFormerConfig, batch_size: int):
+    self.config = config
+    self.model = KuaiFormer(config, catalog()).build_towers()
+    self.model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    self.data = tf.data.Dataset.from_tensors(batch(config, batch_size)).repeat()
+    self.one = {k: v[:1] for k, v in batch(config, 1, seed=1).items()
+                if k != features.TARGET_ITEM}
+    self.call = tf.function(lambda b: self.model(b))
+    self.call(self.one)
+
+  def train_step_s(self, steps: int) -> float:
+    timer = StepTimer()
+    self.model.fit(self.data, steps_per_epoch=steps + 2, epochs=1, verbose=0, callbacks=[timer])
+    return statistics.median(timer.times[2:])  # the first steps of a fit include its set-up
+
+  def infer_one_user_s(self, calls: int) -> float:
+    latencies = []
+    for _ in range(calls):
+      start = time.perf_counter()
+      self.call(self.one).numpy()
+      latencies.append(time.perf_counter() - start)
+    return statistics.median(latencies)
 
 
 def run(args) -> dict:
   tf.keras.utils.set_random_seed(args.seed)
-  configs = variants()
-  models = {}
-  for name, config in configs.items():
-    models[name] = KuaiFormer(config, catalog()).build_towers()
-    models[name].compile(optimizer=tf.keras.optimizers.Adam(1e-3))
-  rounds = {name: [] for name in configs}
+  preset = PRESETS[args.preset]
+  built = {name: Variant(c, args.batch_size) for name, c in
+           variants(preset, args.lengths, args.compressed_len).items()}
+  rounds = {name: [] for name in built}
   for _ in range(args.repeats):
-    for name, config in configs.items():
-      rounds[name].append(measure(models[name], config, args.batch_size, args.steps))
-  base = None
+    for name, v in built.items():
+      rounds[name].append({"train_step_s": v.train_step_s(args.steps),
+                           "infer_one_user_s": v.infer_one_user_s(args.calls)})
   results = {}
-  for name, config in configs.items():
+  for name, v in built.items():
     step = statistics.median(r["train_step_s"] for r in rounds[name])
-    infer = statistics.median(r["infer_one_user_s"] for r in rounds[name])
-    results[name] = {"sequence_tokens": config.num_sequence_tokens, "flops_per_user": flops(config),
-                     "train_step_s": step, "train_examples_per_s": args.batch_size / step,
-                     "infer_one_user_ms": infer * 1e3, "rounds": rounds[name]}
-    base = base or results[name]
+    results[name] = {"max_len": v.config.max_len, "compressed": bool(v.config.compression_windows),
+                     "sequence_tokens": v.config.num_sequence_tokens,
+                     "flops": flops(v.config, args.batch_size), "train_step_s": step,
+                     "train_examples_per_s": args.batch_size / step,
+                     "infer_one_user_ms": 1e3 * statistics.median(
+                         r["infer_one_user_s"] for r in rounds[name]),
+                     "rounds": rounds[name]}
+  base = results[BASELINE]
   for r in results.values():
-    r["train_cost_vs_64_plain"] = r["train_step_s"] / base["train_step_s"]
-    r["infer_cost_vs_64_plain"] = r["infer_one_user_ms"] / base["infer_one_user_ms"]
-    r["flops_vs_64_plain"] = r["flops_per_user"] / base["flops_per_user"]
-  return {"seed": args.seed, "batch_size": args.batch_size, "steps": args.steps,
-          "repeats": args.repeats, "config": PRESETS["paper"].to_json(),
+    r["train_vs_64_plain"] = r["train_step_s"] / base["train_step_s"]
+    r["infer_vs_64_plain"] = r["infer_one_user_ms"] / base["infer_one_user_ms"]
+    r["flops_train_vs_64_plain"] = r["flops"]["train_step"] / base["flops"]["train_step"]
+    r["flops_forward_vs_64_plain"] = r["flops"]["forward"] / base["flops"]["forward"]
+    r["score_elements_vs_64_plain"] = r["flops"]["score_elements"] / base["flops"]["score_elements"]
+  compressed = preset.replace(max_len=256, compression_windows=features.COMPRESSION_WINDOWS)
+  return {"seed": args.seed, "preset": args.preset, "batch_size": args.batch_size,
+          "steps": args.steps, "calls": args.calls, "repeats": args.repeats,
+          "config": preset.to_json(),
           "versions": common.versions("tensorflow", "tf-keras", "tensorflow-recommenders"),
-          "variants": results,
-          "paper_anchor": {"256 plain": 6.0, "256 compressed": 1.1}}
+          "variants": results, "paper_anchor": PAPER_ANCHOR,
+          "layers_for_paper_compressed_ratio": layers_for_ratio(
+              compressed, PAPER_ANCHOR["256 compressed"], args.batch_size)}
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--batch_size", type=int, default=256)
-  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+  p.add_argument("--lengths", type=lambda s: [int(v) for v in s.split(",")],
+                 default=[32, 64, 128, 256], help="plain variants; must include 64")
+  p.add_argument("--compressed_len", type=int, default=256,
+                 help="compressed variant (paper windows); 0: none")
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--steps", type=int, default=8, help="timed training steps per round")
+  p.add_argument("--calls", type=int, default=50, help="timed single-user calls per round")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--output", default=None, help="default: benchmarks/results/train_cost.json")
+  p.add_argument("--output", default=None, help="default: benchmarks/results/cost.json")
   args = p.parse_args(argv)
-  print(common.write("train_cost", run(args), args.output))
+  if 64 not in args.lengths:
+    p.error("--lengths must include 64 (the baseline of the ratios)")
+  print(common.write("cost", run(args), args.output))
 
 
 if __name__ == "__main__":

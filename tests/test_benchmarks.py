@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import cli
@@ -18,28 +19,52 @@ def test_pipeline_benchmark_and_report(tmp_path):
   assert "Build pipeline throughput" in text and f"{result['rows_in']:,}" in text
 
 
-def test_train_cost_benchmark(tmp_path):
-  out = tmp_path / "train_cost.json"
-  cli.run("benchmarks.train_cost", "--batch_size=4", "--steps=2", "--repeats=1", f"--output={out}")
+def test_cost_benchmark(tmp_path):
+  out = tmp_path / "cost.json"
+  cli.run("benchmarks.train_cost", "--preset=small", "--lengths=64", "--compressed_len=256",
+          "--batch_size=2", "--steps=1", "--repeats=1", "--calls=2", f"--output={out}")
   result = json.loads(out.read_text())
   variants = result["variants"]
-  assert set(variants) == {"64 plain", "256 plain", "256 compressed"}
-  assert variants["256 compressed"]["sequence_tokens"] == 55 + 4
-  assert variants["256 plain"]["flops_vs_64_plain"] > variants["256 compressed"]["flops_vs_64_plain"] > 1
-  from benchmarks.report import render
+  assert set(variants) == {"64 plain", "256 compressed"}
+  compressed = variants["256 compressed"]
+  assert compressed["sequence_tokens"] == 2 + 5 + 48 + json.loads(result["config"])["num_query_tokens"]
+  assert variants["64 plain"]["train_vs_64_plain"] == 1 and compressed["train_step_s"] > 0
+  assert compressed["flops"]["compressor"] > 0 == variants["64 plain"]["flops"]["compressor"]
+  assert compressed["flops_train_vs_64_plain"] > 1 and compressed["infer_one_user_ms"] > 0
+  from benchmarks.report import plot_cost, render
   text = render([result])
-  assert text.index("| 64 plain") < text.index("| 256 compressed") < text.index("| 256 plain")
+  assert text.index("| 64 plain") < text.index("| 256 compressed") and "1.1×" in text
+  plot_cost(result, str(tmp_path / "cost.png"))
+  assert (tmp_path / "cost.png").stat().st_size > 0
 
 
 def test_ablation_benchmark(tmp_path):
   out = tmp_path / "ablation.json"
-  cli.run("benchmarks.ablation", "--values=1,2", "--seeds=0", "--users=120", "--max_len=16",
-          "--epochs=1", "--steps=2", "--batch_size=16", f"--output={out}")
+  cli.run("benchmarks.ablation", "--datasets=synthetic", "--users=60", "--items=300",
+          "--min_events=10", "--max_events=30", "--build_len=8", "--base_len=8", "--max_lens=8",
+          "--query_tokens=2", "--base_query_tokens=2", "--layers=1", "--base_layers=1",
+          "--compressed_len=8", "--compression_windows=2,2", "--epochs=1", "--steps=2",
+          "--batch_size=8", "--parallel=1", f"--cache_dir={tmp_path / 'cache'}", f"--output={out}")
   result = json.loads(out.read_text())
-  assert set(result["results"]) == {"1", "2"}
-  assert all(0 <= v["median_val_in_batch_accuracy"] <= 1 for v in result["results"].values())
-  from benchmarks.report import render
-  assert "Ablation: `num_query_tokens`" in render([result])
+  axes = result["datasets"]["synthetic"]["axes"]
+  assert set(axes) == {"max_len", "num_query_tokens", "num_layers", "compression"}
+  base = axes["max_len"]["8"]
+  # The base point is trained once and shared by every axis.
+  assert base == axes["num_layers"]["1"] == axes["num_query_tokens"]["2"] == axes["compression"]["off"]
+  on = axes["compression"]["on"]
+  assert (base["sequence_tokens"], on["sequence_tokens"]) == (8 + 2, 2 + 4 + 2)
+  assert on["params_transformer"] > base["params_transformer"] > 0  # the compressor's block
+  for v in (base, on):
+    assert 0 <= v["median_val_in_batch_accuracy"] <= 1
+    assert v["median_hr@50"] <= v["median_hr@100"] <= v["median_hr@500"]
+  from benchmarks.report import plot_ablation, render
+  text = render([result])
+  assert "### synthetic" in text and "| compression | on |" in text
+  plot_ablation(result, str(tmp_path / "ablation.png"))
+  assert (tmp_path / "ablation.png").stat().st_size > 0
+  from benchmarks.ablation import PAPER_WINDOWS
+  from tfkf.features import COMPRESSION_WINDOWS
+  assert PAPER_WINDOWS == COMPRESSION_WINDOWS  # the copy the benchmark's default uses
 
 
 @pytest.mark.xdist_group("trained")  # one worker builds the shared model (conftest)
@@ -60,3 +85,27 @@ def test_serving_benchmark(trained, tmp_path):
   from benchmarks.report import render
   assert "### 2000 items" in render([result]) and "gRPC, batching off | 2 |" in render([result])
 
+
+def test_quality_benchmark(tmp_path):
+  rng = np.random.default_rng(0)
+  log = tmp_path / "tiny.txt"  # sasrec format: 60 users, 4-9 events each, line order is time
+  log.write_text("".join(f"{u} {i}\n" for u in range(60) for i in rng.integers(1, 80, rng.integers(4, 10))))
+  out = tmp_path / "quality.json"
+  cli.run("benchmarks.quality", "--datasets=games", f"--input=games={log}",
+          f"--work_dir={tmp_path / 'work'}", "--models=kuaiformer", "--max_len=16",
+          '--kuaiformer_overrides={"d_model": 16, "num_heads": 1, "num_layers": 1, "ffn_dim": 16, '
+          '"compression_windows": [8], "num_query_tokens": 2}', "--max_epochs=1",
+          "--steps_per_epoch=2", "--validation_steps=1", "--train_seconds=0",
+          "--kuaiformer_batch_size=16", "--num_negatives=10", f"--output={out}")
+  result = json.loads(out.read_text())
+  models = result["datasets"]["games"]["models"]
+  assert set(models) == {"most_popular", "item_knn", "kuaiformer"}
+  trained = models["kuaiformer"]
+  assert trained["steps"] == 2 and trained["params"] > 0 and trained["config"]["max_len"] == 16
+  # One fixed example set for every model: the prefix build's test split, one per user.
+  assert {m["full"]["examples"] for m in models.values()} == {m["sampled"]["examples"] for m in models.values()} == {60}
+  assert all(0 <= m["sampled"]["hr@10"] <= 1 for m in models.values())
+  from benchmarks.report import render
+  text = render([result])
+  assert "| SASRec (paper) | 0.7410 | 0.5360 |" in text and "| KuaiFormer |" in text
+  assert "Retrieval quality against baselines: SASRec Amazon Games" in text

@@ -4,7 +4,8 @@
       --output=results.json [--baseline=most_popular] [--protocol=full|sampled]
 
 --protocol=full (default): every item of the catalog is scored for each example
-(maxsim over the k interests for KuaiFormer); the rank of the target gives
+(maxsim over the k interests for KuaiFormer; a --model_dir trained with
+`tfkf.train --model=sasrec` is scored the same way with its k = 1); the rank of the target gives
 HR@{10,50,100,500,1000}, NDCG@{10,100} and MRR. With --exclude_history (default)
 items already in the history are removed from the ranking, as a deployed
 retriever does (a target that repeats a history item then counts as a miss).
@@ -100,22 +101,31 @@ def evaluate(score_fn, data_dir: str, split: str, max_len: int, event_features=(
              exclude_history: bool = True, batch_size: int = 256, max_examples: int = None,
              negatives: np.ndarray = None) -> dict:
   """Full-catalog metrics, or the sampled protocol's if `negatives` (sampled_negatives) is given."""
-  ranks = []
+  both = evaluate_protocols(score_fn, data_dir, split, max_len, event_features, exclude_history,
+                            batch_size, max_examples, negatives)
+  return both["full"] if negatives is None else both["sampled"]
+
+
+def evaluate_protocols(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
+                       exclude_history: bool = True, batch_size: int = 256,
+                       max_examples: int = None, negatives: np.ndarray = None) -> dict:
+  """{"full": metrics, "sampled": metrics if `negatives` is given} from one scoring pass."""
+  full, sampled = [], []
   ds = data.dataset(data_dir, split, batch_size, max_len, event_features, shuffle=False,
                     drop_remainder=False)
   for batch in ds:
     scores, targets = score_fn(batch), batch[features.TARGET_ITEM]
-    if negatives is None:
-      ranks.append(target_ranks(scores, batch[features.HISTORY_ITEM], targets, exclude_history).numpy())
-    else:
-      done = sum(map(len, ranks))
-      ranks.append(sampled_target_ranks(scores, targets, negatives[done:done + len(targets)]).numpy())
-    if max_examples and sum(map(len, ranks)) >= max_examples:
+    if negatives is not None:
+      done = sum(map(len, sampled))
+      sampled.append(sampled_target_ranks(scores, targets, negatives[done:done + len(targets)]).numpy())
+    full.append(target_ranks(scores, batch[features.HISTORY_ITEM], targets, exclude_history).numpy())
+    if max_examples and sum(map(len, full)) >= max_examples:
       break
-  ranks = np.concatenate(ranks)[:max_examples]
-  if negatives is None:
-    return summarize(ranks)
-  return summarize(ranks, cutoffs=(1, 5, 10), ndcg_cutoffs=(10,))
+  out = {"full": summarize(np.concatenate(full)[:max_examples])}
+  if negatives is not None:
+    out["sampled"] = summarize(np.concatenate(sampled)[:max_examples], cutoffs=(1, 5, 10),
+                               ndcg_cutoffs=(10,))
+  return out
 
 
 def parse_args(argv=None):
@@ -150,12 +160,12 @@ def main(argv=None):
                       a.max_len, (), a.exclude_history, max_examples=a.max_examples,
                       negatives=negatives)
   else:
-    from tfkf.train import load_trained
+    from tfkf.train import kind_of, load_trained
     model = load_trained(a.model_dir, Catalog.load(a.data_dir))
     c = model.config
     result = evaluate(model_scorer(model), a.data_dir, a.split, c.max_len, c.event_features,
                       a.exclude_history, max_examples=a.max_examples, negatives=negatives)
-  result = {"split": a.split, "scorer": a.baseline or "kuaiformer", "protocol": a.protocol,
+  result = {"split": a.split, "scorer": a.baseline or kind_of(model.config), "protocol": a.protocol,
             **({"num_negatives": a.num_negatives, "seed": a.seed} if negatives is not None else {}),
             **result}
   print(json.dumps(result, indent=2))

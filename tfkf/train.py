@@ -1,27 +1,35 @@
-"""Trains KuaiFormer with model.fit on the Beam TFRecords.
+"""Trains KuaiFormer (or a trainable baseline) with model.fit on the Beam TFRecords.
 
   python -m tfkf.train --data_dir=data/built --model_dir=runs/demo --preset=small \
       --epochs=3 --steps_per_epoch=200
+  python -m tfkf.train --model=sasrec --preset=paper --data_dir=data/games --model_dir=runs/sasrec
 
 Writes into --model_dir: config.json, weights/ (final weights), checkpoints/
 (best by validation loss), backup/ (BackupAndRestore: a killed job resumes
-where it stopped) and logs/ (TensorBoard).
+where it stopped) and logs/ (TensorBoard). config.json of a baseline names its
+kind ("model": "sasrec"); without that key it is a KuaiFormerConfig.
 """
 
 import argparse
 import json
 import os
+import time
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from tfkf import data
+from tfkf.baselines import sasrec
 from tfkf.catalog import Catalog
 from tfkf.config import PRESETS, KuaiFormerConfig
 from tfkf.model import KuaiFormer
 
 CONFIG_FILE = "config.json"
 WEIGHTS = "weights/final"
+KUAIFORMER = "kuaiformer"
+# kind -> (presets, model class, config class)
+MODELS = {KUAIFORMER: (PRESETS, KuaiFormer, KuaiFormerConfig),
+          "sasrec": (sasrec.PRESETS, sasrec.SASRec, sasrec.SASRecConfig)}
 
 
 def strategy_from(name: str) -> tf.distribute.Strategy:
@@ -58,24 +66,62 @@ class LogStartStep(tf.keras.callbacks.Callback):
           flush=True)
 
 
-def build_model(config: KuaiFormerConfig, catalog: Catalog, learning_rate: float) -> KuaiFormer:
-  model = KuaiFormer(config, catalog).build_towers()
-  model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
+class TimeBudget(tf.keras.callbacks.Callback):
+  """Stops at the end of the first epoch that ends `seconds` after training began."""
+
+  def __init__(self, seconds: float):
+    super().__init__()
+    self.seconds = seconds
+
+  def on_train_begin(self, logs=None):
+    self.start = time.monotonic()
+
+  def on_epoch_end(self, epoch, logs=None):
+    if time.monotonic() - self.start >= self.seconds:
+      self.model.stop_training = True
+
+
+def kind_of(config) -> str:
+  return next(kind for kind, (_, _, cls) in MODELS.items() if isinstance(config, cls))
+
+
+def config_json(config) -> str:
+  """KuaiFormer's config.json stays the bare config (tfkf.online reads it as one)."""
+  kind = kind_of(config)
+  if kind == KUAIFORMER:
+    return config.to_json()
+  return json.dumps({"model": kind, **json.loads(config.to_json())}, indent=2, sort_keys=True)
+
+
+def config_from_json(text: str):
+  raw = json.loads(text)
+  kind = raw.pop("model", KUAIFORMER)
+  return MODELS[kind][2].from_json(json.dumps(raw))
+
+
+def build_model(config, catalog: Catalog, learning_rate: float):
+  model = MODELS[kind_of(config)][1](config, catalog).build_towers()
+  # SASRec's reference setting is beta_2 = 0.98; KuaiFormer keeps Adam's default.
+  beta_2 = getattr(config, "adam_beta_2", 0.999)
+  model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate, beta_2=beta_2))
   return model
 
 
-def load_trained(model_dir: str, catalog: Catalog) -> KuaiFormer:
-  """The trained model of --model_dir over `catalog` (Catalog.load of its data_dir)."""
+def load_trained(model_dir: str, catalog: Catalog):
+  """The trained model of --model_dir (any kind) over `catalog` (Catalog.load of its data_dir)."""
   with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as f:
-    config = KuaiFormerConfig.from_json(f.read())
-  model = KuaiFormer(config, catalog).build_towers()
+    config = config_from_json(f.read())
+  model = MODELS[kind_of(config)][1](config, catalog).build_towers()
   model.load_weights(os.path.join(model_dir, WEIGHTS)).assert_existing_objects_matched().expect_partial()
   return model
 
 
 def train(args) -> dict:
   tf.keras.utils.set_random_seed(args.seed)
-  config = PRESETS[args.preset]
+  presets = MODELS[args.model][0]
+  if args.preset not in presets:
+    raise SystemExit(f"tfkf.train: --model={args.model} has presets {sorted(presets)}")
+  config = presets[args.preset]
   if args.config_overrides:
     config = config.replace(**json.loads(args.config_overrides))
   # Use only the event features the data carries (a sasrec log has none).
@@ -86,7 +132,7 @@ def train(args) -> dict:
   out = writable_dir(args.model_dir, strategy)
   tf.io.gfile.makedirs(out)
   with tf.io.gfile.GFile(os.path.join(out, CONFIG_FILE), "w") as f:
-    f.write(config.to_json())
+    f.write(config_json(config))
   with strategy.scope():
     model = build_model(config, catalog, args.learning_rate)
   read = lambda split, **kw: data.dataset(args.data_dir, split, args.batch_size, config.max_len,
@@ -102,6 +148,8 @@ def train(args) -> dict:
       tf.keras.callbacks.TensorBoard(os.path.join(out, "logs")),
       LogStartStep(),
   ]
+  if args.max_train_seconds:
+    callbacks.append(TimeBudget(args.max_train_seconds))
   history = model.fit(read("train", repeat=True), epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch,
                       validation_data=read("valid", shuffle=False),
@@ -116,7 +164,10 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data_dir", required=True, help="output_dir of beam_pipelines.build")
   p.add_argument("--model_dir", required=True)
-  p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+  p.add_argument("--model", choices=sorted(MODELS), default=KUAIFORMER,
+                 help="sasrec: the baseline of tfkf/baselines/sasrec.py")
+  p.add_argument("--preset", choices=sorted(set().union(*(m[0] for m in MODELS.values()))),
+                 default="paper", help="a preset of --model")
   p.add_argument("--config_overrides", default="",
                  help='JSON of config fields to change, e.g. \'{"num_query_tokens": 1}\'')
   p.add_argument("--epochs", type=int, default=10)
@@ -128,6 +179,8 @@ def parse_args(argv=None):
   p.add_argument("--patience", type=int, default=3, help="early stopping on val_loss")
   p.add_argument("--backup_every_steps", type=int, default=0,
                  help="BackupAndRestore frequency in steps (0: every epoch)")
+  p.add_argument("--max_train_seconds", type=float, default=0,
+                 help="stop after the first epoch ending past this many seconds (0: no limit)")
   p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default="default")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
@@ -137,7 +190,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
   history = train(parse_args(argv))
-  print(json.dumps({k: v[-1] for k, v in history.items()}))
+  print(json.dumps({**{k: v[-1] for k, v in history.items()},
+                    "epochs": len(next(iter(history.values()), []))}))
 
 
 if __name__ == "__main__":
