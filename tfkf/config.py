@@ -7,8 +7,22 @@ from typing import Tuple
 from tfkf import features
 
 
+class JsonConfig:
+  """replace / to_json / from_json of a frozen dataclass config (JSON lists come back as tuples)."""
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str):
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()})
+
+
 @dataclasses.dataclass(frozen=True)
-class KuaiFormerConfig:
+class KuaiFormerConfig(JsonConfig):
   d_model: int = 128
   num_heads: int = 4
   num_layers: int = 4
@@ -44,19 +58,6 @@ class KuaiFormerConfig:
     """Positions the causal transformer sees for a full history, query tokens included."""
     tail = features.uncompressed_len(self.max_len, self.compression_windows)
     return len(self.compression_windows) + tail + self.num_query_tokens
-
-  def replace(self, **changes) -> "KuaiFormerConfig":
-    return dataclasses.replace(self, **changes)
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_json(cls, text: str) -> "KuaiFormerConfig":
-    raw = json.loads(text)
-    for key in ("compression_windows", "event_features", "item_features"):
-      raw[key] = tuple(raw[key])
-    return cls(**raw)
 
 
 PRESETS = {

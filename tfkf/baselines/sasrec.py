@@ -38,7 +38,6 @@ position's output: k = 1 interest) and `item_embeddings()` -> [num_items, d].
 """
 
 import dataclasses
-import json
 import math
 
 import tensorflow as tf
@@ -46,13 +45,14 @@ import tensorflow_recommenders as tfrs
 
 from tfkf import features
 from tfkf.catalog import Catalog
+from tfkf.config import JsonConfig
 from tfkf.losses import SmoothedInBatchSoftmax
 
 LOSSES = ("bce", "in_batch")
 
 
 @dataclasses.dataclass(frozen=True)
-class SASRecConfig:
+class SASRecConfig(JsonConfig):
   """Defaults: the published Amazon Games hyper-parameters."""
   d_model: int = 50
   num_blocks: int = 2
@@ -73,18 +73,6 @@ class SASRecConfig:
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
     if self.event_features:
       raise ValueError("SASRec reads item ids only: event_features must be empty")
-
-  def replace(self, **changes) -> "SASRecConfig":
-    return dataclasses.replace(self, **changes)
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_json(cls, text: str) -> "SASRecConfig":
-    raw = json.loads(text)
-    raw["event_features"] = tuple(raw["event_features"])
-    return cls(**raw)
 
 
 PRESETS = {
