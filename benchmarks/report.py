@@ -250,7 +250,7 @@ def _serving(r) -> list:
         i = e["interleaved_c1"]
         lines.append(
             f"  - **server overhead at p50, concurrency 1 (target ≤ +25%)**, from {i['rounds']} "
-            f"interleaved rounds of {i['seconds_per_round']:.0f} s (floor, REST, gRPC in rotating "
+            f"interleaved rounds of {i['seconds_per_round']:g} s (floor, REST, gRPC in rotating "
             f"order; median over rounds of p50 / floor p50): REST **{i['rest_overhead_median']:+.0%}**, "
             f"gRPC **{i['grpc_overhead_median']:+.0%}**; pooled p50 floor {i['floor']['p50_ms']:.2f} ms, "
             f"REST {i['rest']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")

@@ -179,6 +179,7 @@ async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, r
 
     paths = {"floor": floor_call, "rest": rest_call, "grpc": grpc_call}
     latencies = {name: [] for name in paths}
+    errors = dict.fromkeys(paths, 0)
     ratios = {"rest": [], "grpc": []}
     for r in range(rounds):
       order = list(paths)[r % 3:] + list(paths)[:r % 3]
@@ -186,9 +187,10 @@ async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, r
       for name in order:
         result = await closed_loop(paths[name], 1, seconds, keep=latencies[name])
         p50[name] = result["p50_ms"]
+        errors[name] += result["errors"]
       for name in ratios:
         ratios[name].append(p50[name] / p50["floor"])
-  out = {name: percentiles(v) for name, v in latencies.items()}
+  out = {name: {**percentiles(v), "errors": errors[name]} for name, v in latencies.items()}
   out.update(rounds=rounds, seconds_per_round=seconds,
              **{f"{name}_p50_over_floor_per_round": v for name, v in ratios.items()},
              **{f"{name}_overhead_median": float(np.median(v)) - 1 for name, v in ratios.items()})

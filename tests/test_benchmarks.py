@@ -76,12 +76,17 @@ def test_serving_benchmark(trained, tmp_path):
   out = tmp_path / "serving.json"
   cli.run("benchmarks.serving", f"--work_dir={work}", "--catalogs=2000", "--indexes=scann",
           "--batching=off", "--concurrency=2", "--seconds=0.5", "--users=8", "--top_k=10",
-          f"--output={out}")
+          "--rounds=3", f"--output={out}")
   result = json.loads(out.read_text())
   scann = result["results"]["2000 items"]["scann"]  # 1,500 trained items + 500 synthetic ones
   for run in (scann["batching_off"]["2"], scann["grpc_batching_off"]["2"]):
     assert run["errors"] == 0 and run["requests"] > 0 and run["p99_ms"] >= run["p50_ms"]
     assert 0 < run["server_handler_mean_ms"] < run["mean_ms"]
+  interleaved = scann["interleaved_c1"]  # floor, REST and gRPC in alternating rounds
+  assert interleaved["rounds"] == len(interleaved["rest_p50_over_floor_per_round"]) == 3
+  assert all(interleaved[path]["errors"] == 0 < interleaved[path]["requests"]
+             for path in ("floor", "rest", "grpc"))
+  assert interleaved["rest_overhead_median"] == np.median(interleaved["rest_p50_over_floor_per_round"]) - 1
   from benchmarks.report import render
   assert "### 2000 items" in render([result]) and "gRPC, batching off | 2 |" in render([result])
 
