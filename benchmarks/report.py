@@ -127,10 +127,35 @@ def _ablation(r) -> list:
     n = s["valid"]["examples"] // b["batch_size"] * b["batch_size"]
     p = statistics.median(v["median_val_in_batch_accuracy"] for axis in d["axes"].values()
                           for v in axis.values())
+    se = math.sqrt(p * (1 - p) / n)
     lines += ["", (f"In-batch accuracy is over {n:,} validation examples: binomial standard error "
-              f"≈ {math.sqrt(p * (1 - p) / n):.3f} at the median accuracy {p:.3f}. "
-              "Train (s): wall time of each run on the shared machine, two runs at a time."), ""]
+              f"≈ {se:.3f} at the median accuracy {p:.3f}. "
+              "Train (s): wall time of each run on the shared machine, two runs at a time."), "",
+              f"Trends beside the paper's ({name}; a change under 2 standard errors is noise):", "",
+              *_trends(d, r["paper"], se), ""]
   return lines + [f"Paper on query tokens: {r['paper']['num_query_tokens']}.", ""]
+
+
+def _trends(d, paper, se: float) -> list:
+  """Per axis: in-batch accuracy from the first to the last value, ours beside the paper's."""
+  out = []
+  for axis in [a for a in AXIS_TITLES if a in d["axes"]]:
+    values = d["axes"][axis]
+    acc = {v: values[v]["median_val_in_batch_accuracy"] for v in _axis_values(axis, values)}
+    order, known = list(acc), paper.get(axis)
+    ours = (f"ours {order[0]} → {order[-1]}: {acc[order[0]]:.3f} → {acc[order[-1]]:.3f}, "
+            f"best at {max(order, key=acc.get)}")
+    shared = [v for v in order if isinstance(known, dict) and v in known]
+    if len(shared) < 2:
+      out.append(f"- {axis}: paper: {known}; {ours}.")
+      continue
+    lo, hi = shared[0], shared[-1]
+    change = acc[hi] - acc[lo]
+    verdict = ("within noise" if abs(change) < 2 * se
+               else "agrees" if (change > 0) == (known[hi] > known[lo]) else "disagrees")
+    out.append(f"- {axis}: paper {lo} → {hi}: {known[lo]:.3f} → {known[hi]:.3f}; {ours}; "
+               f"{lo} → {hi} here {change:+.3f}: **{verdict}**.")
+  return out
 
 
 def _plot_axes(n: int, rows: int = 1):

@@ -60,6 +60,7 @@ def test_ablation_benchmark(tmp_path):
   from benchmarks.report import plot_ablation, render
   text = render([result])
   assert "### synthetic" in text and "| compression | on |" in text
+  assert "Trends beside the paper's (synthetic" in text and "- num_layers: paper" in text
   plot_ablation(result, str(tmp_path / "ablation.png"))
   assert (tmp_path / "ablation.png").stat().st_size > 0
   from benchmarks.ablation import PAPER_WINDOWS
