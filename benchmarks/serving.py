@@ -131,28 +131,37 @@ async def closed_loop(call, concurrency: int, seconds: float, keep: list = None)
   return {**percentiles(latencies), "throughput_rps": len(latencies) / elapsed, "errors": errors}
 
 
+def rest_call(session: aiohttp.ClientSession, url: str, bodies):
+  """call(n) for closed_loop: REST predict of body n; True if it answered 200."""
+  async def call(n):
+    async with session.post(url, data=bodies[n % len(bodies)]) as response:
+      await response.read()
+      return response.status == 200
+  return call
+
+
+def grpc_call(stub, requests):
+  """call(n) for closed_loop: gRPC Predict of request n; True if it succeeded."""
+  async def call(n):
+    try:
+      await stub.Predict(requests[n % len(requests)], timeout=30)
+      return True
+    except grpc.aio.AioRpcError:
+      return False
+  return call
+
+
 async def drive(url: str, bodies, concurrency: int, seconds: float) -> dict:
   """The closed loop over REST predict (aiohttp)."""
   async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-    async def call(n):
-      async with session.post(url, data=bodies[n % len(bodies)]) as response:
-        await response.read()
-        return response.status == 200
-    return await closed_loop(call, concurrency, seconds)
+    return await closed_loop(rest_call(session, url, bodies), concurrency, seconds)
 
 
 async def drive_grpc(port: int, requests, concurrency: int, seconds: float) -> dict:
   """The closed loop over gRPC Predict (grpc.aio)."""
   async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-
-    async def call(n):
-      try:
-        await stub.Predict(requests[n % len(requests)], timeout=30)
-        return True
-      except grpc.aio.AioRpcError:
-        return False
-    return await closed_loop(call, concurrency, seconds)
+    return await closed_loop(grpc_call(stub, requests), concurrency, seconds)
 
 
 async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, rounds: int,
@@ -168,16 +177,8 @@ async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, r
       call_floor(histories[n % len(histories)])
       return True
 
-    async def rest_call(n):
-      async with session.post(url, data=bodies[n % len(bodies)]) as response:
-        await response.read()
-        return response.status == 200
-
-    async def grpc_call(n):
-      await stub.Predict(requests[n % len(requests)], timeout=30)
-      return True
-
-    paths = {"floor": floor_call, "rest": rest_call, "grpc": grpc_call}
+    paths = {"floor": floor_call, "rest": rest_call(session, url, bodies),
+             "grpc": grpc_call(stub, requests)}
     latencies = {name: [] for name in paths}
     errors = dict.fromkeys(paths, 0)
     ratios = {"rest": [], "grpc": []}
