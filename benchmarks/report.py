@@ -279,6 +279,13 @@ def _serving(r) -> list:
             f"order; median over rounds of p50 / floor p50): REST **{i['rest_overhead_median']:+.0%}**, "
             f"gRPC **{i['grpc_overhead_median']:+.0%}**; pooled p50 floor {i['floor']['p50_ms']:.2f} ms, "
             f"REST {i['rest']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")
+        if "floor_after_idle" in i:
+          lines.append(
+              f"  - the same call in-process after idling {i['idle_gap_ms']:g} ms, as a server idles "
+              f"between one client's requests: p50 {i['floor_after_idle']['p50_ms']:.2f} ms "
+              f"({i['floor_after_idle']['p50_ms'] / i['floor']['p50_ms'] - 1:+.0%} over back to back); "
+              f"over that floor REST {i['rest_overhead_after_idle_median']:+.0%}, "
+              f"gRPC {i['grpc_overhead_after_idle_median']:+.0%}.")
       inside = [f"{SERVER_PATHS[p]}: client {e[p]['1']['mean_ms']:.2f} ms, of which inside the "
                 f"server's handler {e[p]['1']['server_handler_mean_ms']:.2f} ms"
                 for p in ("batching_off", "grpc_batching_off")

@@ -109,9 +109,11 @@ def floor(path: str, histories, seconds: float) -> dict:
   return percentiles(latencies)
 
 
-async def closed_loop(call, concurrency: int, seconds: float, keep: list = None) -> dict:
+async def closed_loop(call, concurrency: int, seconds: float, keep: list = None,
+                      idle_before_s: float = 0.0) -> dict:
   """`concurrency` clients, each awaiting `call(n)` (True if it succeeded) back to back for
-  `seconds`: latency percentiles, throughput and errors (latencies also appended to `keep`)."""
+  `seconds`: latency percentiles, throughput and errors (latencies also appended to `keep`).
+  With `idle_before_s` the process sleeps (blocking, untimed) before each call."""
   latencies, errors = [], 0
   deadline = time.perf_counter() + seconds
 
@@ -119,6 +121,8 @@ async def closed_loop(call, concurrency: int, seconds: float, keep: list = None)
     nonlocal errors
     n = worker
     while time.perf_counter() < deadline:
+      if idle_before_s:
+        time.sleep(idle_before_s)
       start = time.perf_counter()
       errors += not await call(n)
       latencies.append(time.perf_counter() - start)
@@ -165,10 +169,14 @@ async def drive_grpc(port: int, requests, concurrency: int, seconds: float) -> d
 
 
 async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, rounds: int,
-                      seconds: float) -> dict:
+                      seconds: float, idle_gap_s: float) -> dict:
   """Concurrency 1: the floor, REST and gRPC in alternating rounds of `seconds` each (the
-  order rotating), so load drifting on the shared machine hits all three alike. Gives each
-  path's pooled percentiles and, per round, its p50 over the floor's p50."""
+  order rotating), so load drifting on the shared machine hits all of them alike. Gives each
+  path's pooled percentiles and, per round, its p50 over the floor's p50.
+
+  A second floor, "floor_after_idle", idles `idle_gap_s` before each timed call, as a
+  server does between the requests of one closed-loop client: on this VM the same call is
+  slower after the CPU has idled for a millisecond than back to back (BENCHMARKS.md)."""
   async with aiohttp.ClientSession() as session, \
       grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -177,33 +185,37 @@ async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, r
       call_floor(histories[n % len(histories)])
       return True
 
-    paths = {"floor": floor_call, "rest": rest_call(session, url, bodies),
-             "grpc": grpc_call(stub, requests)}
+    paths = {"floor": floor_call, "floor_after_idle": floor_call,
+             "rest": rest_call(session, url, bodies), "grpc": grpc_call(stub, requests)}
     latencies = {name: [] for name in paths}
     errors = dict.fromkeys(paths, 0)
-    ratios = {"rest": [], "grpc": []}
+    ratios = {f"{server}_p50_over_{floor}": [] for server in ("rest", "grpc")
+              for floor in ("floor", "floor_after_idle")}
     for r in range(rounds):
-      order = list(paths)[r % 3:] + list(paths)[:r % 3]
+      order = list(paths)[r % len(paths):] + list(paths)[:r % len(paths)]
       p50 = {}
       for name in order:
-        result = await closed_loop(paths[name], 1, seconds, keep=latencies[name])
+        result = await closed_loop(paths[name], 1, seconds, keep=latencies[name],
+                                   idle_before_s=idle_gap_s if name == "floor_after_idle" else 0.0)
         p50[name] = result["p50_ms"]
         errors[name] += result["errors"]
-      for name in ratios:
-        ratios[name].append(p50[name] / p50["floor"])
+      for key in ratios:
+        server, floor = key.split("_p50_over_")
+        ratios[key].append(p50[server] / p50[floor])
   out = {name: {**percentiles(v), "errors": errors[name]} for name, v in latencies.items()}
-  out.update(rounds=rounds, seconds_per_round=seconds,
-             **{f"{name}_p50_over_floor_per_round": v for name, v in ratios.items()},
-             **{f"{name}_overhead_median": float(np.median(v)) - 1 for name, v in ratios.items()})
+  out.update(rounds=rounds, seconds_per_round=seconds, idle_gap_ms=idle_gap_s * 1e3,
+             **{f"{key}_per_round": v for key, v in ratios.items()},
+             **{f"{key.replace('_p50_over_floor', '_overhead')}_median": float(np.median(v)) - 1
+                for key, v in ratios.items()})
   return out
 
 
-def grpc_requests(raw) -> list:
+def grpc_requests(histories) -> list:
   out = []
-  for history in raw:
+  for history in histories:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "kuaiformer"
-    request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array([[x for x in history if x]], object)))
+    request.inputs["item_ids"].CopyFrom(tf.make_tensor_proto(history[None]))
     out.append(request)
   return out
 
@@ -243,8 +255,9 @@ def run(args) -> dict:
   model = load_trained(model_dir, catalog)
   embeddings = model.item_embeddings().numpy()
   raw = verify.raw_histories(verify.sample_histories(data_dir, model.config.max_len, args.users), catalog)
-  bodies = [json.dumps({"instances": [{"item_ids": [x.decode() for x in h if x]}]}).encode() for h in raw]
-  requests = grpc_requests(raw)
+  histories = [np.array([x for x in h if x], object) for h in raw]  # as sent to the server
+  bodies = [json.dumps({"instances": [{"item_ids": [x.decode() for x in h]}]}).encode() for h in histories]
+  requests = grpc_requests(histories)
   results = {}
   for size in args.catalogs:
     item_ids, item_embeddings = padded_catalog(catalog, embeddings, size, args.seed)
@@ -257,7 +270,7 @@ def run(args) -> dict:
       build_s = export(model, data_dir, item_ids, item_embeddings, index, args.top_k, os.path.join(base, "1"))
       signature = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
       outputs[index] = signature(item_ids=tf.constant(raw))["item_ids"].numpy()
-      entry = cell[index] = {"export_s": build_s, "floor": floor(os.path.join(base, "1"), raw, args.seconds)}
+      entry = cell[index] = {"export_s": build_s, "floor": floor(os.path.join(base, "1"), histories, args.seconds)}
       for batching in args.batching:
         process, port, grpc_port = serve(base, batching, os.path.join(args.work_dir, f"server-{index}-{size}.log"))
         try:
@@ -270,8 +283,8 @@ def run(args) -> dict:
               for c in args.concurrency}
           if not batching and args.rounds:
             entry["interleaved_c1"] = uvloop.run(interleaved(
-                in_process(os.path.join(base, "1")), raw, url, bodies, grpc_port, requests,
-                args.rounds, args.seconds / 4))
+                in_process(os.path.join(base, "1")), histories, url, bodies, grpc_port, requests,
+                args.rounds, args.seconds / 4, args.idle_gap_ms / 1e3))
         finally:
           process.terminate()
           process.wait(timeout=60)
@@ -298,6 +311,9 @@ def parse_args(argv=None):
   p.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
   p.add_argument("--rounds", type=int, default=12,
                  help="interleaved floor/REST/gRPC rounds at concurrency 1 (seconds/4 each; 0: none)")
+  p.add_argument("--idle_gap_ms", type=float, default=1.0,
+                 help="idle time before each call of the second floor (about what a server idles "
+                      "between one client's requests: a loopback round trip plus HTTP handling)")
   p.add_argument("--users", type=int, default=512, help="distinct test histories sent")
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--seed", type=int, default=0)

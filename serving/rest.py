@@ -10,12 +10,12 @@ version, label or signature) or 413 (body over the size limit), as TF Serving do
 """
 
 import asyncio
-import json
 import logging
 import time
 
 from aiohttp import web
 from google.protobuf import json_format
+import orjson
 import prometheus_client
 
 from serving import metrics, tensor_json
@@ -43,14 +43,15 @@ async def predict(request: web.Request) -> web.Response:
   started, code = time.perf_counter(), "OK"
   try:
     try:
-      body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as e:
+      body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as e:
       raise InvalidArgument(f"JSON Parse error: {e}") from None
     signature_name = body.get("signature_name") if isinstance(body, dict) else None
     servable, signature = models.signature(name, version, label, signature_name)
     arrays, row_format = tensor_json.parse_request(body, signature)
     outputs = await asyncio.wrap_future(models.run(servable, signature, arrays))
-    return web.json_response(tensor_json.format_response(outputs, row_format))
+    return web.Response(body=tensor_json.dumps(tensor_json.format_response(outputs, row_format)),
+                        content_type="application/json")
   except NotFound as e:
     code = "NOT_FOUND"
     return error(404, str(e))

@@ -86,8 +86,10 @@ def test_serving_benchmark(trained, tmp_path):
   interleaved = scann["interleaved_c1"]  # floor, REST and gRPC in alternating rounds
   assert interleaved["rounds"] == len(interleaved["rest_p50_over_floor_per_round"]) == 3
   assert all(interleaved[path]["errors"] == 0 < interleaved[path]["requests"]
-             for path in ("floor", "rest", "grpc"))
+             for path in ("floor", "floor_after_idle", "rest", "grpc"))
   assert interleaved["rest_overhead_median"] == np.median(interleaved["rest_p50_over_floor_per_round"]) - 1
+  assert interleaved["grpc_overhead_after_idle_median"] == np.median(
+      interleaved["grpc_p50_over_floor_after_idle_per_round"]) - 1
   from benchmarks.report import render
   assert "### 2000 items" in render([result]) and "gRPC, batching off | 2 |" in render([result])
 
