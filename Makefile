@@ -26,7 +26,7 @@ test: venv
 clean:
 	rm -rf demo_out .pytest_cache
 
-.PHONY: bench-pipeline bench-cost bench-ablation bench-serving bench-freshness bench-report bench-quality
+.PHONY: bench-pipeline bench-cost bench-ablation bench-ablation-budget bench-serving bench-freshness bench-report bench-quality bench-sasrec
 bench-pipeline: venv
 	$(PY) -m benchmarks.pipeline --events 1000000 --repeats 1
 	$(PY) -m benchmarks.report
@@ -58,4 +58,17 @@ bench-freshness: venv
 bench-quality: venv
 	$(PY) -m benchmarks.quality --datasets games --train_seconds 240
 	$(PY) -m benchmarks.quality --datasets ml --train_seconds 240
+	$(PY) -m benchmarks.report
+
+# The SASRec reproduction (Games, sampled protocol) with the budget it needs: one hour.
+bench-sasrec: venv
+	$(PY) -m benchmarks.quality --datasets games --models sasrec_bce --train_seconds 3600 \
+	    --output benchmarks/results/quality_games_sasrec_1h.json
+	$(PY) -m benchmarks.report
+
+# Ablation points again with 3x the steps: do the disagreements come from the budget?
+bench-ablation-budget: venv
+	$(PY) -m benchmarks.ablation --datasets synthetic --max_lens 8,64 --query_tokens 1,7 \
+	    --layers 1,5 --compressed_len 0 --epochs 3 --steps 300 --batch_size 64 --seeds 0 \
+	    --compare_to benchmarks/results/ablation.json
 	$(PY) -m benchmarks.report

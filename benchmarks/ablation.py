@@ -21,6 +21,10 @@ budget (two worker processes on 2 cores), then records:
   * parameter counts (total, and the transformer without the embedding tables).
 
   python -m benchmarks.ablation --epochs 3 --steps 100 --batch_size 64 --seeds 0
+
+With --compare_to=<an earlier ablation.json> it is a budget check instead: the points
+run here (usually a subset, with more steps) are set beside the same points of the
+earlier run, and the result is written as ablation_budget.json.
 """
 
 import argparse
@@ -199,9 +203,30 @@ def main(argv=None):
   p.add_argument("--data_seed", type=int, default=7)
   p.add_argument("--build_len", type=int, default=256, help="history length stored by the builds")
   p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "tfkf-bench-cache"))
-  p.add_argument("--output", default=None, help="default: benchmarks/results/ablation.json")
+  p.add_argument("--compare_to", default=None,
+                 help="an earlier ablation.json: write a budget check beside its points")
+  p.add_argument("--output", default=None,
+                 help="default: benchmarks/results/ablation.json (ablation_budget.json with --compare_to)")
   args = p.parse_args(argv)
-  print(common.write("ablation", run(args), args.output))
+  result = run(args)
+  if args.compare_to:
+    with open(args.compare_to) as f:
+      result["compared_to"] = earlier_points(json.load(f), result)
+  print(common.write("ablation_budget" if args.compare_to else "ablation", result, args.output))
+
+
+def earlier_points(earlier: dict, result: dict) -> dict:
+  """The earlier run's budget and its median in-batch accuracy at the points run here."""
+  def accuracy(name, axis, value):
+    try:
+      return earlier["datasets"][name]["axes"][axis][value]["median_val_in_batch_accuracy"]
+    except KeyError:
+      raise SystemExit(f"--compare_to has no {name} point {axis}={value}: run the check on "
+                       "points of the earlier grid") from None
+  return {"budget": earlier["budget"], "date": earlier["date"],
+          "datasets": {name: {axis: {value: accuracy(name, axis, value) for value in values}
+                              for axis, values in d["axes"].items()}
+                       for name, d in result["datasets"].items()}}
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ one is served. Per file: landing (its rename into the stream dir) -> the trainer
 picks it up -> generation committed -> version exported (its
 assets.extra/online.json) -> AVAILABLE on the server (REST status polled every
 50 ms). A longer --export_every_s adds up to that many seconds of waiting.
-Writes benchmarks/results/freshness.json.
+Writes benchmarks/results/freshness.json. --prepared_dir reuses the stream/, data/
+and run/ of an earlier run (the layout of --workdir) instead of making them anew.
 """
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -85,6 +87,16 @@ def prepare(args, work) -> dict:
   return files
 
 
+def reuse(prepared_dir, work, batches) -> dict:
+  """prepare()'s result from an earlier run's stream/, data/ and run/ (linked into work)."""
+  for name in ("stream", "data", "run"):
+    os.symlink(os.path.abspath(os.path.join(prepared_dir, name)), os.path.join(work, name))
+  stream = os.path.join(work, "stream")
+  return {"initial": os.path.join(stream, "initial", "log.csv"),
+          "items": os.path.join(stream, "items.csv"),
+          "batches": sorted(glob.glob(os.path.join(stream, "batches", "batch-*.csv")))[:batches]}
+
+
 def measure(args, work, files) -> list:
   base, incoming = os.path.join(work, "models"), os.path.join(work, "incoming")
   os.makedirs(base)
@@ -141,6 +153,8 @@ def parse_args(argv=None):
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=None, help="keep the artifacts here (default: a temp dir)")
+  p.add_argument("--prepared_dir", default=None,
+                 help="reuse stream/, data/ and run/ of an earlier --workdir (generation flags ignored)")
   p.add_argument("--output", default=None)
   return p.parse_args(argv)
 
@@ -148,7 +162,8 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   work = args.workdir or tempfile.mkdtemp(prefix="tfkf-bench-freshness-")
-  files = prepare(args, work)
+  os.makedirs(work, exist_ok=True)
+  files = reuse(args.prepared_dir, work, args.batches) if args.prepared_dir else prepare(args, work)
   rows = measure(args, work, files)
   fresh = [r["freshness_s"] for r in rows]
   payload = {"config": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")},

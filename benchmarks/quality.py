@@ -193,7 +193,8 @@ def main(argv=None):
   args = parse_args(argv)
   # One file per invocation (quality_games.json, ...): data sets can run separately.
   output = args.output or os.path.join(common.RESULTS, f"quality_{'_'.join(args.datasets)}.json")
-  print(common.write("quality", run(args), output))
+  command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
+  print(common.write("quality", {"command": command, **run(args)}, output))
 
 
 if __name__ == "__main__":

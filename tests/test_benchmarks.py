@@ -63,6 +63,13 @@ def test_ablation_benchmark(tmp_path):
   assert "Trends beside the paper's (synthetic" in text and "- num_layers: paper" in text
   plot_ablation(result, str(tmp_path / "ablation.png"))
   assert (tmp_path / "ablation.png").stat().st_size > 0
+  # A budget check (--compare_to) sets its points beside the earlier run's: here, itself.
+  from benchmarks.ablation import earlier_points
+  check = {**result, "benchmark": "ablation_budget", "compared_to": earlier_points(result, result)}
+  acc = f"{on['median_val_in_batch_accuracy']:.3f}"
+  assert f"| compression | on | {acc} | {acc} | 0.445 |" in render([check])
+  with pytest.raises(SystemExit, match="no synthetic point num_layers=5"):
+    earlier_points(result, {"datasets": {"synthetic": {"axes": {"num_layers": {"5": {}}}}}})
   from benchmarks.ablation import PAPER_WINDOWS
   from tfkf.features import COMPRESSION_WINDOWS
   assert PAPER_WINDOWS == COMPRESSION_WINDOWS  # the copy the benchmark's default uses

@@ -267,6 +267,21 @@ def test_killed_trainer_resumed_and_consumed_every_file_exactly_once(stream, onl
     assert json.load(f)["online"]["optimizer_step"] == start + sum(r["steps"] for r in committed)
 
 
+def test_freshness_benchmark_on_the_stream(stream, online, tmp_path):
+  """benchmarks.freshness on this module's stream, build and first model (after the
+  online fixture is done with the CPU): one batch landed, trained on and served."""
+  out = tmp_path / "freshness.json"
+  cli.run("benchmarks.freshness", f"--prepared_dir={stream['dir']}", f"--workdir={tmp_path / 'w'}",
+          "--batches=1", "--index=brute_force", f"--top_k={K}", f"--output={out}")
+  result = json.loads(out.read_text())
+  (row,) = result["batches"]
+  assert row["file"] == os.path.basename(stream["batches"][0]) and row["version"] == 2
+  assert row["rows_in"] > 0 and row["train_steps"] > 0
+  assert 0 <= row["pickup_s"] < row["freshness_s"] == result["median_freshness_s"]
+  from benchmarks.report import render
+  assert "Online learning freshness" in render([result])
+
+
 def test_only_the_pointer_commits_a_generation(tmp_path):
   from tfkf.online_state import StateDir
   state_dir = StateDir(str(tmp_path))
