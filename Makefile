@@ -21,7 +21,7 @@ demo: venv
 	PY=$(PY) bash scripts/demo.sh
 
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf demo_out .pytest_cache
@@ -60,10 +60,12 @@ bench-quality: venv
 	$(PY) -m benchmarks.quality --datasets ml --train_seconds 240
 	$(PY) -m benchmarks.report
 
-# The SASRec reproduction (Games, sampled protocol) with the budget it needs: one hour.
+# The SASRec reproduction (Games, sampled protocol) with the published budget: 200 epochs
+# over the 30,711 training users at batch 128 (239 steps each); about an hour on 2 idle cores.
 bench-sasrec: venv
-	$(PY) -m benchmarks.quality --datasets games --models sasrec_bce --train_seconds 3600 \
-	    --output benchmarks/results/quality_games_sasrec_1h.json
+	$(PY) -m benchmarks.quality --datasets games --models sasrec_bce --max_epochs 200 \
+	    --steps_per_epoch 239 --validation_steps 5 --train_seconds 7200 \
+	    --output benchmarks/results/quality_games_sasrec_200_epochs.json
 	$(PY) -m benchmarks.report
 
 # Ablation points again with 3x the steps: do the disagreements come from the budget?

@@ -149,8 +149,10 @@ def run(args) -> dict:
                        "sampled": f"{args.num_negatives} negatives the example's history and "
                                   f"target do not hold, seed {args.seed}",
                        "max_examples": args.max_examples},
-          "budget": {"kind": "equal wall time per trained model",
+          "budget": {"kind": ("epochs" if args.max_epochs < 100000 else
+                              "equal wall time per trained model"),
                      "train_seconds": args.train_seconds, "steps_per_epoch": args.steps_per_epoch,
+                     "max_epochs": args.max_epochs,
                      "validation_steps": args.validation_steps,
                      "kuaiformer_batch_size": args.kuaiformer_batch_size,
                      "sasrec_batch_size": args.sasrec_batch_size,

@@ -418,13 +418,18 @@ def _quality(r) -> list:
   b = r["budget"]
   titles = ", ".join(d["title"] for d in r["datasets"].values())
   trained = [n for n in QUALITY_NAMES if n in TRAINED and any(n in d["models"] for d in r["datasets"].values())]
-  lines = [f"## Retrieval quality against baselines: {titles}, {b['train_seconds']:.0f} s per "
-           f"trained model ({', '.join(QUALITY_NAMES[n] for n in trained)})", "",
+  by_epochs = b.get("max_epochs", 100000) < 100000
+  per_model = f"{b['max_epochs']} epochs" if by_epochs else f"{b['train_seconds']:.0f} s"
+  budget = (f"{b['max_epochs']} epochs of {b['steps_per_epoch']} steps each (within "
+            f"{b['train_seconds']:.0f} s)" if by_epochs else
+            f"equal wall time, {b['train_seconds']:.0f} s each (stopping at the end of the first "
+            f"{b['steps_per_epoch']}-step epoch past it)")
+  lines = [f"## Retrieval quality against baselines: {titles}, {per_model} per trained model "
+           f"({', '.join(QUALITY_NAMES[n] for n in trained)})", "",
            f"`{r.get('command', 'make bench-quality')}`", "",
            (f"Test split (each user's last event), every model on the same examples. Sampled: "
             f"{r['protocol']['sampled']} (SASRec's protocol). Full: {r['protocol']['full']}. "
-            f"Budget: {b['kind']}, {b['train_seconds']:.0f} s each (stopping at the end of the "
-            f"first {b['steps_per_epoch']}-step epoch past it), batch {b['sasrec_batch_size']} "
+            f"Budget: {budget}, batch {b['sasrec_batch_size']} "
             f"for SASRec (one example per user: the published per-user sample), "
             f"{b['kuaiformer_batch_size']} for KuaiFormer (one example per target). KuaiFormer: "
             f"paper preset with {json.dumps(b['kuaiformer_overrides'])}. Seed {r['seed']}. "

@@ -75,7 +75,6 @@ def test_ablation_benchmark(tmp_path):
   assert PAPER_WINDOWS == COMPRESSION_WINDOWS  # the copy the benchmark's default uses
 
 
-@pytest.mark.xdist_group("trained")  # one worker builds the shared model (conftest)
 def test_serving_benchmark(trained, tmp_path):
   work = tmp_path / "work"
   work.mkdir()

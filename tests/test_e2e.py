@@ -13,8 +13,6 @@ import cli
 import planted
 from serving.client import rest_predict, wait_until_available
 
-# With pytest-xdist, one worker runs every test of the shared trained model (conftest).
-pytestmark = pytest.mark.xdist_group("trained")
 K = 10
 
 

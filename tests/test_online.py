@@ -22,11 +22,12 @@ MODEL = "kuaiformer"
 BATCHES = 3
 CORRUPT_ROWS = 2
 ITERATIONS = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
-# One worker runs the whole module: its fixtures are module-scoped and heavy.
-pytestmark = pytest.mark.xdist_group("online")
+# make test runs pytest-xdist with --dist loadfile: one worker runs this whole module, so
+# its heavy fixtures run once. (--dist loadgroup with xdist_group marks split this module
+# over both workers here, each running the 2-minute online simulation.)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
   """serving.server polling an empty export base; started first so that it loads
   TensorFlow while the first model trains."""
@@ -41,7 +42,7 @@ def server(tmp_path_factory):
   process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stream(tmp_path_factory):
   """Synthetic stream files, and the first model built and trained on the initial log
   (in-process: the CLIs are the same functions)."""
@@ -105,7 +106,7 @@ def positives(*paths):
 KILL_AT = f"renamed@{BATCHES}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def online(server, stream):
   """serving.server and the online trainer; batches land one at a time, each waited for,
   and the trainer is killed in the middle of the last batch and restarted.
