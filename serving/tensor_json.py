@@ -6,7 +6,7 @@ same shape; errors raise BadRequest with TF Serving's wording where it has one.
 """
 
 import base64
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import orjson
