@@ -10,6 +10,7 @@ import os
 import statistics
 
 from benchmarks.common import RESULTS, ROOT
+from benchmarks.quality import UNLIMITED_EPOCHS
 
 
 def _pipeline(r) -> list:
@@ -418,7 +419,7 @@ def _quality(r) -> list:
   b = r["budget"]
   titles = ", ".join(d["title"] for d in r["datasets"].values())
   trained = [n for n in QUALITY_NAMES if n in TRAINED and any(n in d["models"] for d in r["datasets"].values())]
-  by_epochs = b.get("max_epochs", 100000) < 100000
+  by_epochs = b.get("max_epochs", UNLIMITED_EPOCHS) < UNLIMITED_EPOCHS
   per_model = f"{b['max_epochs']} epochs" if by_epochs else f"{b['train_seconds']:.0f} s"
   budget = (f"{b['max_epochs']} epochs of {b['steps_per_epoch']} steps each (within "
             f"{b['train_seconds']:.0f} s)" if by_epochs else
