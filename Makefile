@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test clean
+.PHONY: venv tools demo test clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,14 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
+# wrk (Debian's package), the REST load generator of bench-serving and its smoke test.
+tools:
+	bash scripts/install_tools.sh
+
 demo: venv
 	PY=$(PY) bash scripts/demo.sh
 
-test: venv
+test: venv tools
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
@@ -45,7 +49,7 @@ bench-ablation: venv
 	$(PY) -m benchmarks.ablation --epochs 3 --steps 100 --batch_size 64 --seeds 0
 	$(PY) -m benchmarks.report
 
-bench-serving: venv
+bench-serving: venv tools
 	$(PY) -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 6
 	$(PY) -m benchmarks.report
 

@@ -297,9 +297,10 @@ def _by_size(results: dict):
 
 def _serving(r) -> list:
   lines = ["## Serving latency and throughput (`make bench-serving`)", "",
-           f"`serving.server` over REST on 127.0.0.1, top {r['top_k']}, max_len {r['max_len']}, "
+           f"`serving.server` on 127.0.0.1, top {r['top_k']}, max_len {r['max_len']}, "
            f"{r['seconds']:.0f} s closed-loop per concurrency level, one test-split history per "
-           "request; the load generator runs on the same 2 cores. Floor: the SavedModel's "
+           "request; the load generators run on the same 2 cores: wrk (C, one thread) for REST, "
+           "a grpc.aio client (Python) for gRPC. Floor: the SavedModel's "
            "`serving_default` called in-process for one user. Catalogs beyond the data's own "
            "items are padded with synthetic items around the trained embeddings "
            "(`benchmarks/serving.py`).", "",
@@ -329,10 +330,12 @@ def _serving(r) -> list:
         i = e["interleaved_c1"]
         lines.append(
             f"  - **server overhead at p50, concurrency 1 (target ≤ +25%)**, from {i['rounds']} "
-            f"interleaved rounds of {i['seconds_per_round']:g} s (floor, REST, gRPC in rotating "
-            f"order; median over rounds of p50 / floor p50): REST **{i['rest_overhead_median']:+.0%}**, "
-            f"gRPC **{i['grpc_overhead_median']:+.0%}**; pooled p50 floor {i['floor']['p50_ms']:.2f} ms, "
-            f"REST {i['rest']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")
+            f"interleaved rounds of {i['seconds_per_round']:g} s (floor, REST from wrk, REST from "
+            f"Python, gRPC in rotating order; median over rounds of p50 / floor p50): REST "
+            f"**{i['rest_overhead_median']:+.0%}**, gRPC **{i['grpc_overhead_median']:+.0%}** "
+            f"(Python client); REST from a Python client (aiohttp) {i['rest_python_overhead_median']:+.0%}. "
+            f"Median round p50: floor {i['floor']['p50_ms']:.2f} ms, REST {i['rest']['p50_ms']:.2f} ms, "
+            f"REST from Python {i['rest_python']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")
         if "floor_after_idle" in i:
           lines.append(
               f"  - the same call in-process after idling {i['idle_gap_ms']:g} ms, as a server idles "

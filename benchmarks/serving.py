@@ -7,14 +7,18 @@ ones (each a random trained item embedding plus Gaussian noise of 0.3x the
 per-dimension spread, so the index sees clustered, anisotropic data), with a
 ScaNN and a brute-force index. For each export:
   * floor: the SavedModel's serving_default called in-process, one user per call;
-  * server: serving.server with batching off and on, at each concurrency, over REST
-    (aiohttp client) and gRPC (grpc.aio client) on uvloop, closed loop from this process
-    (it shares the 2 cores with the server);
+  * server: serving.server with batching off and on, at each concurrency, closed loop on
+    the same 2 cores: REST from wrk (C, one thread: the load generator's own cost stays out
+    of the server's numbers), gRPC from a grpc.aio client on uvloop (no lean gRPC load
+    generator installs here, so its numbers include Python's gRPC client);
   * the server overhead at concurrency 1, measured fairly on a shared machine: floor,
-    REST and gRPC in alternating short rounds, the median over rounds of p50 / floor p50;
+    REST (wrk), REST from a Python client (aiohttp) and gRPC in alternating short rounds,
+    the median over rounds of p50 / floor p50;
   * ScaNN recall@K against brute force on the same histories.
 
   python -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
+
+Needs wrk on the PATH (`make tools`: Debian's package).
 """
 
 import argparse
@@ -44,6 +48,7 @@ from tfkf.catalog import Catalog
 from tfkf.train import load_trained
 
 GAMES = os.path.join(common.ROOT, "..", "shared", "data", "sasrec_games", "Video.txt")
+WRK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_predict.lua")
 
 
 def prepare(args) -> (str, str):
@@ -109,10 +114,9 @@ def floor(path: str, histories, seconds: float) -> dict:
   return percentiles(latencies)
 
 
-async def closed_loop(call, concurrency: int, seconds: float, keep: list = None,
-                      idle_before_s: float = 0.0) -> dict:
+async def closed_loop(call, concurrency: int, seconds: float, idle_before_s: float = 0.0) -> dict:
   """`concurrency` clients, each awaiting `call(n)` (True if it succeeded) back to back for
-  `seconds`: latency percentiles, throughput and errors (latencies also appended to `keep`).
+  `seconds`: latency percentiles, throughput and errors.
   With `idle_before_s` the process sleeps (blocking, untimed) before each call."""
   latencies, errors = [], 0
   deadline = time.perf_counter() + seconds
@@ -130,8 +134,6 @@ async def closed_loop(call, concurrency: int, seconds: float, keep: list = None,
   started = time.perf_counter()
   await asyncio.gather(*(client(w) for w in range(concurrency)))
   elapsed = time.perf_counter() - started
-  if keep is not None:
-    keep.extend(latencies)
   return {**percentiles(latencies), "throughput_rps": len(latencies) / elapsed, "errors": errors}
 
 
@@ -155,10 +157,15 @@ def grpc_call(stub, requests):
   return call
 
 
-async def drive(url: str, bodies, concurrency: int, seconds: float) -> dict:
-  """The closed loop over REST predict (aiohttp)."""
-  async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-    return await closed_loop(rest_call(session, url, bodies), concurrency, seconds)
+def wrk(url: str, bodies_file: str, concurrency: int, seconds: float) -> dict:
+  """The closed loop over REST predict from wrk: `concurrency` connections on one thread for
+  `seconds` (whole, wrk's unit), the bodies of `bodies_file` in turn; closed_loop's keys."""
+  if shutil.which("wrk") is None:
+    raise SystemExit("wrk not found: `make tools` installs it (Debian package wrk)")
+  out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout=30s",
+                        f"--script={WRK_SCRIPT}", url], env={**os.environ, "WRK_BODIES": bodies_file},
+                       capture_output=True, text=True, check=True).stdout
+  return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
 
 async def drive_grpc(port: int, requests, concurrency: int, seconds: float) -> dict:
@@ -168,11 +175,11 @@ async def drive_grpc(port: int, requests, concurrency: int, seconds: float) -> d
     return await closed_loop(grpc_call(stub, requests), concurrency, seconds)
 
 
-async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, rounds: int,
-                      seconds: float, idle_gap_s: float) -> dict:
-  """Concurrency 1: the floor, REST and gRPC in alternating rounds of `seconds` each (the
-  order rotating), so load drifting on the shared machine hits all of them alike. Gives each
-  path's pooled percentiles and, per round, its p50 over the floor's p50.
+async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port, requests,
+                      rounds: int, seconds: float, idle_gap_s: float) -> dict:
+  """Concurrency 1: the floor, REST (wrk), REST from Python and gRPC in alternating rounds of
+  `seconds` each (the order rotating), so load drifting on the shared machine hits all of them
+  alike. Gives each path's p50 per round and, per round, each server path's p50 over the floor's.
 
   A second floor, "floor_after_idle", idles `idle_gap_s` before each timed call, as a
   server does between the requests of one closed-loop client: on this VM the same call is
@@ -185,28 +192,29 @@ async def interleaved(call_floor, histories, url, bodies, grpc_port, requests, r
       call_floor(histories[n % len(histories)])
       return True
 
-    paths = {"floor": floor_call, "floor_after_idle": floor_call,
-             "rest": rest_call(session, url, bodies), "grpc": grpc_call(stub, requests)}
-    latencies = {name: [] for name in paths}
-    errors = dict.fromkeys(paths, 0)
-    ratios = {f"{server}_p50_over_{floor}": [] for server in ("rest", "grpc")
-              for floor in ("floor", "floor_after_idle")}
+    python_calls = {"floor": floor_call, "floor_after_idle": floor_call,
+                    "rest_python": rest_call(session, url, bodies), "grpc": grpc_call(stub, requests)}
+    names = ["floor", "floor_after_idle", "rest", "rest_python", "grpc"]
+    p50 = {name: [] for name in names}
+    totals = {name: {"requests": 0, "errors": 0} for name in names}
     for r in range(rounds):
-      order = list(paths)[r % len(paths):] + list(paths)[:r % len(paths)]
-      p50 = {}
-      for name in order:
-        result = await closed_loop(paths[name], 1, seconds, keep=latencies[name],
-                                   idle_before_s=idle_gap_s if name == "floor_after_idle" else 0.0)
-        p50[name] = result["p50_ms"]
-        errors[name] += result["errors"]
-      for key in ratios:
-        server, floor = key.split("_p50_over_")
-        ratios[key].append(p50[server] / p50[floor])
-  out = {name: {**percentiles(v), "errors": errors[name]} for name, v in latencies.items()}
-  out.update(rounds=rounds, seconds_per_round=seconds, idle_gap_ms=idle_gap_s * 1e3,
-             **{f"{key}_per_round": v for key, v in ratios.items()},
-             **{f"{key.replace('_p50_over_floor', '_overhead')}_median": float(np.median(v)) - 1
-                for key, v in ratios.items()})
+      for name in names[r % len(names):] + names[:r % len(names)]:
+        if name == "rest":
+          result = wrk(url, bodies_file, 1, seconds)
+        else:
+          result = await closed_loop(python_calls[name], 1, seconds,
+                                     idle_before_s=idle_gap_s if name == "floor_after_idle" else 0.0)
+        p50[name].append(result["p50_ms"])
+        for key in totals[name]:
+          totals[name][key] += result[key]
+  out = {name: {"p50_ms_per_round": v, "p50_ms": float(np.median(v)), **totals[name]}
+         for name, v in p50.items()}
+  out.update(rounds=rounds, seconds_per_round=seconds, idle_gap_ms=idle_gap_s * 1e3)
+  for server in ("rest", "rest_python", "grpc"):
+    for floor_name, suffix in (("floor", ""), ("floor_after_idle", "_after_idle")):
+      ratios = [a / b for a, b in zip(p50[server], p50[floor_name])]
+      out[f"{server}_p50_over_{floor_name}_per_round"] = ratios
+      out[f"{server}_overhead{suffix}_median"] = float(np.median(ratios)) - 1
   return out
 
 
@@ -257,6 +265,10 @@ def run(args) -> dict:
   raw = verify.raw_histories(verify.sample_histories(data_dir, model.config.max_len, args.users), catalog)
   histories = [np.array([x for x in h if x], object) for h in raw]  # as sent to the server
   bodies = [json.dumps({"instances": [{"item_ids": [x.decode() for x in h]}]}).encode() for h in histories]
+  os.makedirs(args.work_dir, exist_ok=True)
+  bodies_file = os.path.join(args.work_dir, "bodies.jsonl")
+  with open(bodies_file, "wb") as f:
+    f.write(b"\n".join(bodies) + b"\n")
   requests = grpc_requests(histories)
   results = {}
   for size in args.catalogs:
@@ -276,15 +288,15 @@ def run(args) -> dict:
         try:
           url = f"http://127.0.0.1:{port}/v1/models/kuaiformer:predict"
           mode = f"batching_{'on' if batching else 'off'}"
-          entry[mode] = {str(c): measured(port, "REST", lambda: uvloop.run(drive(url, bodies, c, args.seconds)))
+          entry[mode] = {str(c): measured(port, "REST", lambda: wrk(url, bodies_file, c, args.seconds))
                          for c in args.concurrency}
           entry[f"grpc_{mode}"] = {
               str(c): measured(port, "GRPC", lambda: uvloop.run(drive_grpc(grpc_port, requests, c, args.seconds)))
               for c in args.concurrency}
           if not batching and args.rounds:
             entry["interleaved_c1"] = uvloop.run(interleaved(
-                in_process(os.path.join(base, "1")), histories, url, bodies, grpc_port, requests,
-                args.rounds, args.seconds / 4, args.idle_gap_ms / 1e3))
+                in_process(os.path.join(base, "1")), histories, url, bodies, bodies_file, grpc_port,
+                requests, args.rounds, args.round_seconds, args.idle_gap_ms / 1e3))
         finally:
           process.terminate()
           process.wait(timeout=60)
@@ -308,9 +320,10 @@ def parse_args(argv=None):
   p.add_argument("--indexes", type=lambda s: s.split(","), default=["scann", "brute_force"])
   p.add_argument("--batching", type=lambda s: [x == "on" for x in s.split(",")], default=[False, True])
   p.add_argument("--concurrency", type=ints, default=[1, 8, 32])
-  p.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
-  p.add_argument("--rounds", type=int, default=12,
-                 help="interleaved floor/REST/gRPC rounds at concurrency 1 (seconds/4 each; 0: none)")
+  p.add_argument("--seconds", type=int, default=8, help="per concurrency level (whole seconds: wrk's unit)")
+  p.add_argument("--rounds", type=int, default=16,
+                 help="interleaved floor/REST/gRPC rounds at concurrency 1 (0: none)")
+  p.add_argument("--round_seconds", type=int, default=1, help="per path and interleaved round")
   p.add_argument("--idle_gap_ms", type=float, default=1.0,
                  help="idle time before each call of the second floor (about what a server idles "
                       "between one client's requests: a loopback round trip plus HTTP handling)")
