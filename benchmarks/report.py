@@ -287,6 +287,7 @@ def plot_cost(r, path: str) -> None:
 
 
 SERVER_PATHS = {"batching_off": "REST, batching off", "batching_on": "REST, batching on",
+                "batching_off_intra_op_1": "REST, batching off, 1 intra-op thread",
                 "grpc_batching_off": "gRPC, batching off", "grpc_batching_on": "gRPC, batching on"}
 
 

@@ -23,6 +23,7 @@ Needs wrk on the PATH (`make tools`: Debian's package).
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -218,6 +219,10 @@ async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port
   return out
 
 
+def predict_url(port: int) -> str:
+  return f"http://127.0.0.1:{port}/v1/models/kuaiformer:predict"
+
+
 def grpc_requests(histories) -> list:
   out = []
   for history in histories:
@@ -246,15 +251,21 @@ def measured(port: int, entrypoint: str, run) -> dict:
   return result
 
 
-def serve(base: str, batching: bool, log_path: str):
+@contextlib.contextmanager
+def served(base: str, log_path: str, *flags):
+  """(REST port, gRPC port) of a serving.server on `base` with `flags`, stopped on exit."""
   port, grpc_port = common.free_port(), common.free_port()
   flags = [f"--model_base_path={base}", "--model_name=kuaiformer", f"--rest_api_port={port}",
-           f"--port={grpc_port}", "--num_threads=32"] + (["--enable_batching"] if batching else [])
+           f"--port={grpc_port}", "--num_threads=32", *flags]
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
   process = subprocess.Popen([sys.executable, "-m", "serving.server", *flags], cwd=common.ROOT, env=env,
                              stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-  wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=600)
-  return process, port, grpc_port
+  try:
+    wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=600)
+    yield port, grpc_port
+  finally:
+    process.terminate()
+    process.wait(timeout=60)
 
 
 def run(args) -> dict:
@@ -283,23 +294,22 @@ def run(args) -> dict:
       signature = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
       outputs[index] = signature(item_ids=tf.constant(raw))["item_ids"].numpy()
       entry = cell[index] = {"export_s": build_s, "floor": floor(os.path.join(base, "1"), histories, args.seconds)}
+      log_path = os.path.join(args.work_dir, f"server-{index}-{size}.log")
+      rest = lambda port, c: measured(port, "REST", lambda: wrk(predict_url(port), bodies_file, c, args.seconds))
       for batching in args.batching:
-        process, port, grpc_port = serve(base, batching, os.path.join(args.work_dir, f"server-{index}-{size}.log"))
-        try:
-          url = f"http://127.0.0.1:{port}/v1/models/kuaiformer:predict"
+        with served(base, log_path, *(["--enable_batching"] if batching else [])) as (port, grpc_port):
           mode = f"batching_{'on' if batching else 'off'}"
-          entry[mode] = {str(c): measured(port, "REST", lambda: wrk(url, bodies_file, c, args.seconds))
-                         for c in args.concurrency}
+          entry[mode] = {str(c): rest(port, c) for c in args.concurrency}
           entry[f"grpc_{mode}"] = {
               str(c): measured(port, "GRPC", lambda: uvloop.run(drive_grpc(grpc_port, requests, c, args.seconds)))
               for c in args.concurrency}
           if not batching and args.rounds:
             entry["interleaved_c1"] = uvloop.run(interleaved(
-                in_process(os.path.join(base, "1")), histories, url, bodies, bodies_file, grpc_port,
-                requests, args.rounds, args.round_seconds, args.idle_gap_ms / 1e3))
-        finally:
-          process.terminate()
-          process.wait(timeout=60)
+                in_process(os.path.join(base, "1")), histories, predict_url(port), bodies, bodies_file,
+                grpc_port, requests, args.rounds, args.round_seconds, args.idle_gap_ms / 1e3))
+      if args.intra_op_one:
+        with served(base, log_path, "--tensorflow_intra_op_parallelism=1") as (port, _):
+          entry["batching_off_intra_op_1"] = {str(c): rest(port, c) for c in args.concurrency}
       print(json.dumps({label: {index: entry}}), flush=True)
     if "scann" in outputs and "brute_force" in outputs:
       recall = [len(set(a) & set(b)) / len(b) for a, b in zip(outputs["scann"], outputs["brute_force"])]
@@ -327,6 +337,8 @@ def parse_args(argv=None):
   p.add_argument("--idle_gap_ms", type=float, default=1.0,
                  help="idle time before each call of the second floor (about what a server idles "
                       "between one client's requests: a loopback round trip plus HTTP handling)")
+  p.add_argument("--intra_op_one", action=argparse.BooleanOptionalAction, default=True,
+                 help="also serve with --tensorflow_intra_op_parallelism=1 (REST, batching off)")
   p.add_argument("--users", type=int, default=512, help="distinct test histories sent")
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--seed", type=int, default=0)

@@ -81,12 +81,18 @@ def parse_args(argv=None):
                  help="longest wait for a batch to fill (with batching); 0 = take the calls "
                       "already queued, which batches under load without delaying a lone call")
   p.add_argument("--num_threads", type=int, default=32, help="concurrent predict calls")
+  p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                 help="threads one op may use (0: TensorFlow picks, one per core)")
+  p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                 help="ops run in parallel (0: TensorFlow picks)")
   return p.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+  tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+  tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
   managers = [ModelManager(c, warmup=warmup) for c in model_configs(args)]
   for manager in managers:
     manager.poll()

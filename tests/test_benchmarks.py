@@ -86,7 +86,8 @@ def test_serving_benchmark(trained, tmp_path):
           "--rounds=2", "--round_seconds=1", f"--output={out}")
   result = json.loads(out.read_text())
   scann = result["results"]["2000 items"]["scann"]  # 1,500 trained items + 500 synthetic ones
-  for run in (scann["batching_off"]["2"], scann["grpc_batching_off"]["2"]):  # wrk, grpc.aio
+  for run in (scann["batching_off"]["2"], scann["grpc_batching_off"]["2"],  # wrk, grpc.aio
+              scann["batching_off_intra_op_1"]["2"]):  # --tensorflow_intra_op_parallelism=1
     assert run["errors"] == 0 and run["requests"] > 0 and run["p99_ms"] >= run["p50_ms"]
     assert 0 < run["server_handler_mean_ms"] < run["mean_ms"]
   wrk_run = scann["batching_off"]["2"]
