@@ -344,6 +344,13 @@ def _serving(r) -> list:
               f"({i['floor_after_idle']['p50_ms'] / i['floor']['p50_ms'] - 1:+.0%} over back to back); "
               f"over that floor REST {i['rest_overhead_after_idle_median']:+.0%}, "
               f"gRPC {i['grpc_overhead_after_idle_median']:+.0%}.")
+      one_thread = e.get("batching_off_intra_op_1", {}).get("1")
+      if one_thread and "1" in e.get("batching_off", {}):
+        lines.append(
+            f"  - with `--tensorflow_intra_op_parallelism=1`, REST p50 at concurrency 1 "
+            f"{one_thread['p50_ms']:.2f} ms: {one_thread['p50_ms'] / e['batching_off']['1']['p50_ms']:.2f}× "
+            f"the default server's, {one_thread['p50_ms'] / e['floor']['p50_ms']:.2f}× the default "
+            "floor (a floor on one thread is not measured: TensorFlow fixes its threads per process).")
       inside = [f"{SERVER_PATHS[p]}: client {e[p]['1']['mean_ms']:.2f} ms, of which inside the "
                 f"server's handler {e[p]['1']['server_handler_mean_ms']:.2f} ms"
                 for p in ("batching_off", "grpc_batching_off")
