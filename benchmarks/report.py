@@ -404,10 +404,10 @@ def plot_serving(r, path: str) -> None:
         continue
       runs = [("floor", e["floor"])] + [(f"{name}, c={c}", v) for p, name in SERVER_PATHS.items()
                                          for c, v in e.get(p, {}).items() if c == "1"]
-      for name, v in runs:
+      for color, (name, v) in enumerate(runs):  # a color per path, a line style per index
         q = sorted(v["distribution_ms"], key=float)
         ax.plot([v["distribution_ms"][k] for k in q], [float(k) for k in q], marker=".",
-                label=f"{index}: {name}")
+                color=f"C{color}", linestyle="-" if index == "scann" else "--", label=f"{index}: {name}")
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms, log)")
     ax.set_ylabel("percentile")
