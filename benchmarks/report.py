@@ -315,6 +315,9 @@ def _serving(r) -> list:
       e = cell[index]
       lines.append(f"| {index} | floor (in-process) | 1 | {e['floor']['p50_ms']:.2f} | "
                    f"{e['floor']['p99_ms']:.2f} | | |")
+      if "floor_intra_op_1" in e:
+        lines.append(f"| {index} | floor (in-process), 1 intra-op thread | 1 | "
+                     f"{e['floor_intra_op_1']['p50_ms']:.2f} | {e['floor_intra_op_1']['p99_ms']:.2f} | | |")
       for path, name in SERVER_PATHS.items():
         for c, v in sorted(e.get(path, {}).items(), key=lambda cv: int(cv[0])):
           lines.append(f"| {index} | {name} | {c} | {v['p50_ms']:.2f} | "
@@ -350,7 +353,9 @@ def _serving(r) -> list:
             f"  - with `--tensorflow_intra_op_parallelism=1`, REST p50 at concurrency 1 "
             f"{one_thread['p50_ms']:.2f} ms: {one_thread['p50_ms'] / e['batching_off']['1']['p50_ms']:.2f}× "
             f"the default server's, {one_thread['p50_ms'] / e['floor']['p50_ms']:.2f}× the default "
-            "floor (a floor on one thread is not measured: TensorFlow fixes its threads per process).")
+            "floor" + (f"; over the floor on one thread (its own process, measured before the server) "
+                       f"**{one_thread['p50_ms'] / e['floor_intra_op_1']['p50_ms'] - 1:+.0%}**."
+                       if "floor_intra_op_1" in e else "."))
       inside = [f"{SERVER_PATHS[p]}: client {e[p]['1']['mean_ms']:.2f} ms, of which inside the "
                 f"server's handler {e[p]['1']['server_handler_mean_ms']:.2f} ms"
                 for p in ("batching_off", "grpc_batching_off")

@@ -251,6 +251,15 @@ def measured(port: int, entrypoint: str, run) -> dict:
   return result
 
 
+def floor_on_one_thread(path: str, bodies_file: str, seconds: float) -> dict:
+  """The floor in a process whose TensorFlow uses one intra-op thread (fixed per process)."""
+  env = {**os.environ, "PYTHONPATH": common.ROOT}
+  out = subprocess.run([sys.executable, "-m", "benchmarks.serving", f"--floor_of={path}",
+                        f"--floor_bodies={bodies_file}", f"--seconds={seconds}", "--floor_intra_op=1"],
+                       cwd=common.ROOT, env=env, capture_output=True, text=True, check=True).stdout
+  return json.loads(out.splitlines()[-1])
+
+
 @contextlib.contextmanager
 def served(base: str, log_path: str, *flags):
   """(REST port, gRPC port) of a serving.server on `base` with `flags`, stopped on exit."""
@@ -308,6 +317,7 @@ def run(args) -> dict:
                 in_process(os.path.join(base, "1")), histories, predict_url(port), bodies, bodies_file,
                 grpc_port, requests, args.rounds, args.round_seconds, args.idle_gap_ms / 1e3))
       if args.intra_op_one:
+        entry["floor_intra_op_1"] = floor_on_one_thread(os.path.join(base, "1"), bodies_file, args.seconds)
         with served(base, log_path, "--tensorflow_intra_op_parallelism=1") as (port, _):
           entry["batching_off_intra_op_1"] = {str(c): rest(port, c) for c in args.concurrency}
       print(json.dumps({label: {index: entry}}), flush=True)
@@ -343,11 +353,20 @@ def parse_args(argv=None):
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--output", default=None)
+  p.add_argument("--floor_of", default=None, help=argparse.SUPPRESS)  # floor_on_one_thread's child
+  p.add_argument("--floor_bodies", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--floor_intra_op", type=int, default=0, help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.floor_of:
+    tf.config.threading.set_intra_op_parallelism_threads(args.floor_intra_op)
+    with open(args.floor_bodies, "rb") as f:
+      histories = [np.array(json.loads(line)["instances"][0]["item_ids"], object) for line in f]
+    print(json.dumps(floor(args.floor_of, histories, args.seconds)))
+    return
   results = run(args)
   path = common.write("serving", {
       "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]),

@@ -90,6 +90,7 @@ def test_serving_benchmark(trained, tmp_path):
               scann["batching_off_intra_op_1"]["2"]):  # --tensorflow_intra_op_parallelism=1
     assert run["errors"] == 0 and run["requests"] > 0 and run["p99_ms"] >= run["p50_ms"]
     assert 0 < run["server_handler_mean_ms"] < run["mean_ms"]
+  assert scann["floor_intra_op_1"]["requests"] > 0  # measured in a process on one intra-op thread
   wrk_run = scann["batching_off"]["2"]
   assert wrk_run["distribution_ms"]["1"] <= wrk_run["p50_ms"] <= wrk_run["distribution_ms"]["99.9"]
   interleaved = scann["interleaved_c1"]  # floor, REST (wrk and Python) and gRPC in alternating rounds
