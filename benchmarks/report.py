@@ -340,13 +340,12 @@ def _serving(r) -> list:
             f"(Python client); REST from a Python client (aiohttp) {i['rest_python_overhead_median']:+.0%}. "
             f"Median round p50: floor {i['floor']['p50_ms']:.2f} ms, REST {i['rest']['p50_ms']:.2f} ms, "
             f"REST from Python {i['rest_python']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")
-        if "floor_after_idle" in i:
-          lines.append(
-              f"  - the same call in-process after idling {i['idle_gap_ms']:g} ms, as a server idles "
-              f"between one client's requests: p50 {i['floor_after_idle']['p50_ms']:.2f} ms "
-              f"({i['floor_after_idle']['p50_ms'] / i['floor']['p50_ms'] - 1:+.0%} over back to back); "
-              f"over that floor REST {i['rest_overhead_after_idle_median']:+.0%}, "
-              f"gRPC {i['grpc_overhead_after_idle_median']:+.0%}.")
+        lines.append(
+            f"  - the same call in-process after idling {i['idle_gap_ms']:g} ms, as a server idles "
+            f"between one client's requests: p50 {i['floor_after_idle']['p50_ms']:.2f} ms "
+            f"({i['floor_after_idle']['p50_ms'] / i['floor']['p50_ms'] - 1:+.0%} over back to back); "
+            f"over that floor REST {i['rest_overhead_after_idle_median']:+.0%}, "
+            f"gRPC {i['grpc_overhead_after_idle_median']:+.0%}.")
       one_thread = e.get("batching_off_intra_op_1", {}).get("1")
       if one_thread and "1" in e.get("batching_off", {}):
         lines.append(
