@@ -291,6 +291,15 @@ SERVER_PATHS = {"batching_off": "REST, batching off", "batching_on": "REST, batc
                 "grpc_batching_off": "gRPC, batching off", "grpc_batching_on": "gRPC, batching on"}
 
 
+_CI_NOTE = "; in brackets the bootstrap 95% interval of that median over the rounds"
+
+
+def _ci(interleaved: dict, path: str) -> str:
+  """' [low, high]' of a path's overhead median, if the result has it."""
+  low_high = interleaved.get(f"{path}_overhead_ci95")
+  return f" [{low_high[0]:+.0%}, {low_high[1]:+.0%}]" if low_high else ""
+
+
 def _by_size(results: dict):
   """Catalog cells ("23715 items", ...) smallest first."""
   return sorted(results.items(), key=lambda kv: int(kv[0].split()[0]))
@@ -332,12 +341,14 @@ def _serving(r) -> list:
                      f"{', '.join(overheads)}; export + index build {e['export_s']:.1f} s.")
       if "interleaved_c1" in e:
         i = e["interleaved_c1"]
+        ci = "rest_overhead_ci95" in i
         lines.append(
             f"  - **server overhead at p50, concurrency 1 (target ≤ +25%)**, from {i['rounds']} "
             f"interleaved rounds of {i['seconds_per_round']:g} s (floor, REST from wrk, REST from "
-            f"Python, gRPC in rotating order; median over rounds of p50 / floor p50): REST "
-            f"**{i['rest_overhead_median']:+.0%}**, gRPC **{i['grpc_overhead_median']:+.0%}** "
-            f"(Python client); REST from a Python client (aiohttp) {i['rest_python_overhead_median']:+.0%}. "
+            f"Python, gRPC in rotating order; median over rounds of p50 / floor p50{_CI_NOTE if ci else ''}): "
+            f"REST **{i['rest_overhead_median']:+.0%}**{_ci(i, 'rest')}, gRPC **{i['grpc_overhead_median']:+.0%}**"
+            f"{_ci(i, 'grpc')} (Python client); REST from a Python client (aiohttp) "
+            f"{i['rest_python_overhead_median']:+.0%}{_ci(i, 'rest_python')}. "
             f"Median round p50: floor {i['floor']['p50_ms']:.2f} ms, REST {i['rest']['p50_ms']:.2f} ms, "
             f"REST from Python {i['rest_python']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")
         lines.append(

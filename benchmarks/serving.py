@@ -13,7 +13,7 @@ ScaNN and a brute-force index. For each export:
     generator installs here, so its numbers include Python's gRPC client);
   * the server overhead at concurrency 1, measured fairly on a shared machine: floor,
     REST (wrk), REST from a Python client (aiohttp) and gRPC in alternating short rounds,
-    the median over rounds of p50 / floor p50;
+    the median over rounds of p50 / floor p50, with a bootstrap 95% interval over rounds;
   * ScaNN recall@K against brute force on the same histories.
 
   python -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
@@ -95,17 +95,27 @@ def percentiles(latencies_s) -> dict:
           "requests": len(ms), "distribution_ms": {str(q): float(np.percentile(ms, q)) for q in DISTRIBUTION}}
 
 
-def in_process(path: str):
-  """The floor: serving_default called in-process for one user (a history of raw ids)."""
+def in_process(path: str, histories):
+  """The floor: serving_default called in-process for one user (a history of raw ids),
+  warmed up on `histories` as the server warms a version up (a ScaNN export's first
+  call takes over a second)."""
   signature = tf.saved_model.load(path).signatures["serving_default"]
-  return lambda history: {k: v.numpy() for k, v in signature(item_ids=tf.constant(history[None])).items()}
+  call = lambda history: {k: v.numpy() for k, v in signature(item_ids=tf.constant(history[None])).items()}
+  for i in range(10):
+    call(histories[i % len(histories)])
+  return call
+
+
+def median_ci95(values, resamples: int = 10_000, seed: int = 0) -> list:
+  """[low, high]: the bootstrap 95% interval of the median of `values`."""
+  values = np.asarray(values)
+  medians = np.median(np.random.default_rng(seed).choice(values, (resamples, len(values))), axis=1)
+  return [float(x) for x in np.percentile(medians, [2.5, 97.5])]
 
 
 def floor(path: str, histories, seconds: float) -> dict:
   """The in-process call, one user at a time, back to back for `seconds`."""
-  call = in_process(path)
-  for i in range(10):  # warm up
-    call(histories[i % len(histories)])
+  call = in_process(path, histories)
   latencies, deadline = [], time.perf_counter() + seconds
   while time.perf_counter() < deadline:
     history = histories[len(latencies) % len(histories)]
@@ -184,7 +194,8 @@ async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port
 
   A second floor, "floor_after_idle", idles `idle_gap_s` before each timed call, as a
   server does between the requests of one closed-loop client: on this VM the same call is
-  slower after the CPU has idled for a millisecond than back to back (BENCHMARKS.md)."""
+  slower after the CPU has idled for a millisecond than back to back (BENCHMARKS.md).
+  A first round, not recorded, warms every path (connections, the clients' own code)."""
   async with aiohttp.ClientSession() as session, \
       grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -198,13 +209,15 @@ async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port
     names = ["floor", "floor_after_idle", "rest", "rest_python", "grpc"]
     p50 = {name: [] for name in names}
     totals = {name: {"requests": 0, "errors": 0} for name in names}
-    for r in range(rounds):
+    for r in range(-1, rounds):
       for name in names[r % len(names):] + names[:r % len(names)]:
         if name == "rest":
           result = wrk(url, bodies_file, 1, seconds)
         else:
           result = await closed_loop(python_calls[name], 1, seconds,
                                      idle_before_s=idle_gap_s if name == "floor_after_idle" else 0.0)
+        if r < 0:
+          continue
         p50[name].append(result["p50_ms"])
         for key in totals[name]:
           totals[name][key] += result[key]
@@ -216,6 +229,7 @@ async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port
       ratios = [a / b for a, b in zip(p50[server], p50[floor_name])]
       out[f"{server}_p50_over_{floor_name}_per_round"] = ratios
       out[f"{server}_overhead{suffix}_median"] = float(np.median(ratios)) - 1
+      out[f"{server}_overhead{suffix}_ci95"] = [x - 1 for x in median_ci95(ratios)]
   return out
 
 
@@ -314,7 +328,7 @@ def run(args) -> dict:
               for c in args.concurrency}
           if not batching and args.rounds:
             entry["interleaved_c1"] = uvloop.run(interleaved(
-                in_process(os.path.join(base, "1")), histories, predict_url(port), bodies, bodies_file,
+                in_process(os.path.join(base, "1"), histories), histories, predict_url(port), bodies, bodies_file,
                 grpc_port, requests, args.rounds, args.round_seconds, args.idle_gap_ms / 1e3))
       if args.intra_op_one:
         entry["floor_intra_op_1"] = floor_on_one_thread(os.path.join(base, "1"), bodies_file, args.seconds)

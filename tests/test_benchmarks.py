@@ -99,6 +99,8 @@ def test_serving_benchmark(trained, tmp_path):
     assert len(interleaved[path]["p50_ms_per_round"]) == interleaved["rounds"] == 2
   per_round = np.array(interleaved["rest"]["p50_ms_per_round"]) / interleaved["floor"]["p50_ms_per_round"]
   assert interleaved["rest_overhead_median"] == pytest.approx(np.median(per_round) - 1)
+  low, high = interleaved["rest_overhead_ci95"]  # bootstrap interval of the median over rounds
+  assert per_round.min() - 1 <= low <= interleaved["rest_overhead_median"] <= high <= per_round.max() - 1
   assert interleaved["grpc_overhead_after_idle_median"] == np.median(
       interleaved["grpc_p50_over_floor_after_idle_per_round"]) - 1
   from benchmarks.report import render
@@ -128,3 +130,14 @@ def test_quality_benchmark(tmp_path):
   text = render([result])
   assert "| SASRec (paper) | 0.7410 | 0.5360 |" in text and "| KuaiFormer |" in text
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
+
+
+def test_median_ci95_narrows_with_more_rounds_and_covers_the_median():
+  from benchmarks.serving import median_ci95
+  rng = np.random.default_rng(1)
+  few, many = rng.normal(1.2, 0.1, 8), rng.normal(1.2, 0.1, 128)
+  for values in (few, many):
+    low, high = median_ci95(values)
+    assert low < np.median(values) < high
+  assert np.diff(median_ci95(many)) < np.diff(median_ci95(few))
+  assert median_ci95([1.0] * 5) == [1.0, 1.0]
