@@ -294,9 +294,9 @@ SERVER_PATHS = {"batching_off": "REST, batching off", "batching_on": "REST, batc
 _CI_NOTE = "; in brackets the bootstrap 95% interval of that median over the rounds"
 
 
-def _ci(interleaved: dict, path: str) -> str:
-  """' [low, high]' of a path's overhead median, if the result has it."""
-  low_high = interleaved.get(f"{path}_overhead_ci95")
+def _ci(interleaved: dict, median: str) -> str:
+  """' [low, high]': the interval of the median `median` ("rest_overhead", ...), if the result has it."""
+  low_high = interleaved.get(f"{median}_ci95")
   return f" [{low_high[0]:+.0%}, {low_high[1]:+.0%}]" if low_high else ""
 
 
@@ -345,12 +345,20 @@ def _serving(r) -> list:
         lines.append(
             f"  - **server overhead at p50, concurrency 1 (target ≤ +25%)**, from {i['rounds']} "
             f"interleaved rounds of {i['seconds_per_round']:g} s (floor, REST from wrk, REST from "
-            f"Python, gRPC in rotating order; median over rounds of p50 / floor p50{_CI_NOTE if ci else ''}): "
-            f"REST **{i['rest_overhead_median']:+.0%}**{_ci(i, 'rest')}, gRPC **{i['grpc_overhead_median']:+.0%}**"
-            f"{_ci(i, 'grpc')} (Python client); REST from a Python client (aiohttp) "
-            f"{i['rest_python_overhead_median']:+.0%}{_ci(i, 'rest_python')}. "
+            f"Python, gRPC{', bare gRPC' if 'grpc_bare' in i else ''} in rotating order; median over rounds "
+            f"of p50 / floor p50{_CI_NOTE if ci else ''}): "
+            f"REST **{i['rest_overhead_median']:+.0%}**{_ci(i, 'rest_overhead')}, gRPC **{i['grpc_overhead_median']:+.0%}**"
+            f"{_ci(i, 'grpc_overhead')} (Python client); REST from a Python client (aiohttp) "
+            f"{i['rest_python_overhead_median']:+.0%}{_ci(i, 'rest_python_overhead')}. "
             f"Median round p50: floor {i['floor']['p50_ms']:.2f} ms, REST {i['rest']['p50_ms']:.2f} ms, "
             f"REST from Python {i['rest_python']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")
+        if "grpc_bare" in i:
+          lines.append(
+              f"  - gRPC's own cost here: the same client against a bare grpcio server "
+              f"(`benchmarks/bare_grpc.py`) {i['grpc_bare_overhead_median']:+.0%}{_ci(i, 'grpc_bare_overhead')} "
+              f"over the floor (p50 {i['grpc_bare']['p50_ms']:.2f} ms): the model call with grpcio "
+              f"around it and nothing else; serving.server's gRPC p50 over the bare server's "
+              f"{i['grpc_over_bare_median']:+.0%}{_ci(i, 'grpc_over_bare')}.")
         lines.append(
             f"  - the same call in-process after idling {i['idle_gap_ms']:g} ms, as a server idles "
             f"between one client's requests: p50 {i['floor_after_idle']['p50_ms']:.2f} ms "

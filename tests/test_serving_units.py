@@ -1,10 +1,12 @@
-"""Serving internals without a server: the multi-interest merge, batch merge/split, version policy."""
+"""Serving internals without a server: the multi-interest merge, batch merge/split, version policy,
+TensorProto encoding."""
 
 import numpy as np
 from hypothesis import given, settings, strategies as st
 import tensorflow as tf
 
 from serving.batching import merge, split
+from serving.grpc_api import fill_tensor_proto
 from serving.model_manager import ModelConfig, wanted_versions
 from serving.retriever import merge_candidates
 
@@ -60,3 +62,21 @@ def test_version_policies_follow_tf_serving():
   every = ModelConfig(name="m", base_path="/x")
   every.model_version_policy.all.SetInParent()
   assert wanted_versions(every, [1, 2, 5]) == [1, 2, 5]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.bool_, object]),
+       st.lists(st.integers(0, 3), max_size=3), st.booleans(), st.randoms(use_true_random=False))
+def test_fill_tensor_proto_reads_back_as_tf_make_tensor_proto_does(dtype, shape, transpose, rnd):
+  rng = np.random.default_rng(rnd.randint(0, 2**32 - 1))
+  array = rng.integers(0, 50, size=shape).astype(dtype if dtype is not object else np.int64)
+  if dtype is object:
+    array = np.vectorize(lambda x: f"item{x}".encode(), otypes=[object])(array) if array.size else array.astype(object)
+  if transpose:
+    array = array.T  # not C-contiguous
+  proto = tf.make_tensor_proto(np.zeros(0, np.int8))
+  proto.Clear()
+  fill_tensor_proto(proto, array)
+  expected = tf.make_tensor_proto(array, dtype=tf.string if dtype is object else None)
+  assert proto.dtype == expected.dtype and proto.tensor_shape == expected.tensor_shape
+  np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(expected))
