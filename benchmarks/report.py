@@ -345,20 +345,21 @@ def _serving(r) -> list:
         lines.append(
             f"  - **server overhead at p50, concurrency 1 (target ≤ +25%)**, from {i['rounds']} "
             f"interleaved rounds of {i['seconds_per_round']:g} s (floor, REST from wrk, REST from "
-            f"Python, gRPC{', bare gRPC' if 'grpc_bare' in i else ''} in rotating order; median over rounds "
+            f"Python, gRPC{', bare REST, bare gRPC' if 'rest_bare' in i else ''} in rotating order; median over rounds "
             f"of p50 / floor p50{_CI_NOTE if ci else ''}): "
             f"REST **{i['rest_overhead_median']:+.0%}**{_ci(i, 'rest_overhead')}, gRPC **{i['grpc_overhead_median']:+.0%}**"
             f"{_ci(i, 'grpc_overhead')} (Python client); REST from a Python client (aiohttp) "
             f"{i['rest_python_overhead_median']:+.0%}{_ci(i, 'rest_python_overhead')}. "
             f"Median round p50: floor {i['floor']['p50_ms']:.2f} ms, REST {i['rest']['p50_ms']:.2f} ms, "
             f"REST from Python {i['rest_python']['p50_ms']:.2f} ms, gRPC {i['grpc']['p50_ms']:.2f} ms.")
-        if "grpc_bare" in i:
+        if "rest_bare" in i:
           lines.append(
-              f"  - gRPC's own cost here: the same client against a bare grpcio server "
-              f"(`benchmarks/bare_grpc.py`) {i['grpc_bare_overhead_median']:+.0%}{_ci(i, 'grpc_bare_overhead')} "
-              f"over the floor (p50 {i['grpc_bare']['p50_ms']:.2f} ms): the model call with grpcio "
-              f"around it and nothing else; serving.server's gRPC p50 over the bare server's "
-              f"{i['grpc_over_bare_median']:+.0%}{_ci(i, 'grpc_over_bare')}.")
+              "  - what the libraries cost here, from bare servers (`benchmarks/bare_server.py`: decode, "
+              "model call, encode, nothing else) and the same clients: over the floor, bare aiohttp (wrk) "
+              f"{i['rest_bare_overhead_median']:+.0%}{_ci(i, 'rest_bare_overhead')}, bare grpcio "
+              f"{i['grpc_bare_overhead_median']:+.0%}{_ci(i, 'grpc_bare_overhead')}; serving.server's p50 "
+              f"over the bare server's: REST {i['rest_over_bare_median']:+.0%}{_ci(i, 'rest_over_bare')}, "
+              f"gRPC {i['grpc_over_bare_median']:+.0%}{_ci(i, 'grpc_over_bare')}.")
         lines.append(
             f"  - the same call in-process after idling {i['idle_gap_ms']:g} ms, as a server idles "
             f"between one client's requests: p50 {i['floor_after_idle']['p50_ms']:.2f} ms "
@@ -532,8 +533,9 @@ def main():
   for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
     with open(path) as f:
       results.append(json.load(f))
+  text = render(results)  # before opening the file: a failing renderer leaves BENCHMARKS.md as it was
   with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
-    f.write(render(results))
+    f.write(text)
   for r in results:
     if r["benchmark"] in PLOTS:
       plot, path = PLOTS[r["benchmark"]]

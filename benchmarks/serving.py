@@ -12,9 +12,10 @@ ScaNN and a brute-force index. For each export:
     of the server's numbers), gRPC from a grpc.aio client on uvloop (no lean gRPC load
     generator installs here, so its numbers include Python's gRPC client);
   * the server overhead at concurrency 1, measured fairly on a shared machine: floor,
-    REST (wrk), REST from a Python client (aiohttp), gRPC, and gRPC against a bare grpcio
-    server (benchmarks/bare_grpc.py: grpcio's own cost) in alternating short rounds, the
-    median over rounds of p50 / floor p50, with a bootstrap 95% interval over rounds;
+    REST (wrk), REST from a Python client (aiohttp), gRPC, and REST (wrk) and gRPC against
+    bare servers (benchmarks/bare_server.py: what aiohttp and grpcio cost by themselves) in
+    alternating short rounds, the median over rounds of p50 / floor p50, with a bootstrap
+    95% interval over rounds;
   * ScaNN recall@K against brute force on the same histories.
 
   python -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 8
@@ -28,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -187,12 +189,13 @@ async def drive_grpc(port: int, requests, concurrency: int, seconds: float) -> d
     return await closed_loop(grpc_call(stub, requests), concurrency, seconds)
 
 
-async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port, bare_grpc_port, requests,
-                      rounds: int, seconds: float, idle_gap_s: float) -> dict:
-  """Concurrency 1: the floor, REST (wrk), REST from Python, gRPC and gRPC against the bare
-  grpcio server in alternating rounds of `seconds` each (the order rotating), so load drifting
-  on the shared machine hits all of them alike. Gives each path's p50 per round and, per round,
-  each server path's p50 over the floor's.
+async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port, bare_url, bare_grpc_port,
+                      requests, rounds: int, seconds: float, idle_gap_s: float) -> dict:
+  """Concurrency 1: the floor, REST (wrk), REST from Python, gRPC, and REST (wrk) and gRPC
+  against the bare servers, in alternating rounds of `seconds` each (the order rotating), so
+  load drifting on the shared machine hits all of them alike. Gives each path's p50 per round
+  and, per round, each server path's p50 over the floor's and serving.server's over the bare
+  server's.
 
   A second floor, "floor_after_idle", idles `idle_gap_s` before each timed call, as a
   server does between the requests of one closed-loop client: on this VM the same call is
@@ -211,13 +214,13 @@ async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port
     python_calls = {"floor": floor_call, "floor_after_idle": floor_call,
                     "rest_python": rest_call(session, url, bodies), "grpc": grpc_call(stub, requests),
                     "grpc_bare": grpc_call(bare_stub, requests)}
-    names = ["floor", "floor_after_idle", "rest", "rest_python", "grpc", "grpc_bare"]
+    names = ["floor", "floor_after_idle", "rest", "rest_python", "grpc", "rest_bare", "grpc_bare"]
     p50 = {name: [] for name in names}
     totals = {name: {"requests": 0, "errors": 0} for name in names}
     for r in range(-1, rounds):
       for name in names[r % len(names):] + names[:r % len(names)]:
-        if name == "rest":
-          result = wrk(url, bodies_file, 1, seconds)
+        if name in ("rest", "rest_bare"):
+          result = wrk(url if name == "rest" else bare_url, bodies_file, 1, seconds)
         else:
           result = await closed_loop(python_calls[name], 1, seconds,
                                      idle_before_s=idle_gap_s if name == "floor_after_idle" else 0.0)
@@ -229,15 +232,16 @@ async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port
   out = {name: {"p50_ms_per_round": v, "p50_ms": float(np.median(v)), **totals[name]}
          for name, v in p50.items()}
   out.update(rounds=rounds, seconds_per_round=seconds, idle_gap_ms=idle_gap_s * 1e3)
-  for server in ("rest", "rest_python", "grpc", "grpc_bare"):
+  for server in ("rest", "rest_python", "grpc", "rest_bare", "grpc_bare"):
     for floor_name, suffix in (("floor", ""), ("floor_after_idle", "_after_idle")):
       ratios = [a / b for a, b in zip(p50[server], p50[floor_name])]
       out[f"{server}_p50_over_{floor_name}_per_round"] = ratios
       out[f"{server}_overhead{suffix}_median"] = float(np.median(ratios)) - 1
       out[f"{server}_overhead{suffix}_ci95"] = [x - 1 for x in median_ci95(ratios)]
-  over_bare = [a / b for a, b in zip(p50["grpc"], p50["grpc_bare"])]  # what serving.server adds to grpcio
-  out["grpc_over_bare_median"] = float(np.median(over_bare)) - 1
-  out["grpc_over_bare_ci95"] = [x - 1 for x in median_ci95(over_bare)]
+  for server in ("rest", "grpc"):  # what serving.server adds to aiohttp and grpcio
+    over_bare = [a / b for a, b in zip(p50[server], p50[f"{server}_bare"])]
+    out[f"{server}_over_bare_median"] = float(np.median(over_bare)) - 1
+    out[f"{server}_over_bare_ci95"] = [x - 1 for x in median_ci95(over_bare)]
   return out
 
 
@@ -300,22 +304,39 @@ def served(base: str, log_path: str, *flags):
 
 
 @contextlib.contextmanager
-def bare_grpc_served(saved_model: str, log_path: str, requests):
-  """The gRPC port of benchmarks.bare_grpc on `saved_model`, warmed up on `requests`."""
-  port = common.free_port()
+def bare_served(saved_model: str, log_path: str, bodies, requests):
+  """(REST predict URL, gRPC port) of the two benchmarks.bare_server processes on
+  `saved_model`, each warmed up on ten requests (a ScaNN export's first call takes seconds)."""
+  rest_port, grpc_port = common.free_port(), common.free_port()
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
-  process = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_grpc", f"--saved_model={saved_model}",
-                              f"--port={port}"], cwd=common.ROOT, env=env,
-                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+  processes = [subprocess.Popen([sys.executable, "-m", "benchmarks.bare_server", f"--api={api}",
+                                 f"--saved_model={saved_model}", f"--port={port}"], cwd=common.ROOT, env=env,
+                                stdout=open(f"{log_path}.bare-{api}", "w"), stderr=subprocess.STDOUT)
+               for api, port in (("rest", rest_port), ("grpc", grpc_port))]
   try:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
       stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
       for request in requests[:10]:
         stub.Predict(request, timeout=600, wait_for_ready=True)
-    yield port
+    url = predict_url(rest_port)
+    wait_for_port(rest_port, processes[0])
+    for body in bodies[:10]:
+      urllib.request.urlopen(url, data=body, timeout=600).read()
+    yield url, grpc_port
   finally:
-    process.terminate()
-    process.wait(timeout=60)
+    for process in processes:
+      process.terminate()
+      process.wait(timeout=60)
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 600) -> None:
+  """Returns once 127.0.0.1:`port` accepts connections; fails if `process` exits first."""
+  deadline = time.monotonic() + timeout_s
+  while process.poll() is None and time.monotonic() < deadline:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+      return
+    time.sleep(0.1)
+  raise RuntimeError(f"port {port} not serving (exit code {process.poll()})")
 
 
 def run(args) -> dict:
@@ -354,10 +375,11 @@ def run(args) -> dict:
               str(c): measured(port, "GRPC", lambda: uvloop.run(drive_grpc(grpc_port, requests, c, args.seconds)))
               for c in args.concurrency}
           if not batching and args.rounds:
-            with bare_grpc_served(os.path.join(base, "1"), log_path + ".bare", requests) as bare_port:
+            with bare_served(os.path.join(base, "1"), log_path, bodies, requests) as (bare_url, bare_grpc_port):
               entry["interleaved_c1"] = uvloop.run(interleaved(
                   in_process(os.path.join(base, "1"), histories), histories, predict_url(port), bodies, bodies_file,
-                  grpc_port, bare_port, requests, args.rounds, args.round_seconds, args.idle_gap_ms / 1e3))
+                  grpc_port, bare_url, bare_grpc_port, requests, args.rounds, args.round_seconds,
+                  args.idle_gap_ms / 1e3))
       if args.intra_op_one:
         entry["floor_intra_op_1"] = floor_on_one_thread(os.path.join(base, "1"), bodies_file, args.seconds)
         with served(base, log_path, "--tensorflow_intra_op_parallelism=1") as (port, _):
