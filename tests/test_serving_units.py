@@ -4,6 +4,7 @@ TensorProto encoding."""
 import numpy as np
 from hypothesis import given, settings, strategies as st
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 
 from serving.batching import merge, split
 from serving.grpc_api import fill_tensor_proto
@@ -74,8 +75,7 @@ def test_fill_tensor_proto_reads_back_as_tf_make_tensor_proto_does(dtype, shape,
     array = np.vectorize(lambda x: f"item{x}".encode(), otypes=[object])(array) if array.size else array.astype(object)
   if transpose:
     array = array.T  # not C-contiguous
-  proto = tf.make_tensor_proto(np.zeros(0, np.int8))
-  proto.Clear()
+  proto = tensor_pb2.TensorProto()
   fill_tensor_proto(proto, array)
   expected = tf.make_tensor_proto(array, dtype=tf.string if dtype is object else None)
   assert proto.dtype == expected.dtype and proto.tensor_shape == expected.tensor_shape
