@@ -9,8 +9,9 @@ ScaNN and a brute-force index. For each export:
   * floor: the SavedModel's serving_default called in-process, one user per call;
   * server: serving.server with batching off and on, at each concurrency, closed loop on
     the same 2 cores: REST from wrk (C, one thread: the load generator's own cost stays out
-    of the server's numbers), gRPC from a grpc.aio client on uvloop (no lean gRPC load
-    generator installs here, so its numbers include Python's gRPC client);
+    of the server's numbers), gRPC from a grpc.aio client on uvloop (no gRPC load generator
+    in C installs here: h2load sends one fixed body and never reads grpc-status), so the gRPC
+    numbers include Python's gRPC client;
   * the server overhead at concurrency 1, measured fairly on a shared machine: floor,
     REST (wrk), REST from a Python client (aiohttp), gRPC, and REST (wrk) and gRPC against
     bare servers (benchmarks/bare_server.py: what aiohttp and grpcio cost by themselves) in
