@@ -99,11 +99,14 @@ def percentiles(latencies_s) -> dict:
           "requests": len(ms), "distribution_ms": {str(q): float(np.percentile(ms, q)) for q in DISTRIBUTION}}
 
 
-def in_process(path: str, histories):
-  """The floor: serving_default called in-process for one user (a history of raw ids),
+def load_signature(path: str):
+  return tf.saved_model.load(path).signatures["serving_default"]
+
+
+def in_process(signature, histories):
+  """The floor: `signature` called in-process for one user (a history of raw ids),
   warmed up on `histories` as the server warms a version up (a ScaNN export's first
   call takes over a second)."""
-  signature = tf.saved_model.load(path).signatures["serving_default"]
   call = lambda history: {k: v.numpy() for k, v in signature(item_ids=tf.constant(history[None])).items()}
   for i in range(10):
     call(histories[i % len(histories)])
@@ -117,9 +120,8 @@ def median_ci95(values, resamples: int = 10_000, seed: int = 0) -> list:
   return [float(x) for x in np.percentile(medians, [2.5, 97.5])]
 
 
-def floor(path: str, histories, seconds: float) -> dict:
-  """The in-process call, one user at a time, back to back for `seconds`."""
-  call = in_process(path, histories)
+def floor(call, histories, seconds: float) -> dict:
+  """`call` (in_process's), one user at a time, back to back for `seconds`."""
   latencies, deadline = [], time.perf_counter() + seconds
   while time.perf_counter() < deadline:
     history = histories[len(latencies) % len(histories)]
@@ -315,12 +317,13 @@ def bare_served(saved_model: str, log_path: str, bodies, requests):
                                 stdout=open(f"{log_path}.bare-{api}", "w"), stderr=subprocess.STDOUT)
                for api, port in (("rest", rest_port), ("grpc", grpc_port))]
   try:
+    for process, port in zip(processes, (rest_port, grpc_port)):
+      wait_for_port(port, process)
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
       stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
       for request in requests[:10]:
-        stub.Predict(request, timeout=600, wait_for_ready=True)
+        stub.Predict(request, timeout=600)
     url = predict_url(rest_port)
-    wait_for_port(rest_port, processes[0])
     for body in bodies[:10]:
       urllib.request.urlopen(url, data=body, timeout=600).read()
     yield url, grpc_port
@@ -363,9 +366,10 @@ def run(args) -> dict:
       base = os.path.join(args.work_dir, "models", f"{len(item_ids)}-{index}")
       shutil.rmtree(base, ignore_errors=True)
       build_s = export(model, data_dir, item_ids, item_embeddings, index, args.top_k, os.path.join(base, "1"))
-      signature = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
+      signature = load_signature(os.path.join(base, "1"))
       outputs[index] = signature(item_ids=tf.constant(raw))["item_ids"].numpy()
-      entry = cell[index] = {"export_s": build_s, "floor": floor(os.path.join(base, "1"), histories, args.seconds)}
+      call_floor = in_process(signature, histories)
+      entry = cell[index] = {"export_s": build_s, "floor": floor(call_floor, histories, args.seconds)}
       log_path = os.path.join(args.work_dir, f"server-{index}-{size}.log")
       rest = lambda port, c: measured(port, "REST", lambda: wrk(predict_url(port), bodies_file, c, args.seconds))
       for batching in args.batching:
@@ -378,7 +382,7 @@ def run(args) -> dict:
           if not batching and args.rounds:
             with bare_served(os.path.join(base, "1"), log_path, bodies, requests) as (bare_url, bare_grpc_port):
               entry["interleaved_c1"] = uvloop.run(interleaved(
-                  in_process(os.path.join(base, "1"), histories), histories, predict_url(port), bodies, bodies_file,
+                  call_floor, histories, predict_url(port), bodies, bodies_file,
                   grpc_port, bare_url, bare_grpc_port, requests, args.rounds, args.round_seconds,
                   args.idle_gap_ms / 1e3))
       if args.intra_op_one:
@@ -430,7 +434,7 @@ def main(argv=None):
     tf.config.threading.set_intra_op_parallelism_threads(args.floor_intra_op)
     with open(args.floor_bodies, "rb") as f:
       histories = [np.array(json.loads(line)["instances"][0]["item_ids"], object) for line in f]
-    print(json.dumps(floor(args.floor_of, histories, args.seconds)))
+    print(json.dumps(floor(in_process(load_signature(args.floor_of), histories), histories, args.seconds)))
     return
   results = run(args)
   path = common.write("serving", {
