@@ -24,7 +24,7 @@ import uvloop
 
 from serving import tensor_json
 from serving.grpc_api import fill_tensor_proto
-from serving.prediction import run_signature
+from serving.prediction import input_specs, run_signature
 
 
 class BarePredict(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -50,7 +50,7 @@ def serve_grpc(signature, port: int) -> None:
 
 def serve_rest(signature, port: int) -> None:
   async def predict(request: web.Request) -> web.Response:
-    arrays, row_format = tensor_json.parse_request(orjson.loads(await request.read()), signature)
+    arrays, row_format = tensor_json.parse_request(orjson.loads(await request.read()), input_specs(signature))
     outputs = run_signature(signature, arrays)
     return web.Response(body=tensor_json.dumps(tensor_json.format_response(outputs, row_format)),
                         content_type="application/json")

@@ -2,53 +2,67 @@
 
 PredictionService: Predict, GetModelMetadata. ModelService: GetModelStatus.
 Classify, Regress, MultiInference and HandleReloadConfigRequest answer
-UNIMPLEMENTED (the servicer base classes' default).
+UNIMPLEMENTED (the servicer base classes' default). Errors carry TF Serving's
+codes and texts (serving/errors.py); an input's declared shape is checked
+against the server's limits before its TensorProto is turned into an array.
 """
 
 import concurrent.futures
 import contextlib
 import logging
+import re
 import time
+from typing import Dict, List, Optional, Tuple
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_shape_pb2
+from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from serving import metrics
-from serving.prediction import InvalidArgument, Models, NotFound
+from serving.errors import InvalidArgument, ServingError
+from serving.limits import Limits
+from serving.prediction import DEFAULT_SIGNATURE, Models, check_input_names, input_specs, type_name
 
 log = logging.getLogger("serving.grpc")
 
 
-def _spec(model_spec):
-  """(name, version, label) of a ModelSpec."""
+def _spec(request):
+  """(name, version, label) of a request's ModelSpec, which must name a model."""
+  if not request.HasField("model_spec"):
+    raise InvalidArgument("Missing ModelSpec")
+  model_spec = request.model_spec
+  if not model_spec.name:
+    raise InvalidArgument("ModelSpec has no name specified.")
   version = model_spec.version.value if model_spec.HasField("version") else None
   return model_spec.name, version, model_spec.version_label or None
 
 
+_MAX_MESSAGE = 1024  # TF Serving cuts longer gRPC error messages (grpc_status_util.cc)
+
+
 @contextlib.contextmanager
-def _rpc(context, name: str, api: str):
+def _rpc(context, models: Models, request, api: str):
   """Maps errors to gRPC codes, and counts, times and logs the call."""
   started, code = time.perf_counter(), grpc.StatusCode.OK
+  name = request.model_spec.name
   try:
     yield
-  except NotFound as e:
-    code = grpc.StatusCode.NOT_FOUND
-    context.abort(code, str(e))
-  except InvalidArgument as e:
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    context.abort(code, str(e))
+  except ServingError as e:
+    code = e.grpc_code
+    message = str(e)
+    context.abort(code, message if len(message) <= _MAX_MESSAGE else message[:_MAX_MESSAGE] + "...TRUNCATED")
   except Exception:  # grpcio answers UNKNOWN; the metrics say INTERNAL
     code = grpc.StatusCode.INTERNAL
     log.exception("gRPC %s failed", api)
     raise
   finally:
     elapsed_us = (time.perf_counter() - started) * 1e6
-    metrics.REQUEST_COUNT.labels(name, code.name, "GRPC").inc()
-    metrics.REQUEST_LATENCY.labels(name, api, "GRPC").observe(elapsed_us)
+    label = models.metric_label(name)
+    metrics.REQUEST_COUNT.labels(label, code.name, "GRPC").inc()
+    metrics.REQUEST_LATENCY.labels(label, api, "GRPC").observe(elapsed_us)
     log.info("gRPC %s model=%s status=%s %.1fms", api, name, code.name, elapsed_us / 1e3)
 
 
@@ -63,41 +77,69 @@ def fill_tensor_proto(proto, array: np.ndarray) -> None:
     proto.tensor_content = array.tobytes()  # C order, as TensorProto wants
 
 
-def to_array(name: str, proto):
+def to_array(name: str, proto, spec: tf.TensorSpec, position: int, limits: Limits = Limits()) -> np.ndarray:
+  """A request's TensorProto as an array of the signature's dtype, refused if its declared shape is
+  over the limits. `position`: the input's place in the signature, which TF's dtype error names.
+
+  TensorFlow fills a tensor whose repeated values are fewer than its shape with
+  copies of the last one, so the declared shape, not the message, sets the size.
+  """
+  if proto.dtype not in types_pb2.DataType.values():
+    raise InvalidArgument(f"tensor parsing error: {name}")
+  if proto.dtype != spec.dtype.as_datatype_enum:
+    raise InvalidArgument(f"Expects arg[{position}] to be {type_name(spec.dtype)} but "
+                          f"{type_name(proto.dtype)} is provided")
+  dims = [d.size for d in proto.tensor_shape.dim]
+  if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+    raise InvalidArgument(f"tensor parsing error: {name}")
+  limits.check_values(name, dims)
+  if dims:
+    limits.check_rows(dims[0])
   try:
-    return tf.make_ndarray(proto)
-  except (TypeError, ValueError) as e:
-    raise InvalidArgument(f"Input {name!r} is not a valid TensorProto: {e}") from None
+    array = tf.make_ndarray(proto)
+  except Exception:  # an unknown or non-numeric dtype, content that does not fit the shape
+    raise InvalidArgument(f"tensor parsing error: {name}") from None
+  return array
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
-  def __init__(self, models: Models):
-    self.models = models
+  def __init__(self, models: Models, limits: Limits = Limits()):
+    self.models, self.limits = models, limits
 
   def Predict(self, request, context):
-    name, version, label = _spec(request.model_spec)
-    with _rpc(context, name, "predict"):
+    with _rpc(context, self.models, request, "predict"):
+      name, version, label = _spec(request)
       servable, signature = self.models.signature(name, version, label, request.model_spec.signature_name)
-      arrays = {k: to_array(k, v) for k, v in request.inputs.items()}
+      outputs_known = set(signature.structured_outputs)
+      for i, key in enumerate(request.output_filter):
+        if key not in outputs_known:
+          raise InvalidArgument(f"output tensor alias not found in signature: {key} Outputs expected "
+                                f"to be in the set {{{','.join(sorted(outputs_known))}}}.")
+        if key in request.output_filter[:i]:
+          raise InvalidArgument(f"duplicate output tensor alias: {key}")
+      check_input_names(request.inputs, signature)
+      specs = input_specs(signature)
+      order = sorted(specs)
+      arrays = {k: to_array(k, v, specs[k], order.index(k), self.limits) for k, v in request.inputs.items()}
       outputs = self.models.run_here(servable, signature, arrays)
-      unknown = set(request.output_filter) - set(outputs)
-      if unknown:
-        raise InvalidArgument(f"output tensor alias not found in signature: {sorted(unknown)}")
       response = predict_pb2.PredictResponse()
       response.model_spec.name = name
       response.model_spec.version.value = servable.version
-      response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+      response.model_spec.signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
       for key, value in outputs.items():
         if not request.output_filter or key in request.output_filter:
           fill_tensor_proto(response.outputs[key], value)
       return response
 
   def GetModelMetadata(self, request, context):
-    name, version, label = _spec(request.model_spec)
-    with _rpc(context, name, "metadata"):
-      if list(request.metadata_field) != ["signature_def"]:
-        raise InvalidArgument("Metadata field must be exactly [\"signature_def\"], the one supported")
+    with _rpc(context, self.models, request, "metadata"):
+      name, version, label = _spec(request)
+      if not request.metadata_field:
+        raise InvalidArgument("GetModelMetadataRequest must specify at least one metadata_field")
+      for field in request.metadata_field:
+        if field != "signature_def":
+          raise InvalidArgument(f"Metadata field {field} is not supported")
       servable = self.models.servable(name, version, label)
       response = get_model_metadata_pb2.GetModelMetadataResponse()
       response.model_spec.name = name
@@ -115,8 +157,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     self.models = models
 
   def GetModelStatus(self, request, context):
-    name, version, label = _spec(request.model_spec)
-    with _rpc(context, name, "status"):
+    with _rpc(context, self.models, request, "status"):
+      name, version, label = _spec(request)
       response = get_model_status_pb2.GetModelStatusResponse()
       for v, state in self.models.statuses(name, version, label):
         status = response.model_version_status.add(version=v)
@@ -126,12 +168,40 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
       return response
 
 
-def make_server(models: Models, address: str, max_workers: int = 32,
-                max_message_bytes: int = 4 << 20) -> grpc.Server:
+def parse_channel_arguments(text: str) -> Dict[str, object]:
+  """TF Serving's --grpc_channel_arguments: "key=value,..."; a value that is an integer is one."""
+  arguments = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+    arguments[key] = int(value) if re.fullmatch(r"-?\d+", value) else value
+  return arguments
+
+
+def server_options(limits: Limits, channel_arguments: Dict[str, object]) -> List[Tuple[str, object]]:
+  """Limits against greedy or slow clients, then the user's own channel arguments over them."""
+  options = {
+      "grpc.max_receive_message_length": limits.max_request_bytes,
+      "grpc.server_handshake_timeout_ms": int(limits.header_timeout_s * 1e3),
+      "grpc.max_connection_idle_ms": int(limits.idle_timeout_s * 1e3),
+      # A call whose message never completes holds its connection until this age (plus grace):
+      # grpcio has no per-call read deadline. Clients reconnect transparently (GOAWAY).
+      "grpc.max_connection_age_ms": 300_000,
+      "grpc.max_connection_age_grace_ms": int(limits.body_timeout_s * 1e3),
+  }
+  options.update(channel_arguments)
+  return list(options.items())
+
+
+def make_server(models: Models, address: str, max_workers: int = 32, limits: Limits = Limits(),
+                channel_arguments: Optional[Dict[str, object]] = None) -> grpc.Server:
   """A started gRPC server on `address` ("host:port")."""
   server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc"),
-                       options=[("grpc.max_receive_message_length", max_message_bytes)])
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(models), server)
+                       options=server_options(limits, channel_arguments or {}),
+                       maximum_concurrent_rpcs=limits.grpc_max_concurrent_rpcs)
+  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+      PredictionServicer(models, limits), server)
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
   if server.add_insecure_port(address) == 0:
     raise OSError(f"cannot bind gRPC to {address}")

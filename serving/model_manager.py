@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import metrics
+from serving.errors import InvalidArgument, NotFound
 
 log = logging.getLogger("serving.model_manager")
 ModelConfig = model_server_config_pb2.ModelConfig
@@ -46,10 +47,6 @@ def read_signature_defs(path: str):
     saved.ParseFromString(f.read())
   graph = next(m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags)
   return {k: v for k, v in graph.signature_def.items() if not k.startswith("__")}
-
-
-class ModelNotFound(LookupError):
-  pass
 
 
 def wanted_versions(config: ModelConfig, candidates: List[int]) -> List[int]:
@@ -131,14 +128,14 @@ class ModelManager:
     servables = self._servables
     if label is not None:
       if label not in self.config.version_labels:
-        raise ModelNotFound(f"Unrecognized servable version label: {label}")
+        raise InvalidArgument(f"Unrecognized servable version label: {label}")
       version = self.config.version_labels[label]
     if version is None:
       if not servables:
-        raise ModelNotFound(f"Servable not found for request: Latest({self.name})")
+        raise NotFound(f"Servable not found for request: Latest({self.name})")
       return servables[max(servables)]
     if version not in servables:
-      raise ModelNotFound(f"Servable not found for request: Specific({self.name}, {version})")
+      raise NotFound(f"Servable not found for request: Specific({self.name}, {version})")
     return servables[version]
 
   def start_polling(self, interval_s: float) -> threading.Thread:

@@ -1,48 +1,68 @@
 """What the REST and gRPC surfaces share: resolve a model spec, check inputs, run a signature.
 
-Errors are raised as NotFound (unknown model, version, label or signature) or
-InvalidArgument (inputs that do not fit the signature, or that the graph
-rejects); each API maps them to its own codes, as TF Serving does.
+Errors are raised as serving.errors statuses with TF Serving's codes and texts
+(NotFound: unknown model or version; InvalidArgument: unknown label, inputs that
+do not fit the signature or that the graph rejects; FailedPrecondition: unknown
+signature); each API maps them to its own codes, as TF Serving does.
 """
 
 import concurrent.futures
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 
 from serving.batching import BatchScheduler
-from serving.model_manager import ModelManager, ModelNotFound, Servable, VersionState
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound
+from serving.model_manager import ModelManager, Servable, VersionState
 
 DEFAULT_SIGNATURE = "serving_default"
-NotFound = ModelNotFound
+UNKNOWN_MODEL = "<unknown>"  # the metrics' model_name for names the server does not serve
 Arrays = Dict[str, np.ndarray]
-
-
-class InvalidArgument(ValueError):
-  pass
 
 
 def input_specs(signature) -> Dict[str, tf.TensorSpec]:
   return dict(signature.structured_input_signature[1])
 
 
-def check_inputs(arrays: Arrays, signature) -> None:
-  """Names, dtypes, ranks and batch sizes of `arrays` against the signature."""
-  specs = input_specs(signature)
-  missing, extra = set(specs) - set(arrays), set(arrays) - set(specs)
-  if missing or extra:
+def type_name(dtype) -> str:
+  """TensorFlow core's name of a dtype ("float", "double", "string"), as TF Serving's errors say it."""
+  enum = dtype if isinstance(dtype, int) else tf.as_dtype(dtype).as_datatype_enum
+  return types_pb2.DataType.Name(enum).removeprefix("DT_").lower()
+
+
+def _array_type_name(array: np.ndarray) -> str:
+  return "string" if array.dtype == object else type_name(array.dtype)
+
+
+def check_input_names(names: Iterable[str], signature) -> None:
+  """The names a request sends against the signature's inputs (TF Serving's texts)."""
+  names, specs = set(names), input_specs(signature)
+  if len(names) != len(specs):
+    missing, extra = set(specs) - names, names - set(specs)
     raise InvalidArgument(
-        f"input size does not match signature: {len(arrays)}!={len(specs)} "
-        f"len({{{','.join(sorted(arrays))}}}) != len({{{','.join(sorted(specs))}}}). "
+        f"input size does not match signature: {len(names)}!={len(specs)} "
+        f"len({{{','.join(sorted(names))}}}) != len({{{','.join(sorted(specs))}}}). "
         f"Sent extra: {{{','.join(sorted(extra))}}}. "
         f"Missing but required: {{{','.join(sorted(missing))}}}.")
-  for name, array in arrays.items():
-    spec = specs[name]
+  for name in sorted(names):
+    if name not in specs:
+      raise InvalidArgument(f"input tensor alias not found in signature: {name}. "
+                            f"Inputs expected to be in the set {{{','.join(sorted(specs))}}}.")
+
+
+def check_inputs(arrays: Arrays, signature) -> None:
+  """Names, dtypes, ranks and batch sizes of `arrays` against the signature (TF Serving's texts)."""
+  check_input_names(arrays, signature)
+  specs = input_specs(signature)
+  for position, name in enumerate(sorted(specs)):
+    array, spec = arrays[name], specs[name]
     if (array.dtype == object) != (spec.dtype == tf.string) or (
         array.dtype != object and not np.can_cast(array.dtype, spec.dtype.as_numpy_dtype, "same_kind")):
-      raise InvalidArgument(f"Expects arg[{name}] to be {spec.dtype.name} but {array.dtype} is provided")
+      raise InvalidArgument(f"Expects arg[{position}] to be {type_name(spec.dtype)} but "
+                            f"{_array_type_name(array)} is provided")
     if spec.shape.rank is not None and array.ndim != spec.shape.rank:
       raise InvalidArgument(f"Input {name!r} must have rank {spec.shape.rank} (shape {spec.shape}); "
                             f"got shape {list(array.shape)}")
@@ -87,16 +107,20 @@ class Models:
       raise NotFound(f"Servable not found for request: Latest({name})")
     return self.managers[name]
 
+  def metric_label(self, name: str) -> str:
+    """`name` if this server serves it: clients cannot add metric series by naming models."""
+    return name if name in self.managers else UNKNOWN_MODEL
+
   def servable(self, name: str, version: Optional[int] = None, label: Optional[str] = None) -> Servable:
     return self.manager(name).get(version, label)
 
   def signature(self, name: str, version: Optional[int], label: Optional[str],
                 signature_name: str) -> Tuple[Servable, object]:
-    """(servable, ConcreteFunction) a request names; NotFound if either is missing."""
+    """(servable, ConcreteFunction) a request names (gRPC's texts; REST has its own)."""
     servable = self.servable(name, version, label)
     signature = servable.signatures.get(signature_name or DEFAULT_SIGNATURE)
     if signature is None:
-      raise NotFound(f"Serving signature name: \"{signature_name}\" not found in signature def")
+      raise FailedPrecondition(f"Serving signature key \"{signature_name}\" not found.")
     return servable, signature
 
   def run(self, servable: Servable, signature, arrays: Arrays) -> concurrent.futures.Future:
@@ -120,11 +144,14 @@ class Models:
   def statuses(self, name: str, version: Optional[int] = None,
                label: Optional[str] = None) -> List[Tuple[int, VersionState]]:
     """(version, state) newest first; one version if asked for one (by number or label)."""
-    manager = self.manager(name)
+    if name not in self.managers:
+      raise NotFound(f"Could not find any versions of model {name}")
+    manager = self.managers[name]
     if label is not None:
       version = manager.get(label=label).version
     states = manager.states.copy()  # atomic under the GIL; the poller may add versions meanwhile
     chosen = [(v, s) for v, s in sorted(states.items(), reverse=True) if version in (None, v)]
     if not chosen:
-      raise NotFound(f"Could not find version {version} of model {name}")
+      raise NotFound(f"Could not find version {version} of model {name}" if version is not None
+                     else f"Could not find any versions of model {name}")
     return chosen

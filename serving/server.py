@@ -13,10 +13,11 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import scann  # noqa: F401  (registers the ScaNN ops that ScaNN exports need)
-from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import text_format
 import numpy as np
 import tensorflow as tf
@@ -24,7 +25,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 import uvloop
 
-from serving import grpc_api
+from serving import grpc_api, http_server, limits as server_limits
 from serving.batching import BatchScheduler
 from serving.model_manager import ModelConfig, ModelManager
 from serving.prediction import DEFAULT_SIGNATURE, Models, run_signature
@@ -72,8 +73,9 @@ def parse_args(argv=None):
   p.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0 = no REST)")
   p.add_argument("--host", default="127.0.0.1", help="bind address of both APIs (default loopback)")
   p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
-  p.add_argument("--max_request_bytes", type=int, default=4 << 20,
-                 help="largest REST body or gRPC message accepted")
+  server_limits.add_flags(p)
+  p.add_argument("--grpc_channel_arguments", default="",
+                 help="gRPC server arguments, key=value,... (over the limits the server sets itself)")
   p.add_argument("--enable_batching", action="store_true",
                  help="merge concurrent predict calls into batches")
   p.add_argument("--max_batch_size", type=int, default=32, help="rows per batch (with batching)")
@@ -88,9 +90,52 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+class EscapingFormatter(logging.Formatter):
+  """Log lines carry text from requests (model names, paths): control characters in a message are
+  escaped, so no client can split a line or forge one. Tracebacks are left as they are."""
+
+  def formatMessage(self, record: logging.LogRecord) -> str:
+    if not record.message.isprintable():
+      record.message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in record.message)
+    return super().formatMessage(record)
+
+
+class BodyErrorsInOneLine(logging.Filter):
+  """aiohttp logs a traceback when it drains a body it cannot decode (a false Content-Encoding);
+  the client already had its 400, so one line says it."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, RequestPayloadError):
+      record.msg, record.args = "%s: %s", (record.getMessage(), " ".join(str(error).split()))
+      record.exc_info = record.exc_text = None
+    return True
+
+
+def configure_logging() -> None:
+  handler = logging.StreamHandler()
+  handler.setFormatter(EscapingFormatter("%(asctime)s %(name)s %(message)s"))
+  handler.addFilter(BodyErrorsInOneLine())
+  logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+async def serve_rest(app, args, limits, names: str) -> None:
+  """Serves REST until SIGTERM or SIGINT, then closes connections and runs the app's cleanup."""
+  runner, server = await http_server.serve(app, args.host, args.rest_api_port, limits,
+                                           access_log_format='%a "%r" %s %b %Tfs')
+  log.info("REST API at http://%s:%d/v1/models/{%s}", args.host, args.rest_api_port, names)
+  stop = asyncio.Event()
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+  await stop.wait()
+  server.close()
+  await runner.cleanup()
+
+
 def main(argv=None):
   args = parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+  configure_logging()
+  limits = server_limits.from_flags(args)
   tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
   tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
   managers = [ModelManager(c, warmup=warmup) for c in model_configs(args)]
@@ -104,22 +149,19 @@ def main(argv=None):
     raise SystemExit("--port and --rest_api_port are both 0: nothing to serve")
   grpc_server = None
   if args.port:
-    grpc_server = grpc_api.make_server(models, f"{args.host}:{args.port}", args.num_threads,
-                                       args.max_request_bytes)
+    grpc_server = grpc_api.make_server(models, f"{args.host}:{args.port}", args.num_threads, limits,
+                                       grpc_api.parse_channel_arguments(args.grpc_channel_arguments))
     log.info("gRPC API at %s:%d", args.host, args.port)
   if not args.rest_api_port:
     grpc_server.wait_for_termination()
     return
-  app = make_app(models, args.max_request_bytes)
+  app = make_app(models, limits)
   if grpc_server is not None:
     app.on_cleanup.append(lambda _: asyncio.to_thread(lambda: grpc_server.stop(grace=5).wait()))
-  names = ", ".join(m.name for m in managers)
   # uvloop: libuv's event loop halves the per-request cost of the asyncio default
   # (BENCHMARKS.md "Serving latency"), most of what the server adds to a model call.
-  web.run_app(app, host=args.host, port=args.rest_api_port, access_log_format='%a "%r" %s %b %Tfs',
-              loop=uvloop.new_event_loop(),
-              print=lambda _: log.info("REST API at http://%s:%d/v1/models/{%s}", args.host,
-                                       args.rest_api_port, names))
+  uvloop.run(serve_rest(app, args, limits, ", ".join(m.name for m in managers)))
+
 
 if __name__ == "__main__":
   main()

@@ -171,7 +171,7 @@ BAD_REQUESTS = {
     "empty history": (json.dumps({"instances": [{"item_ids": [""]}]}).encode(), 400),
     "10,000-event history": (json.dumps({"instances": [{"item_ids": [str(i) for i in range(10_000)]}]}).encode(), 400),
     "bad b64": (json.dumps({"instances": [{"item_ids": [{"b64": "%%%"}]}]}).encode(), 400),
-    "unknown signature": (json.dumps({"instances": [{"item_ids": ["1"]}], "signature_name": "nope"}).encode(), 404),
+    "unknown signature": (json.dumps({"instances": [{"item_ids": ["1"]}], "signature_name": "nope"}).encode(), 400),
 }
 
 
@@ -187,7 +187,7 @@ def test_unknown_model_version_label_and_oversized_body_get_4xx(batching):
   ok = json.dumps({"instances": [{"item_ids": ["1"]}]}).encode()
   assert batching.post("/v1/models/nope:predict", ok)[0] == 404
   assert batching.post(f"/v1/models/{MODEL}/versions/99:predict", ok)[0] == 404
-  assert batching.post(f"/v1/models/{MODEL}/labels/stable:predict", ok)[0] == 404
+  assert batching.post(f"/v1/models/{MODEL}/labels/stable:predict", ok)[0] == 400  # TF Serving's code
   status, answer = batching.post(f"/v1/models/{MODEL}:predict", b"[" + b" " * (5 << 20) + b"]")
   assert status == 413 and "too large" in answer["error"]
   with pytest.raises(grpc.RpcError) as e:
@@ -216,7 +216,7 @@ def test_labels_and_version_policy_from_a_model_config_file(base, tmp_path):
     body = json.dumps({"instances": [{"item_ids": ["1", "2"]}]}).encode()
     assert server.post(f"/v1/models/{MODEL}/labels/stable:predict", body)[0] == 200
     assert server.get(f"/v1/models/{MODEL}/labels/stable/metadata")["model_spec"]["version"] == "1"
-    assert server.post(f"/v1/models/{MODEL}/labels/nope:predict", body)[0] == 404
+    assert server.post(f"/v1/models/{MODEL}/labels/nope:predict", body)[0] == 400
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.grpc}"))
     request = _grpc_request([["1", "2"]])
     request.model_spec.version_label = "canary"
