@@ -138,6 +138,7 @@ REST_CASES = [
              "expecting only one of 'inputs' or 'instances' keys to exist"),
     RestCase("instances not a list", PREDICT, _json({"instances": "1"}), 400,
              "Excepting 'instances' to be an list/array"),
+    RestCase("empty inputs", PREDICT, _json({"inputs": []}), 400, "Batch size of the inputs is 0"),
     RestCase("no instances", PREDICT, _json({"instances": []}), 400, "No values in 'instances' array"),
     RestCase("ragged instances", PREDICT, _rows(["1"], ["1", "2"]), 400, "Expecting shape [1] but got: [2]"),
     RestCase("ragged columns", PREDICT, _json({"inputs": {"item_ids": [["1"], ["1", "2"]]}}), 400,

@@ -86,7 +86,7 @@ def _shape_and_leaves(value, rank: Optional[int], name: str, limits: Limits,
       if not isinstance(v, list):
         raise InvalidArgument(f"JSON Value: {snippet(v)} found at incorrect level: {depth} in "
                               f"the JSON DOM. Expected at level: {rank}")
-    size = len(level[0])
+    size = len(level[0]) if level else 0  # under an empty list every deeper dimension is 0
     for v in level:
       if len(v) != size:
         raise InvalidArgument(f"Encountered list at unexpected size: {len(v)} at level: {depth} "
