@@ -30,7 +30,7 @@ test: venv tools
 clean:
 	rm -rf demo_out .pytest_cache
 
-.PHONY: bench-pipeline bench-cost bench-ablation bench-ablation-budget bench-serving bench-freshness bench-report bench-quality bench-sasrec
+.PHONY: bench-pipeline bench-cost bench-ablation bench-ablation-budget bench-serving bench-freshness bench-report bench-quality bench-sasrec bench-soak
 bench-pipeline: venv
 	$(PY) -m benchmarks.pipeline --events 1000000 --repeats 1
 	$(PY) -m benchmarks.report
@@ -51,6 +51,12 @@ bench-ablation: venv
 
 bench-serving: venv tools
 	$(PY) -m benchmarks.serving --catalogs 0,1000000 --concurrency 1,8,32 --seconds 6
+	$(PY) -m benchmarks.report
+
+# 10 minutes of valid and hostile traffic (benchmarks/hostile_requests.py) at concurrency 32 with
+# two version swaps, against the demo's model; about 13 minutes with the model's training.
+bench-soak: venv
+	$(PY) -m benchmarks.soak --seconds 600 --concurrency 32 --swaps 2
 	$(PY) -m benchmarks.report
 
 bench-freshness: venv

@@ -415,6 +415,47 @@ def _freshness(r) -> list:
                   f"{len(r['batches'])} batches.", ""]
 
 
+def _soak(r) -> list:
+  c = r["config"]
+  unexpected = sum(v["count"] for v in r["hostile_unexpected_answers"].values())
+  lines = ["## Soak under hostile input (`make bench-soak`)", "",
+           f"`serving.server` with its default limits on the demo's model (ScaNN export), "
+           f"{c['seconds'] / 60:g} minutes at concurrency {c['concurrency']}: valid predicts (REST and "
+           f"gRPC) and, {c['hostile_fraction']:.0%} of calls, a case of `benchmarks/hostile_requests.py` "
+           f"({c['rest_cases']} REST, {c['grpc_cases']} gRPC), plus {c['slow_clients']} clients opening "
+           f"slow-header and short-body connections; {c['swaps']} version swaps.", "",
+           "| valid requests | **failed** | p50 (ms) | **p99 (ms)** | hostile requests | "
+           "answered other than expected | slow connections | slowest closed after (s) | "
+           "RSS after warm-up (MB) | RSS at the end (MB) | **end / after warm-up** | RSS peak (MB) |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+           f"| {r['valid_requests']:,} | **{r['failed_valid_requests']}** | {r['valid_p50_ms']:.0f} | "
+           f"**{r['valid_p99_ms']:.0f}** | {r['hostile_requests']:,} | {unexpected} | "
+           f"{r['slow_connections']} | {r['slow_closed_after_s_max']:.1f} | "
+           f"{r['rss_first_window_after_warmup_mb']:.0f} | {r['rss_last_window_mb']:.0f} | "
+           f"**{r['rss_last_over_first']:.3f}** | {r['rss_peak_mb']:.0f} |", "",
+           f"Swaps at {', '.join(f'{t:.0f} s' for t in r['swaps_at_s'])}; version "
+           f"{r['served_version_at_end']} served at the end. RSS: the median over the "
+           f"{r['rss_window_s']:.0f} s after {c['warmup_s']:.0f} s of warm-up against the median "
+           f"over the last {r['rss_window_s']:.0f} s.", ""]
+  for name, v in sorted(r["hostile_unexpected_answers"].items()):
+    lines.append(f"- {name}: {v['count']} unexpected answer(s), e.g. `{v['answers'][0][:120]}`")
+  return lines + ["", "![RSS over time](benchmarks/plots/soak_rss.png)", ""]
+
+
+def plot_soak(r, path: str) -> None:
+  plt, fig, axes = _plot_axes(1)
+  ax = axes[0][0]
+  ax.plot([t for t, _ in r["rss_mb"]], [m for _, m in r["rss_mb"]], "-", label="server RSS")
+  for i, t in enumerate(r["swaps_at_s"]):
+    ax.axvline(t, color="gray", linestyle="--", label="version swap" if i == 0 else None)
+  ax.set_xlabel("seconds")
+  ax.set_ylabel("RSS (MB)")
+  ax.set_ylim(bottom=0)
+  ax.legend(loc="lower right")
+  ax.set_title("serving.server RSS under mixed traffic")
+  _save(plt, fig, path)
+
+
 def plot_serving(r, path: str) -> None:
   """Latency distributions (percentile curves) per catalog, index and API at concurrency 1."""
   import matplotlib
@@ -503,10 +544,11 @@ def _quality(r) -> list:
 
 PLOTS = {"serving": (plot_serving, os.path.join(ROOT, "benchmarks", "plots", "serving_latency.png")),
          "ablation": (plot_ablation, os.path.join(ROOT, "benchmarks", "plots", "ablation.png")),
-         "cost": (plot_cost, os.path.join(ROOT, "benchmarks", "plots", "cost.png"))}
+         "cost": (plot_cost, os.path.join(ROOT, "benchmarks", "plots", "cost.png")),
+         "soak": (plot_soak, os.path.join(ROOT, "benchmarks", "plots", "soak_rss.png"))}
 RENDERERS = {"pipeline": _pipeline, "cost": _cost, "serving": _serving,
              "freshness": _freshness, "ablation": _ablation, "ablation_budget": _ablation_budget,
-             "quality": _quality}
+             "quality": _quality, "soak": _soak}
 
 
 def renderer(benchmark: str):

@@ -3,8 +3,8 @@ code and text, no client can make it allocate much, hold a connection, add metri
 log line, and a valid request still works after each attack."""
 
 import json
-import os
 import re
+import shutil
 import socket
 import time
 import urllib.request
@@ -15,7 +15,7 @@ import pytest
 import cli
 from benchmarks import hostile_requests as hostile
 from serving.client import grpc_predict, rest_predict, wait_until_available
-from test_serving import Server, export
+from servers import Server, export
 
 MODEL = "kuaiformer"
 RSS_BOUND_BYTES = 2 << 30
@@ -32,7 +32,7 @@ def server(trained, tmp_path_factory):
                   f"--rest_api_idle_timeout_in_ms={int(IDLE_TIMEOUT_S * 1e3)}",
                   f"--max_concurrent_connections={MAX_CONNECTIONS}",
                   f"--grpc_channel_arguments=grpc.server_handshake_timeout_ms={int(HEADER_TIMEOUT_S * 1e3)}")
-  server.log_path = base.parent / "server.log"
+  server.log_path, server.base = base.parent / "server.log", base
   wait_until_available("127.0.0.1", server.rest, MODEL, timeout_s=120)
   yield server
   server.stop()
@@ -182,6 +182,22 @@ def test_request_text_cannot_forge_a_log_line(server):
   assert "FORGED-GRPC" in log and "FORGED-REST" in log  # the requests were logged ...
   for line in log.splitlines():  # ... but inside their own lines, escaped
     assert not line.startswith("FORGED") and "\x1b" not in line and "\r" not in line
+
+
+def test_soak_benchmark_smoke(server, trained, tmp_path):
+  shutil.copytree(server.base, tmp_path / "models")
+  out = tmp_path / "soak.json"
+  cli.run("benchmarks.soak", "--seconds=12", "--warmup_s=4", "--concurrency=4", "--swaps=1",
+          f"--export_base={tmp_path / 'models'}", f"--log={trained['log']}", f"--work_dir={tmp_path}",
+          f"--output={out}")
+  result = json.loads(out.read_text())
+  assert result["failed_valid_requests"] == 0, result["failures_sample"]
+  assert result["valid_requests"] > 20 and result["hostile_requests"] > 5 and result["slow_connections"] >= 2
+  assert result["served_version_at_end"] == 2 and len(result["rss_mb"]) >= 10
+  from benchmarks.report import plot_soak, render
+  assert f"**{result['failed_valid_requests']}**" in render([result])
+  plot_soak(result, str(tmp_path / "soak.png"))
+  assert (tmp_path / "soak.png").stat().st_size > 0
 
 
 def test_peak_memory_stayed_under_the_bound(server):
