@@ -22,7 +22,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 import uvloop
 
-from serving import tensor_json
+from serving import servable, tensor_json
 from serving.grpc_api import fill_tensor_proto
 from serving.prediction import input_specs, run_signature
 
@@ -65,7 +65,7 @@ def main(argv=None):
   p.add_argument("--saved_model", required=True, help="one version's directory")
   p.add_argument("--port", type=int, required=True)
   args = p.parse_args(argv)
-  signature = tf.saved_model.load(args.saved_model).signatures["serving_default"]
+  signature = servable.load(args.saved_model).signatures["serving_default"]
   (serve_grpc if args.api == "grpc" else serve_rest)(signature, args.port)
 
 

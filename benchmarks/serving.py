@@ -45,7 +45,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 import uvloop
 
 from benchmarks import common
-from serving import verify
+from serving import servable, verify
 from serving.client import wait_until_available
 from serving.export import SAVE_OPTIONS
 from serving.retriever import Retriever, serving_signatures
@@ -100,14 +100,15 @@ def percentiles(latencies_s) -> dict:
 
 
 def load_signature(path: str):
-  return tf.saved_model.load(path).signatures["serving_default"]
+  """serving_default as serving.server runs it (serving/servable.py)."""
+  return servable.load(path).signatures["serving_default"]
 
 
 def in_process(signature, histories):
   """The floor: `signature` called in-process for one user (a history of raw ids),
   warmed up on `histories` as the server warms a version up (a ScaNN export's first
   call takes over a second)."""
-  call = lambda history: {k: v.numpy() for k, v in signature(item_ids=tf.constant(history[None])).items()}
+  call = lambda history: signature(item_ids=history[None])
   for i in range(10):
     call(histories[i % len(histories)])
   return call
@@ -367,7 +368,7 @@ def run(args) -> dict:
       shutil.rmtree(base, ignore_errors=True)
       build_s = export(model, data_dir, item_ids, item_embeddings, index, args.top_k, os.path.join(base, "1"))
       signature = load_signature(os.path.join(base, "1"))
-      outputs[index] = signature(item_ids=tf.constant(raw))["item_ids"].numpy()
+      outputs[index] = signature(item_ids=raw)["item_ids"]
       call_floor = in_process(signature, histories)
       entry = cell[index] = {"export_s": build_s, "floor": floor(call_floor, histories, args.seconds)}
       log_path = os.path.join(args.work_dir, f"server-{index}-{size}.log")

@@ -96,10 +96,20 @@ def to_array(name: str, proto, spec: tf.TensorSpec, position: int, limits: Limit
   if dims:
     limits.check_rows(dims[0])
   try:
-    array = tf.make_ndarray(proto)
-  except Exception:  # an unknown or non-numeric dtype, content that does not fit the shape
+    return tf.make_ndarray(proto)
+  except Exception:  # content that does not fit the shape, a dtype NumPy has no form of
     raise InvalidArgument(f"tensor parsing error: {name}") from None
-  return array
+
+
+def check_output_filter(names, signature) -> None:
+  """A predict's output_filter names each output of the signature at most once (TF Serving's texts)."""
+  known = set(signature.outputs)
+  for i, key in enumerate(names):
+    if key not in known:
+      raise InvalidArgument(f"output tensor alias not found in signature: {key} Outputs expected "
+                            f"to be in the set {{{','.join(sorted(known))}}}.")
+    if key in names[:i]:
+      raise InvalidArgument(f"duplicate output tensor alias: {key}")
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -111,13 +121,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     with _rpc(context, self.models, request, "predict"):
       name, version, label = _spec(request)
       servable, signature = self.models.signature(name, version, label, request.model_spec.signature_name)
-      outputs_known = set(signature.structured_outputs)
-      for i, key in enumerate(request.output_filter):
-        if key not in outputs_known:
-          raise InvalidArgument(f"output tensor alias not found in signature: {key} Outputs expected "
-                                f"to be in the set {{{','.join(sorted(outputs_known))}}}.")
-        if key in request.output_filter[:i]:
-          raise InvalidArgument(f"duplicate output tensor alias: {key}")
+      check_output_filter(list(request.output_filter), signature)
       check_input_names(request.inputs, signature)
       specs = input_specs(signature)
       order = sorted(specs)

@@ -6,7 +6,8 @@ each connection also gets:
   * a header deadline: from the first byte of a request to its last header;
   * a cap on open connections: one more is answered 429 and closed;
   * TF Serving's error JSON, not aiohttp's plain text, for requests it cannot parse.
-The body deadline is the predict handler's (serving/rest.py), which reads the body.
+The body deadline and the decoding of compressed bodies are the predict handler's
+(serving/rest.py), which reads the body.
 """
 
 import asyncio
@@ -111,9 +112,7 @@ class GuardedRequestHandler(web.RequestHandler):
   # -- requests aiohttp cannot parse --------------------------------------------------------
   def handle_error(self, request, status: int = 500, exc: Optional[BaseException] = None,
                    message: Optional[str] = None) -> web.StreamResponse:
-    if isinstance(exc, http_exceptions.PayloadEncodingError):
-      message = f"Cannot read the request body: cannot decode its content-encoding ({exc.message})"
-    elif isinstance(exc, http_exceptions.LineTooLong):
+    if isinstance(exc, http_exceptions.LineTooLong):
       status, message = 431, f"{exc.message} (--max_header_bytes={self._limits.max_header_bytes})"
     elif status == 500:
       log.error("error handling a request", exc_info=exc)
@@ -147,7 +146,7 @@ async def serve(app: web.Application, host: str, port: int, limits: Limits,
   loop = asyncio.get_running_loop()
   connections = ConnectionCount(limits.max_connections)
   protocol_args = dict(loop=loop, limits=limits, connections=connections,
-                       keepalive_timeout=limits.idle_timeout_s,
+                       keepalive_timeout=limits.idle_timeout_s, auto_decompress=False,
                        max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
                        access_log_format=access_log_format)
   server = await loop.create_server(

@@ -18,8 +18,9 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import metrics
+from serving import metrics, servable as servable_lib
 from serving.errors import InvalidArgument, NotFound
+from serving.servable import Servable
 
 log = logging.getLogger("serving.model_manager")
 ModelConfig = model_server_config_pb2.ModelConfig
@@ -30,23 +31,6 @@ class VersionState:
   state: str                      # START, LOADING, AVAILABLE, UNLOADING, END (TF Serving's names)
   error: str = ""                 # non-empty when the version failed to load
 
-
-@dataclasses.dataclass
-class Servable:
-  version: int
-  model: object                   # the loaded SavedModel
-  signatures: Dict[str, object]   # name -> ConcreteFunction
-  signature_defs: Dict[str, object]  # name -> tensorflow SignatureDef proto (for metadata)
-
-
-def read_signature_defs(path: str):
-  """The serve MetaGraph's SignatureDefs, as TF Serving reports them."""
-  from tensorflow.core.protobuf import saved_model_pb2
-  saved = saved_model_pb2.SavedModel()
-  with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
-    saved.ParseFromString(f.read())
-  graph = next(m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags)
-  return {k: v for k, v in graph.signature_def.items() if not k.startswith("__")}
 
 
 def wanted_versions(config: ModelConfig, candidates: List[int]) -> List[int]:
@@ -107,8 +91,7 @@ class ModelManager:
     self.states[version] = VersionState("LOADING")
     path = os.path.join(self.base_path, str(version))
     try:
-      model = tf.saved_model.load(path)
-      servable = Servable(version, model, dict(model.signatures), read_signature_defs(path))
+      servable = servable_lib.load(path, version)
       if self._warmup is not None:
         self._warmup(servable, path)
     except Exception as e:  # A broken version must not take down the served one.

@@ -16,15 +16,16 @@ from tensorflow.core.framework import types_pb2
 
 from serving.batching import BatchScheduler
 from serving.errors import FailedPrecondition, InvalidArgument, NotFound
-from serving.model_manager import ModelManager, Servable, VersionState
+from serving.model_manager import ModelManager, VersionState
+from serving.servable import Servable, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
 UNKNOWN_MODEL = "<unknown>"  # the metrics' model_name for names the server does not serve
 Arrays = Dict[str, np.ndarray]
 
 
-def input_specs(signature) -> Dict[str, tf.TensorSpec]:
-  return dict(signature.structured_input_signature[1])
+def input_specs(signature: Signature) -> Dict[str, tf.TensorSpec]:
+  return signature.inputs
 
 
 def type_name(dtype) -> str:
@@ -74,11 +75,12 @@ def check_inputs(arrays: Arrays, signature) -> None:
 
 
 def run_signature(signature, arrays: Arrays) -> Arrays:
-  """Calls a ConcreteFunction on NumPy inputs; graph-side rejections become InvalidArgument."""
+  """Runs a signature on NumPy inputs; graph-side rejections become InvalidArgument."""
   specs = input_specs(signature)
-  tensors = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in arrays.items()}
+  feeds = {k: v if specs[k].dtype == tf.string else np.asarray(v, specs[k].dtype.as_numpy_dtype)
+           for k, v in arrays.items()}
   try:
-    return {k: v.numpy() for k, v in signature(**tensors).items()}
+    return signature(**feeds)
   except tf.errors.InvalidArgumentError as e:
     raise InvalidArgument(graph_error_message(e.message)) from None
 

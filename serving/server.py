@@ -17,7 +17,6 @@ import signal
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import scann  # noqa: F401  (registers the ScaNN ops that ScaNN exports need)
-from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import text_format
 import numpy as np
 import tensorflow as tf
@@ -45,7 +44,7 @@ def warmup(servable, path: str) -> None:
       run_signature(signature, {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
     return
   for signature in servable.signatures.values():
-    specs = dict(signature.structured_input_signature[1])
+    specs = signature.inputs
     run_signature(signature, {k: (np.array([["__warmup__"]], dtype=object) if s.dtype == tf.string
                                   else np.zeros([1, 1], s.dtype.as_numpy_dtype))
                               for k, s in specs.items()})
@@ -100,22 +99,9 @@ class EscapingFormatter(logging.Formatter):
     return super().formatMessage(record)
 
 
-class BodyErrorsInOneLine(logging.Filter):
-  """aiohttp logs a traceback when it drains a body it cannot decode (a false Content-Encoding);
-  the client already had its 400, so one line says it."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    error = record.exc_info[1] if record.exc_info else None
-    if isinstance(error, RequestPayloadError):
-      record.msg, record.args = "%s: %s", (record.getMessage(), " ".join(str(error).split()))
-      record.exc_info = record.exc_text = None
-    return True
-
-
 def configure_logging() -> None:
   handler = logging.StreamHandler()
   handler.setFormatter(EscapingFormatter("%(asctime)s %(name)s %(message)s"))
-  handler.addFilter(BodyErrorsInOneLine())
   logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 

@@ -2,12 +2,14 @@
 code and text, no client can make it allocate much, hold a connection, add metric series or forge a
 log line, and a valid request still works after each attack."""
 
+import gzip
 import json
 import re
 import shutil
 import socket
 import time
 import urllib.request
+import zlib
 
 import grpc
 import pytest
@@ -63,6 +65,15 @@ def test_hostile_grpc_request_gets_tf_servings_code(server, case):
     code, details = hostile.send_grpc(channel, case, MODEL)
   assert (code, case.details in details) == (case.code, True), details
   still_serves(server)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_is_inflated_and_served(server, encoding):
+  body = hostile.OK_BODY
+  packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+  case = hostile.RestCase("compressed", hostile.PREDICT, packed, 200, "", headers={"Content-Encoding": encoding})
+  status, answer = hostile.send_rest("127.0.0.1", server.rest, case, MODEL)
+  assert status == 200 and len(json.loads(answer)["predictions"][0]["item_ids"]) > 0
 
 
 # -- slow and greedy clients ----------------------------------------------------------------
@@ -126,6 +137,26 @@ def test_oversized_headers_get_431_naming_the_limit(server):
   sock.sendall(b"GET /v1/models/kuaiformer HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
   status, error = _status_and_error(_read_until_closed(sock))
   assert status == 431 and "--max_header_bytes" in error
+  still_serves(server)
+
+
+NOT_HTTP = {
+    "TLS client hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,
+    "HTTP/9.9": b"GET /v1/models/kuaiformer HTTP/9.9\r\nHost: x\r\n\r\n",
+    "bad chunk size": b"POST /v1/models/kuaiformer:predict HTTP/1.1\r\nHost: x\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "two Content-Lengths": b"POST /v1/models/kuaiformer:predict HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: 2\r\nContent-Length: 9\r\n\r\n{}",
+    "NUL in the path": b"GET /v1/models/kuai\x00former HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_HTTP))
+def test_bytes_that_are_not_http_get_a_400_json(server, name):
+  sock = _connect(server)
+  sock.sendall(NOT_HTTP[name])
+  status, error = _status_and_error(_read_until_closed(sock))
+  assert status == 400 and error
   still_serves(server)
 
 

@@ -10,6 +10,7 @@ from tfkf.config import KuaiFormerConfig
 from tfkf.losses import SmoothedInBatchSoftmax
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class UserTower(tf.keras.layers.Layer):
   """History features -> k L2-normalised interests [b, k, d_model].
 
@@ -52,14 +53,24 @@ class UserTower(tf.keras.layers.Layer):
 
   def call(self, inputs, training=False):
     x, valid = self.sequence(inputs, training=training)
-    mask = layers.causal_mask(valid)
+    attention_mask = layers.causal_mask(valid)
     for block in self.blocks:
-      x = block(x, mask, training=training)
+      x = block(x, attention_mask=attention_mask, training=training)
     interests = self.final_norm(x[:, -self.config.num_query_tokens:])
     return tf.math.l2_normalize(interests, axis=-1)
 
   def get_config(self):
-    return {**super().get_config(), "config": self.config.to_json()}
+    return {**super().get_config(), "config": self.config.to_json(),
+            "token_embedding": layers.serialize_unbuilt(self.token_embedding),
+            "side_features": layers.serialize_unbuilt(self.side_features)}
+
+  @classmethod
+  def from_config(cls, config):
+    """A tower with its own copies of the shared layers (see CandidateTower.from_config)."""
+    config = dict(config)
+    return cls(KuaiFormerConfig.from_json(config.pop("config")),
+               tf.keras.layers.deserialize(config.pop("token_embedding")),
+               tf.keras.layers.deserialize(config.pop("side_features")), **config)
 
 
 def _fit_length(ids: tf.Tensor, max_len: int) -> tf.Tensor:

@@ -16,8 +16,13 @@ def rotary(x: tf.Tensor, base: float = 10000.0) -> tf.Tensor:
   return tf.reshape(rotated, tf.shape(x))
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class RotaryMultiHeadAttention(tf.keras.layers.Layer):
-  """[batch, T, d] x mask [batch, T, T] (True = may attend) -> [batch, T, d]."""
+  """x [batch, T, d], attention_mask [batch, T, T] (True = may attend) -> [batch, T, d].
+
+  The mask is not named `mask`: tf-keras reserves that argument for its own
+  [batch, T] input mask and may fill it in by itself.
+  """
 
   def __init__(self, num_heads: int, dropout: float = 0.0, **kwargs):
     super().__init__(**kwargs)
@@ -31,13 +36,13 @@ class RotaryMultiHeadAttention(tf.keras.layers.Layer):
     self.out = tf.keras.layers.Dense(d, use_bias=False, name="out")
     self.attn_dropout = tf.keras.layers.Dropout(self.dropout)
 
-  def call(self, x, mask, training=False):
+  def call(self, x, attention_mask, training=False):
     b, t = tf.shape(x)[0], tf.shape(x)[1]
     qkv = tf.reshape(self.qkv(x), [b, t, 3, self.num_heads, self.head_dim])
     q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # each [b, h, t, hd]
     q, k = rotary(q), rotary(k)
     logits = tf.matmul(q, k, transpose_b=True) / (self.head_dim ** 0.5)
-    logits = tf.where(mask[:, None, :, :], logits, NEG_INF)
+    logits = tf.where(attention_mask[:, None, :, :], logits, NEG_INF)
     weights = self.attn_dropout(tf.nn.softmax(logits, axis=-1), training=training)
     heads = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])
     return self.out(tf.reshape(heads, [b, t, self.num_heads * self.head_dim]))

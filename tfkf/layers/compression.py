@@ -7,6 +7,7 @@ import tensorflow as tf
 from tfkf.layers.transformer import TransformerBlock, padding_mask
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class GroupCompressor(tf.keras.layers.Layer):
   """Pools each window of the oldest events to one token with ONE shared block.
 
@@ -48,7 +49,7 @@ class GroupCompressor(tf.keras.layers.Layer):
       # Equal windows run as one batch of [b * count, size, d] through the block.
       x = tf.reshape(tokens[:, start:start + size * count], [-1, size, d])
       v = tf.reshape(valid[:, start:start + size * count], [-1, size])
-      y = self.block(x, padding_mask(v), training=training)
+      y = self.block(x, attention_mask=padding_mask(v), training=training)
       w = tf.cast(v, y.dtype)[..., None]
       n = tf.reduce_sum(w, axis=1)
       mean = tf.reduce_sum(y * w, axis=1) / tf.maximum(n, 1.0)

@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfkf import features
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class ItemSideFeatures(tf.keras.layers.Layer):
   """Item id -> its catalog side features, held as non-trainable tables.
 
@@ -33,6 +34,13 @@ class ItemSideFeatures(tf.keras.layers.Layer):
     return {**super().get_config(), "num_items": self.num_items}
 
 
+def serialize_unbuilt(layer: tf.keras.layers.Layer) -> dict:
+  """A shared sublayer's config for its owner's, without the shapes it was built on: the owner
+  builds it again in its own name scope (from a build_config, tf-keras would build it at once,
+  outside any scope, and then again)."""
+  return {k: v for k, v in tf.keras.layers.serialize(layer).items() if k != "build_config"}
+
+
 def _vocab_size(name: str, vocab_sizes: Dict[str, int]) -> int:
   if name == "duration":
     return features.DURATION.vocab_size
@@ -41,6 +49,7 @@ def _vocab_size(name: str, vocab_sizes: Dict[str, int]) -> int:
   return vocab_sizes[name]
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class TokenEmbedding(tf.keras.layers.Layer):
   """History features -> one token per event: `MLP([item_emb, side/event embs])`.
 
@@ -88,6 +97,7 @@ class TokenEmbedding(tf.keras.layers.Layer):
             "event_feature_dropout": self.event_feature_dropout}
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class CandidateTower(tf.keras.layers.Layer):
   """Item ids [...] -> L2-normalised item embeddings [..., d_model].
 
@@ -103,6 +113,9 @@ class CandidateTower(tf.keras.layers.Layer):
 
   def build(self, input_shape):
     te = self.token_embedding
+    if not te.built:  # a tower made from its config alone: the tables it shares must exist first
+      te.build(None)
+      te.built = True
     self.item_table = (te.item_table if self.tie_item_embeddings else
                        tf.keras.layers.Embedding(te.vocab_sizes["item"], te.d_model, name="item"))
     self.project = tf.keras.layers.Dense(te.d_model, name="project")
@@ -114,4 +127,13 @@ class CandidateTower(tf.keras.layers.Layer):
     return tf.math.l2_normalize(self.project(tf.concat(parts, axis=-1)), axis=-1)
 
   def get_config(self):
-    return {**super().get_config(), "tie_item_embeddings": self.tie_item_embeddings}
+    return {**super().get_config(), "tie_item_embeddings": self.tie_item_embeddings,
+            "token_embedding": serialize_unbuilt(self.token_embedding),
+            "side_features": serialize_unbuilt(self.side_features)}
+
+  @classmethod
+  def from_config(cls, config):
+    """A tower with its own copies of the shared layers (tying to a user tower is the model's job)."""
+    config = dict(config)
+    return cls(tf.keras.layers.deserialize(config.pop("token_embedding")),
+               tf.keras.layers.deserialize(config.pop("side_features")), **config)

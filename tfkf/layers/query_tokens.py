@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class QueryTokens(tf.keras.layers.Layer):
   """Appends k learnable query tokens after the sequence.
 

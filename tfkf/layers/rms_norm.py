@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class RMSNorm(tf.keras.layers.Layer):
   """`x / rms(x) * scale` over the last axis. [..., d] -> [..., d]."""
 

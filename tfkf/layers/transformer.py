@@ -6,6 +6,7 @@ from tfkf.layers.attention import RotaryMultiHeadAttention
 from tfkf.layers.rms_norm import RMSNorm
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class GatedFeedForward(tf.keras.layers.Layer):
   """SwiGLU point-wise FFN: `W2(silu(W1 x) * W3 x)`. [..., d] -> [..., d]."""
 
@@ -25,11 +26,13 @@ class GatedFeedForward(tf.keras.layers.Layer):
     return {**super().get_config(), "ffn_dim": self.ffn_dim}
 
 
+@tf.keras.utils.register_keras_serializable(package="tfkf")
 class TransformerBlock(tf.keras.layers.Layer):
   """Pre-RMSNorm block: x + Attn(norm(x)); x + FFN(norm(x)).
 
-  Whether it is causal or bidirectional is decided by the mask it is given:
-  see `causal_mask` and `padding_mask`. [batch, T, d] -> [batch, T, d].
+  Whether it is causal or bidirectional is decided by the attention_mask
+  [batch, T, T] it is given: see `causal_mask` and `padding_mask`.
+  [batch, T, d] -> [batch, T, d].
   """
 
   def __init__(self, num_heads: int, ffn_dim: int, dropout: float = 0.0, **kwargs):
@@ -45,8 +48,9 @@ class TransformerBlock(tf.keras.layers.Layer):
     self.ffn = GatedFeedForward(self.ffn_dim, name="ffn")
     self.drop = tf.keras.layers.Dropout(self.dropout)
 
-  def call(self, x, mask, training=False):
-    x = x + self.drop(self.attn(self.attn_norm(x), mask, training=training), training=training)
+  def call(self, x, attention_mask, training=False):
+    x = x + self.drop(self.attn(self.attn_norm(x), attention_mask, training=training),
+                      training=training)
     return x + self.drop(self.ffn(self.ffn_norm(x)), training=training)
 
   def get_config(self):
