@@ -119,3 +119,57 @@ def test_fit_reports_loss_and_in_batch_accuracy():
   logs = model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), epochs=1, verbose=0).history
   assert set(logs) >= {"loss", "in_batch_accuracy"}
   assert np.isfinite(logs["loss"]).all()
+
+
+def _cut_history(batch, cut: int):
+  """The histories with every event after position `cut` removed (left-padded again)."""
+  width = batch[features.HISTORY_ITEM].shape[1]
+  return {k: np.concatenate([np.zeros_like(v[:, cut + 1:]), v[:, :cut + 1]], axis=1)
+          for k, v in batch.items()} if cut + 1 < width else batch
+
+
+def test_interests_at_a_cut_point_are_those_of_the_history_cut_there():
+  config = PRESETS["small"].replace(compression_windows=())
+  model = model_for(config)
+  batch = histories(config, [40, 64, 10], seed=4)
+  cuts = [5, 30, 50, 63]
+  at_cuts = model.user_tower.interests_at(batch, tf.constant(cuts)).numpy()
+  assert at_cuts.shape == (3, len(cuts), config.num_query_tokens, config.d_model)
+  for c, cut in enumerate(cuts):
+    alone = model(_cut_history(batch, cut)).numpy()
+    real = batch[features.HISTORY_ITEM][:, cut] != features.PAD_ID  # a cut at padding has no target
+    np.testing.assert_allclose(at_cuts[real, c], alone[real], atol=2e-5)
+
+
+def test_a_cut_points_interests_ignore_later_events_and_other_cut_points():
+  config = PRESETS["small"]  # with compression: windows at fixed slots, cuts in the latest events
+  model = model_for(config)
+  batch = histories(config, [64, 50], seed=5)
+  first_raw = len(config.compression_windows)
+  offset = sum(config.compression_windows) - first_raw   # event slot of token position p: p + offset
+  cut = first_raw + 10
+  alone = model.user_tower.interests_at(batch, tf.constant([cut])).numpy()[:, 0]
+  changed = {k: v.copy() for k, v in batch.items()}
+  later = slice(cut + offset + 1, None)
+  changed[features.HISTORY_ITEM][:, later] = np.random.default_rng(9).integers(2, 40, changed[
+      features.HISTORY_ITEM][:, later].shape)
+  with_others = model.user_tower.interests_at(changed, tf.constant([cut + 5, cut, first_raw + 20]))
+  np.testing.assert_allclose(with_others.numpy()[:, 1], alone, atol=2e-5)
+  assert not np.allclose(with_others.numpy()[:, 0], alone, atol=1e-3), "later cuts do see the change"
+
+
+def test_every_event_training_targets_the_next_item_after_each_real_latest_event():
+  config = PRESETS["small"].replace(training_targets="every_event")
+  model = model_for(config)
+  batch = histories(config, [64, 5], seed=6)
+  batch[features.TARGET_ITEM] = np.array([7, 8], np.int64)
+  tail = features.uncompressed_len(config.max_len, config.compression_windows)
+  interests, targets = model._every_event_targets(batch, training=False)
+  items = batch[features.HISTORY_ITEM][:, -tail:]
+  expected = [list(items[0, 1:]) + [7], list(items[1, -4:]) + [8]]  # row 2: 5 real events
+  assert targets.numpy().tolist() == expected[0] + expected[1]
+  assert interests.shape == (tail + 5, config.num_query_tokens, config.d_model)
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+  data = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in batch.items()}).repeat(3)
+  losses = model.fit(data, epochs=1, verbose=0).history["loss"]
+  assert np.isfinite(losses).all()

@@ -44,12 +44,18 @@ class KuaiFormerConfig(JsonConfig):
   # True: the candidate tower reuses the input item-id table (fewer parameters,
   # items seen only as targets still get trained input embeddings).
   tie_item_embeddings: bool = True
+  # "last": the paper's one target per example (k queries after the whole history).
+  # "every_event": k queries after each of the latest (uncompressed) events, each
+  # predicting the next one, in one pass (UserTower.interests_at).
+  training_targets: str = "last"
 
   def __post_init__(self):
     features.uncompressed_len(self.max_len, self.compression_windows)
     unknown = set(self.event_features) - set(features.EVENT_FEATURES)
     if unknown:
       raise ValueError(f"unknown event features {sorted(unknown)}; known: {list(features.EVENT_FEATURES)}")
+    if self.training_targets not in ("last", "every_event"):
+      raise ValueError(f"training_targets={self.training_targets!r}: 'last' or 'every_event'")
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
 

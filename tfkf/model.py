@@ -35,8 +35,8 @@ class UserTower(tf.keras.layers.Layer):
                    for i in range(c.num_layers)]
     self.final_norm = layers.RMSNorm(name="final_norm")
 
-  def sequence(self, inputs, training=False):
-    """The causal transformer's input: (tokens [b, S + k, d], valid [b, S + k])."""
+  def events(self, inputs, training=False):
+    """(tokens [b, S, d], valid [b, S]): the compressed windows, then the latest events as they are."""
     c = self.config
     items = _fit_length(inputs[features.HISTORY_ITEM], c.max_len)
     per_event = {"item": items, **self.side_features(items)}
@@ -49,7 +49,11 @@ class UserTower(tf.keras.layers.Layer):
       pooled, pooled_valid = self.compressor(tokens[:, :split], valid[:, :split], training=training)
       tokens = tf.concat([pooled, tokens[:, split:]], axis=1)
       valid = tf.concat([pooled_valid, valid[:, split:]], axis=1)
-    return self.query_tokens(tokens, valid)
+    return tokens, valid
+
+  def sequence(self, inputs, training=False):
+    """The causal transformer's input: (tokens [b, S + k, d], valid [b, S + k])."""
+    return self.query_tokens(*self.events(inputs, training=training))
 
   def call(self, inputs, training=False):
     x, valid = self.sequence(inputs, training=training)
@@ -58,6 +62,21 @@ class UserTower(tf.keras.layers.Layer):
       x = block(x, attention_mask=attention_mask, training=training)
     interests = self.final_norm(x[:, -self.config.num_query_tokens:])
     return tf.math.l2_normalize(interests, axis=-1)
+
+  def interests_at(self, inputs, cuts, training=False):
+    """The k interests after each of C cut points, in one pass: [b, C, k, d].
+
+    cuts [C]: positions in the event tokens of `events` (compressed windows
+    first). The interests at cut c are those `call` gives for the history cut
+    there (without compression; with it, the windows stay where they are).
+    """
+    tokens, valid = self.events(inputs, training=training)
+    x, positions, attention_mask = self.query_tokens.at_cut_points(tokens, valid, cuts)
+    for block in self.blocks:
+      x = block(x, attention_mask=attention_mask, positions=positions, training=training)
+    queries = self.final_norm(x[:, tf.shape(tokens)[1]:])                   # [b, C*k, d]
+    shape = [tf.shape(x)[0], tf.shape(cuts)[0], self.config.num_query_tokens, x.shape[-1]]
+    return tf.math.l2_normalize(tf.reshape(queries, shape), axis=-1)
 
   def get_config(self):
     return {**super().get_config(), "config": self.config.to_json(),
@@ -109,12 +128,26 @@ class KuaiFormer(tfrs.Model):
     return self.user_tower(inputs, training=training)
 
   def compute_loss(self, inputs, training=False):
-    interests = self.user_tower(inputs, training=training)
-    targets = tf.cast(inputs[features.TARGET_ITEM], tf.int64)
+    if self.config.training_targets == "every_event":
+      interests, targets = self._every_event_targets(inputs, training)
+    else:
+      interests = self.user_tower(inputs, training=training)
+      targets = tf.cast(inputs[features.TARGET_ITEM], tf.int64)
     candidates = self.candidate_tower(targets)
     probability = (tf.gather(self.sampling_probability, targets) if self.config.use_logq else None)
     return self.task(interests, candidates, candidate_sampling_probability=probability,
                      candidate_ids=targets)
+
+  def _every_event_targets(self, inputs, training):
+    """(interests [n, k, d], next items [n]) after each real one of the latest events."""
+    c = self.config
+    tail = features.uncompressed_len(c.max_len, c.compression_windows)
+    first = len(c.compression_windows)
+    interests = self.user_tower.interests_at(inputs, tf.range(first, first + tail), training=training)
+    items = _fit_length(inputs[features.HISTORY_ITEM], c.max_len)[:, -tail:]          # [b, tail]
+    targets = tf.concat([items[:, 1:], tf.cast(inputs[features.TARGET_ITEM], tf.int64)[:, None]], 1)
+    real = tf.not_equal(items, features.PAD_ID)
+    return tf.boolean_mask(interests, real), tf.boolean_mask(targets, real)
 
   def build_towers(self) -> "KuaiFormer":
     """Creates every weight (on a dummy batch) so checkpoints restore eagerly."""

@@ -5,4 +5,5 @@ from tfkf.layers.compression import GroupCompressor
 from tfkf.layers.embedding import CandidateTower, ItemSideFeatures, TokenEmbedding, serialize_unbuilt
 from tfkf.layers.query_tokens import QueryTokens
 from tfkf.layers.rms_norm import RMSNorm
-from tfkf.layers.transformer import GatedFeedForward, TransformerBlock, causal_mask, padding_mask
+from tfkf.layers.transformer import (GatedFeedForward, TransformerBlock, causal_mask, cut_point_mask,
+                                     padding_mask)

@@ -5,11 +5,13 @@ import tensorflow as tf
 NEG_INF = -1e9  # Finite, so a row whose keys are all masked stays NaN-free.
 
 
-def rotary(x: tf.Tensor, base: float = 10000.0) -> tf.Tensor:
-  """Applies RoPE along axis -2 (positions 0..T-1). x: [batch, heads, T, head_dim]."""
+def rotary(x: tf.Tensor, positions: tf.Tensor = None, base: float = 10000.0) -> tf.Tensor:
+  """Applies RoPE along axis -2. x: [batch, heads, T, head_dim]; positions [T] (default 0..T-1)."""
   t, dim = tf.shape(x)[-2], x.shape[-1]
+  if positions is None:
+    positions = tf.range(t)
   inv_freq = 1.0 / (base ** (tf.range(0, dim, 2, dtype=tf.float32) / dim))
-  angles = tf.cast(tf.range(t), tf.float32)[:, None] * inv_freq[None, :]  # [T, dim/2]
+  angles = tf.cast(positions, tf.float32)[:, None] * inv_freq[None, :]  # [T, dim/2]
   sin, cos = tf.sin(angles), tf.cos(angles)
   x1, x2 = x[..., 0::2], x[..., 1::2]
   rotated = tf.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
@@ -20,6 +22,7 @@ def rotary(x: tf.Tensor, base: float = 10000.0) -> tf.Tensor:
 class RotaryMultiHeadAttention(tf.keras.layers.Layer):
   """x [batch, T, d], attention_mask [batch, T, T] (True = may attend) -> [batch, T, d].
 
+  `positions` [T] are the RoPE positions of the T tokens (default 0..T-1).
   The mask is not named `mask`: tf-keras reserves that argument for its own
   [batch, T] input mask and may fill it in by itself.
   """
@@ -36,11 +39,11 @@ class RotaryMultiHeadAttention(tf.keras.layers.Layer):
     self.out = tf.keras.layers.Dense(d, use_bias=False, name="out")
     self.attn_dropout = tf.keras.layers.Dropout(self.dropout)
 
-  def call(self, x, attention_mask, training=False):
+  def call(self, x, attention_mask, positions=None, training=False):
     b, t = tf.shape(x)[0], tf.shape(x)[1]
     qkv = tf.reshape(self.qkv(x), [b, t, 3, self.num_heads, self.head_dim])
     q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # each [b, h, t, hd]
-    q, k = rotary(q), rotary(k)
+    q, k = rotary(q, positions), rotary(k, positions)
     logits = tf.matmul(q, k, transpose_b=True) / (self.head_dim ** 0.5)
     logits = tf.where(attention_mask[:, None, :, :], logits, NEG_INF)
     weights = self.attn_dropout(tf.nn.softmax(logits, axis=-1), training=training)
