@@ -44,7 +44,7 @@ def models(args, spec) -> dict:
   kuaiformer = {"max_len": args.max_len, **json.loads(args.kuaiformer_overrides)}
   sasrec = {"max_len": spec["sasrec_max_len"]}
   return {
-      "kuaiformer": ("prefix", ["--model=kuaiformer", "--preset=paper",
+      "kuaiformer": (kuaiformer_build(args), ["--model=kuaiformer", "--preset=paper",
                                 f"--config_overrides={json.dumps(kuaiformer)}",
                                 f"--batch_size={args.kuaiformer_batch_size}"]),
       "sasrec_bce": ("users", ["--model=sasrec", "--preset=paper",
@@ -54,6 +54,12 @@ def models(args, spec) -> dict:
                                     f"--config_overrides={json.dumps({**sasrec, 'loss': 'in_batch'})}",
                                     f"--batch_size={args.sasrec_batch_size}"]),
   }
+
+
+def kuaiformer_build(args) -> str:
+  """The build KuaiFormer trains on: "prefix" (every target), or every --kuaiformer_stride-th
+  target per user (with training_targets=every_event, each example supervises that many)."""
+  return "prefix" if args.kuaiformer_stride == 1 else f"stride{args.kuaiformer_stride}"
 
 
 def build(spec, out: str, max_len: int, *extra: str) -> dict:
@@ -103,6 +109,10 @@ def run_dataset(key: str, args) -> dict:
   work = os.path.join(args.work_dir, key)
   trained = {name: m for name, m in models(args, spec).items() if name in args.models}
   builds = {"prefix": build(spec, os.path.join(work, "prefix"), args.max_len)}
+  if args.kuaiformer_stride != 1 and "kuaiformer" in trained:
+    name = kuaiformer_build(args)
+    builds[name] = build(spec, os.path.join(work, name), args.max_len,
+                         f"--stride={args.kuaiformer_stride}")
   if any(data == "users" for data, _ in trained.values()):
     builds["users"] = build(spec, os.path.join(work, "users"), spec["sasrec_max_len"],
                             "--max_examples_per_user=1")
@@ -155,7 +165,8 @@ def run(args) -> dict:
                      "validation_steps": args.validation_steps,
                      "kuaiformer_batch_size": args.kuaiformer_batch_size,
                      "sasrec_batch_size": args.sasrec_batch_size,
-                     "kuaiformer_overrides": json.loads(args.kuaiformer_overrides)},
+                     "kuaiformer_overrides": json.loads(args.kuaiformer_overrides),
+                     "kuaiformer_stride": args.kuaiformer_stride},
           "datasets": {key: run_dataset(key, args) for key in args.datasets}}
 
 
@@ -179,6 +190,8 @@ def parse_args(argv=None):
   p.add_argument("--kuaiformer_overrides", default=json.dumps(
       {"d_model": 64, "num_heads": 2, "num_layers": 2, "ffn_dim": 256}),
       help="JSON changes to the paper preset (CPU sizing)")
+  p.add_argument("--kuaiformer_stride", type=int, default=1,
+                 help="train KuaiFormer on every n-th target per user (the build's --stride)")
   p.add_argument("--num_neighbors", type=int, default=100)
   p.add_argument("--num_negatives", type=int, default=100)
   p.add_argument("--max_examples", type=int, default=None)

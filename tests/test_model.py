@@ -163,12 +163,14 @@ def test_every_event_training_targets_the_next_item_after_each_real_latest_event
   model = model_for(config)
   batch = histories(config, [64, 5], seed=6)
   batch[features.TARGET_ITEM] = np.array([7, 8], np.int64)
+  batch[features.HISTORY_ITEM][0, -3] = features.OOV_ID  # seen in a history, never a target
   tail = features.uncompressed_len(config.max_len, config.compression_windows)
   interests, targets = model._every_event_targets(batch, training=False)
   items = batch[features.HISTORY_ITEM][:, -tail:]
   expected = [list(items[0, 1:]) + [7], list(items[1, -4:]) + [8]]  # row 2: 5 real events
-  assert targets.numpy().tolist() == expected[0] + expected[1]
-  assert interests.shape == (tail + 5, config.num_query_tokens, config.d_model)
+  expected = [t for t in expected[0] + expected[1] if t != features.OOV_ID]
+  assert targets.numpy().tolist() == expected and len(expected) == tail + 5 - 1
+  assert interests.shape == (tail + 5 - 1, config.num_query_tokens, config.d_model)
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
   data = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in batch.items()}).repeat(3)
   losses = model.fit(data, epochs=1, verbose=0).history["loss"]

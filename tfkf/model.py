@@ -139,14 +139,18 @@ class KuaiFormer(tfrs.Model):
                      candidate_ids=targets)
 
   def _every_event_targets(self, inputs, training):
-    """(interests [n, k, d], next items [n]) after each real one of the latest events."""
+    """(interests [n, k, d], next items [n]) after each real one of the latest events.
+
+    With the build's --stride at the number of latest events, the examples of a user
+    cover each of its training targets once. Out-of-vocabulary items are no targets.
+    """
     c = self.config
     tail = features.uncompressed_len(c.max_len, c.compression_windows)
     first = len(c.compression_windows)
     interests = self.user_tower.interests_at(inputs, tf.range(first, first + tail), training=training)
     items = _fit_length(inputs[features.HISTORY_ITEM], c.max_len)[:, -tail:]          # [b, tail]
     targets = tf.concat([items[:, 1:], tf.cast(inputs[features.TARGET_ITEM], tf.int64)[:, None]], 1)
-    real = tf.not_equal(items, features.PAD_ID)
+    real = tf.logical_and(tf.not_equal(items, features.PAD_ID), tf.not_equal(targets, features.OOV_ID))
     return tf.boolean_mask(interests, real), tf.boolean_mask(targets, real)
 
   def build_towers(self) -> "KuaiFormer":
