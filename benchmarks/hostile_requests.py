@@ -1,6 +1,6 @@
 """Malformed and hostile requests for a tfkf model server, with the answer TF Serving gives each.
 
-Shared by the hostile-input tests (tests/test_serving_hostile.py) and the soak
+Shared by the hostile-input tests (tests/test_serving.py, "hostile input") and the soak
 benchmark (benchmarks/soak.py). Each case names what it attacks: memory (sizes
 that would expand before any check), server errors (values that once gave 500 /
 UNKNOWN), or status codes (where TF Serving answers a given code and text).

@@ -136,6 +136,20 @@ class Traffic:
         self.slow.append((kind, closed_after))
 
 
+def served_version(rest: int) -> int:
+  with urllib.request.urlopen(f"http://127.0.0.1:{rest}/v1/models/{MODEL}", timeout=10) as r:
+    states = json.load(r)["model_version_status"]
+  return max(int(s["version"]) for s in states if s["state"] == "AVAILABLE")
+
+
+def wait_for_version(rest: int, version: int, timeout_s: float = 60) -> int:
+  """The version served once `version` is, or after `timeout_s` (a swap still loading)."""
+  deadline = time.monotonic() + timeout_s
+  while (served := served_version(rest)) < version and time.monotonic() < deadline:
+    time.sleep(0.5)
+  return served
+
+
 def publish_copy(base: str, version: int) -> None:
   staging = os.path.join(base, f".staging-{version}")
   shutil.copytree(os.path.join(base, "1"), staging)
@@ -150,7 +164,8 @@ def run(args) -> dict:
   rest, grpc_port = common.free_port(), common.free_port()
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
   server = subprocess.Popen([sys.executable, "-m", "serving.server", f"--model_name={MODEL}",
-                             f"--model_base_path={base}", f"--rest_api_port={rest}", f"--port={grpc_port}"],
+                             f"--model_base_path={base}", f"--rest_api_port={rest}", f"--port={grpc_port}",
+                             *args.server_flags],
                             cwd=common.ROOT, env=env, stdout=open(os.path.join(work, "server.log"), "w"),
                             stderr=subprocess.STDOUT)
   try:
@@ -172,9 +187,7 @@ def run(args) -> dict:
     traffic.stop.set()
     for t in threads:
       t.join(timeout=180)
-    with urllib.request.urlopen(f"http://127.0.0.1:{rest}/v1/models/{MODEL}", timeout=10) as r:
-      status = json.load(r)
-    served = max(int(s["version"]) for s in status["model_version_status"] if s["state"] == "AVAILABLE")
+    served = wait_for_version(rest, len(swaps) + 1)
   finally:
     server.terminate()
     server.wait(timeout=60)
@@ -198,7 +211,7 @@ def summarize(args, traffic: Traffic, rss, swaps, served: int, started: float) -
   window = min(60.0, (args.seconds - args.warmup_s) / 2)
   warm, last = _median_rss(rss, args.warmup_s, window), _median_rss(rss, args.seconds - window, window)
   return {
-      "config": {"seconds": args.seconds, "concurrency": args.concurrency, "swaps": args.swaps,
+      "config": {"server_flags": args.server_flags, "seconds": args.seconds, "concurrency": args.concurrency, "swaps": args.swaps,
                  "hostile_fraction": args.hostile_fraction, "rest_cases": len(hostile.REST_CASES),
                  "grpc_cases": len(hostile.GRPC_CASES), "slow_clients": 2, "warmup_s": args.warmup_s},
       "valid_requests": len(valid), "failed_valid_requests": len(failures),
@@ -227,6 +240,8 @@ def main():
                  help="RSS is compared from this second on (the first window after it against the last)")
   p.add_argument("--export_base", default=None, help="serve this export instead of training the demo's")
   p.add_argument("--log", default=None, help="with --export_base: the log to take histories from")
+  p.add_argument("--server_flag", dest="server_flags", action="append", default=[],
+                 help="one more serving.server flag (repeatable); default: the server's defaults")
   p.add_argument("--work_dir", default=None)
   p.add_argument("--output", default=None)
   args = p.parse_args()
