@@ -8,7 +8,6 @@ Expected texts are TF Serving's (tensorflow_serving/model_servers and
 util/json_tensor.cc) where it has one, else the limit's flag.
 """
 
-import base64
 import http.client
 import dataclasses
 import gzip
@@ -302,10 +301,6 @@ GRPC_CASES = [
 def _with_filter(request, names):
   request.output_filter.extend(names)
   return request
-
-
-def b64(text: str) -> Dict[str, str]:
-  return {"b64": base64.b64encode(text.encode()).decode()}
 
 
 # -- sending them -------------------------------------------------------------------------
