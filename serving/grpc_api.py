@@ -24,7 +24,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from serving import metrics
 from serving.errors import InvalidArgument, ServingError
 from serving.limits import Limits
-from serving.prediction import DEFAULT_SIGNATURE, Models, check_input_names, input_specs, type_name
+from serving.prediction import (DEFAULT_SIGNATURE, Models, check_input_names, input_specs, type_name,
+                                wrong_dtype)
 
 log = logging.getLogger("serving.grpc")
 
@@ -77,18 +78,17 @@ def fill_tensor_proto(proto, array: np.ndarray) -> None:
     proto.tensor_content = array.tobytes()  # C order, as TensorProto wants
 
 
-def to_array(name: str, proto, spec: tf.TensorSpec, position: int, limits: Limits = Limits()) -> np.ndarray:
-  """A request's TensorProto as an array of the signature's dtype, refused if its declared shape is
-  over the limits. `position`: the input's place in the signature, which TF's dtype error names.
+def to_array(name: str, proto, specs: Dict[str, tf.TensorSpec], limits: Limits = Limits()) -> np.ndarray:
+  """A request's TensorProto as an array of the signature's dtype for input `name`, refused if
+  its declared shape is over the limits.
 
   TensorFlow fills a tensor whose repeated values are fewer than its shape with
   copies of the last one, so the declared shape, not the message, sets the size.
   """
   if proto.dtype not in types_pb2.DataType.values():
     raise InvalidArgument(f"tensor parsing error: {name}")
-  if proto.dtype != spec.dtype.as_datatype_enum:
-    raise InvalidArgument(f"Expects arg[{position}] to be {type_name(spec.dtype)} but "
-                          f"{type_name(proto.dtype)} is provided")
+  if proto.dtype != specs[name].dtype.as_datatype_enum:
+    raise wrong_dtype(specs, name, type_name(proto.dtype))
   dims = [d.size for d in proto.tensor_shape.dim]
   if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
     raise InvalidArgument(f"tensor parsing error: {name}")
@@ -123,9 +123,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
       servable, signature = self.models.signature(name, version, label, request.model_spec.signature_name)
       check_output_filter(list(request.output_filter), signature)
       check_input_names(request.inputs, signature)
-      specs = input_specs(signature)
-      order = sorted(specs)
-      arrays = {k: to_array(k, v, specs[k], order.index(k), self.limits) for k, v in request.inputs.items()}
+      arrays = {k: to_array(k, v, input_specs(signature), self.limits) for k, v in request.inputs.items()}
       outputs = self.models.run_here(servable, signature, arrays)
       response = predict_pb2.PredictResponse()
       response.model_spec.name = name

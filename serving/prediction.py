@@ -38,6 +38,12 @@ def _array_type_name(array: np.ndarray) -> str:
   return "string" if array.dtype == object else type_name(array.dtype)
 
 
+def wrong_dtype(specs: Dict[str, tf.TensorSpec], name: str, provided: str) -> InvalidArgument:
+  """TF's error for input `name` sent as `provided`: it numbers inputs in sorted order."""
+  return InvalidArgument(f"Expects arg[{sorted(specs).index(name)}] to be "
+                         f"{type_name(specs[name].dtype)} but {provided} is provided")
+
+
 def check_input_names(names: Iterable[str], signature) -> None:
   """The names a request sends against the signature's inputs (TF Serving's texts)."""
   names, specs = set(names), input_specs(signature)
@@ -58,12 +64,11 @@ def check_inputs(arrays: Arrays, signature) -> None:
   """Names, dtypes, ranks and batch sizes of `arrays` against the signature (TF Serving's texts)."""
   check_input_names(arrays, signature)
   specs = input_specs(signature)
-  for position, name in enumerate(sorted(specs)):
+  for name in sorted(specs):
     array, spec = arrays[name], specs[name]
     if (array.dtype == object) != (spec.dtype == tf.string) or (
         array.dtype != object and not np.can_cast(array.dtype, spec.dtype.as_numpy_dtype, "same_kind")):
-      raise InvalidArgument(f"Expects arg[{position}] to be {type_name(spec.dtype)} but "
-                            f"{_array_type_name(array)} is provided")
+      raise wrong_dtype(specs, name, _array_type_name(array))
     if spec.shape.rank is not None and array.ndim != spec.shape.rank:
       raise InvalidArgument(f"Input {name!r} must have rank {spec.shape.rank} (shape {spec.shape}); "
                             f"got shape {list(array.shape)}")
@@ -117,8 +122,8 @@ class Models:
     return self.manager(name).get(version, label)
 
   def signature(self, name: str, version: Optional[int], label: Optional[str],
-                signature_name: str) -> Tuple[Servable, object]:
-    """(servable, ConcreteFunction) a request names (gRPC's texts; REST has its own)."""
+                signature_name: str) -> Tuple[Servable, Signature]:
+    """(servable, Signature) a request names (gRPC's texts; REST has its own)."""
     servable = self.servable(name, version, label)
     signature = servable.signatures.get(signature_name or DEFAULT_SIGNATURE)
     if signature is None:
