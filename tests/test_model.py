@@ -175,3 +175,29 @@ def test_every_event_training_targets_the_next_item_after_each_real_latest_event
   data = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in batch.items()}).repeat(3)
   losses = model.fit(data, epochs=1, verbose=0).history["loss"]
   assert np.isfinite(losses).all()
+
+
+def test_histories_narrower_than_the_latest_events_give_the_interests_of_padded_ones():
+  config = PRESETS["small"]  # max_len 64, the latest 24 events uncompressed
+  model = model_for(config)
+  tail = features.uncompressed_len(config.max_len, config.compression_windows)
+  padded = histories(config, [3, 17, tail], seed=7)
+  narrow = {k: v[:, -tail:] for k, v in padded.items()}
+  tokens, _ = model.user_tower.events(narrow)
+  assert tokens.shape[1] == len(config.compression_windows) + tail  # old columns never embedded
+  np.testing.assert_allclose(model(narrow).numpy(), model(padded).numpy(), atol=2e-5)
+  narrower = {k: v[:2, -17:] for k, v in padded.items()}  # as wide as the longer of two rows
+  np.testing.assert_allclose(model(narrower).numpy(), model(padded).numpy()[:2], atol=2e-5)
+
+
+def test_every_event_targets_of_a_trimmed_batch_are_those_of_the_padded_one():
+  config = PRESETS["small"].replace(training_targets="every_event")
+  model = model_for(config)
+  padded = histories(config, [2, 9, 5], seed=8)
+  padded[features.TARGET_ITEM] = np.array([3, 4, 5], np.int64)
+  trimmed = {k: (v[:, -9:] if v.ndim == 2 else v) for k, v in padded.items()}
+  interests, targets = model._every_event_targets(padded, training=False)
+  narrow_interests, narrow_targets = model._every_event_targets(trimmed, training=False)
+  assert targets.numpy().tolist() == narrow_targets.numpy().tolist()
+  assert len(targets) == 2 + 9 + 5
+  np.testing.assert_allclose(narrow_interests.numpy(), interests.numpy(), atol=2e-5)

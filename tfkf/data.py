@@ -8,6 +8,9 @@ import tensorflow as tf
 
 from tfkf import features
 
+# Upper history lengths of the buckets `dataset(targets_per_batch=...)` batches by.
+LENGTH_BUCKETS = (2, 4, 8, 16, 32, 64, 128)
+
 
 def feature_spec(event_features: Sequence[str]):
   spec = {features.TARGET_ITEM: tf.io.FixedLenFeature([], tf.int64),
@@ -17,31 +20,83 @@ def feature_spec(event_features: Sequence[str]):
   return spec
 
 
-def parse_batch(serialized, max_len: int, event_features: Sequence[str]):
-  """[b] serialized examples -> {target_item [b], history_* [b, max_len] left-padded}."""
-  parsed = tf.io.parse_example(serialized, feature_spec(event_features))
+def _history_keys(event_features: Sequence[str]):
+  return [features.HISTORY_ITEM] + [features.history_key(n) for n in event_features]
+
+
+def left_aligned(parsed, max_len: int, event_features: Sequence[str], trim: bool = False):
+  """{target_item [b], history_* ragged [b, (T)]} -> histories [b, width] left-padded.
+
+  width is max_len, or with `trim` the longest history of the batch (at most
+  max_len): the columns every history would only pad are left out.
+  """
+  width = max_len
+  if trim:
+    longest = tf.cast(tf.reduce_max(parsed[features.HISTORY_ITEM].row_lengths()), tf.int64)
+    width = tf.minimum(tf.maximum(longest, 1), tf.constant(max_len, tf.int64))
   out = {features.TARGET_ITEM: parsed[features.TARGET_ITEM]}
-  for key in [features.HISTORY_ITEM] + [features.history_key(n) for n in event_features]:
-    out[key] = features.left_align(parsed[key], max_len)
+  for key in _history_keys(event_features):
+    out[key] = features.left_align(parsed[key], width)
   return out
+
+
+def parse_batch(serialized, max_len: int, event_features: Sequence[str], trim: bool = False):
+  """[b] serialized examples -> {target_item [b], history_* [b, width] left-padded} (left_aligned)."""
+  return left_aligned(tf.io.parse_example(serialized, feature_spec(event_features)), max_len,
+                      event_features, trim)
+
+
+def _files(data_dir, split, shuffle, seed):
+  files = tf.data.Dataset.list_files(os.path.join(data_dir, split, "*.tfrecord"),
+                                     shuffle=shuffle, seed=seed)
+  return files.interleave(tf.data.TFRecordDataset, cycle_length=4,
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
 
 
 def dataset(data_dir: str, split: str, batch_size: int, max_len: int,
             event_features: Sequence[str] = tuple(features.EVENT_FEATURES),
             shuffle: bool = True, repeat: bool = False, drop_remainder: bool = True,
-            seed: int = None) -> tf.data.Dataset:
-  """Batches of one split. drop_remainder keeps the in-batch negatives stable."""
-  files = tf.data.Dataset.list_files(os.path.join(data_dir, split, "*.tfrecord"),
-                                     shuffle=shuffle, seed=seed)
-  ds = files.interleave(tf.data.TFRecordDataset, cycle_length=4,
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+            seed: int = None, trim: bool = False, targets_per_batch: int = 0,
+            targets_per_example: int = 0) -> tf.data.Dataset:
+  """Batches of one split. drop_remainder keeps the in-batch negatives stable.
+
+  trim: histories as wide as the batch's longest (`left_aligned`), not max_len.
+  targets_per_batch: instead of batch_size examples, batches of histories of
+  similar length (LENGTH_BUCKETS) holding about this many training targets, an
+  example counting min(length, targets_per_example) (implies trim).
+  """
+  ds = _files(data_dir, split, shuffle, seed)
   if shuffle:
     ds = ds.shuffle(20_000, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.map(lambda s: parse_batch(s, max_len, event_features), num_parallel_calls=tf.data.AUTOTUNE)
+  if targets_per_batch:
+    ds = _length_bucketed(ds, max_len, event_features, targets_per_batch,
+                          targets_per_example or max_len)
+  else:
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda s: parse_batch(s, max_len, event_features, trim),
+                num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _length_bucketed(serialized, max_len, event_features, targets_per_batch, targets_per_example):
+  """Serialized examples -> batches of histories of similar length, about targets_per_batch targets each."""
+  spec = feature_spec(event_features)
+  uppers = [n for n in LENGTH_BUCKETS if n < max_len] + [max_len]
+  sizes = tf.constant([max(1, targets_per_batch // min(n, targets_per_example)) for n in uppers],
+                      tf.int64)
+
+  def bucket(example):
+    length = tf.minimum(tf.size(example[features.HISTORY_ITEM], tf.int64), max_len)
+    return tf.reduce_sum(tf.cast(length > tf.constant(uppers[:-1], tf.int64), tf.int64))
+
+  ds = serialized.map(lambda s: tf.io.parse_single_example(s, spec),
+                      num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.group_by_window(bucket, lambda key, window: window.ragged_batch(sizes[key]),
+                          window_size_func=lambda key: sizes[key])
+  return ds.map(lambda parsed: left_aligned(parsed, max_len, event_features, trim=True),
+                num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def metadata(data_dir: str) -> dict:

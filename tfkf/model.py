@@ -36,20 +36,45 @@ class UserTower(tf.keras.layers.Layer):
     self.final_norm = layers.RMSNorm(name="final_norm")
 
   def events(self, inputs, training=False):
-    """(tokens [b, S, d], valid [b, S]): the compressed windows, then the latest events as they are."""
+    """(tokens [b, S, d], valid [b, S]): the compressed windows, then the latest events as they are.
+
+    When no history of the batch reaches back past the latest events, the windows are
+    all padding: they are masked tokens then, and the old columns are neither embedded
+    nor compressed (same interests: RoPE is relative and masked keys weigh nothing).
+    S is len(windows) + the latest events' width (narrower when the input is).
+    """
     c = self.config
-    items = _fit_length(inputs[features.HISTORY_ITEM], c.max_len)
+    if self.compressor is None:
+      return self._embed(inputs, c.max_len, training)
+    tail = features.uncompressed_len(c.max_len, c.compression_windows)
+    if not self.compressor.built:  # its weights are created outside the tf.cond below
+      return self._compressed(inputs, training)
+    items = inputs[features.HISTORY_ITEM][:, -c.max_len:]
+    reaches_back = tf.reduce_any(tf.not_equal(items[:, :-tail], features.PAD_ID))
+    return tf.cond(reaches_back, lambda: self._compressed(inputs, training),
+                   lambda: self._latest_only(inputs, tail, training))
+
+  def _embed(self, inputs, width, training):
+    """(tokens [b, width, d], valid [b, width]) of the latest `width` events, left-padded."""
+    items = _fit_length(inputs[features.HISTORY_ITEM], width)
     per_event = {"item": items, **self.side_features(items)}
-    for name in c.event_features:
-      per_event[name] = _fit_length(inputs[features.history_key(name)], c.max_len)
-    tokens = self.token_embedding(per_event, training=training)
-    valid = tf.not_equal(items, features.PAD_ID)
-    if self.compressor is not None:
-      split = sum(c.compression_windows)
-      pooled, pooled_valid = self.compressor(tokens[:, :split], valid[:, :split], training=training)
-      tokens = tf.concat([pooled, tokens[:, split:]], axis=1)
-      valid = tf.concat([pooled_valid, valid[:, split:]], axis=1)
-    return tokens, valid
+    for name in self.config.event_features:
+      per_event[name] = _fit_length(inputs[features.history_key(name)], width)
+    return self.token_embedding(per_event, training=training), tf.not_equal(items, features.PAD_ID)
+
+  def _compressed(self, inputs, training):
+    tokens, valid = self._embed(inputs, self.config.max_len, training)
+    split = sum(self.config.compression_windows)
+    pooled, pooled_valid = self.compressor(tokens[:, :split], valid[:, :split], training=training)
+    return tf.concat([pooled, tokens[:, split:]], axis=1), tf.concat([pooled_valid, valid[:, split:]], 1)
+
+  def _latest_only(self, inputs, tail, training):
+    width = tf.minimum(tf.shape(inputs[features.HISTORY_ITEM])[1], tail)
+    tokens, valid = self._embed(inputs, width, training)
+    b, windows = tf.shape(tokens)[0], len(self.config.compression_windows)
+    masked = tf.zeros([b, windows, self.config.d_model], tokens.dtype)
+    return (tf.concat([masked, tokens], axis=1),
+            tf.concat([tf.zeros([b, windows], tf.bool), valid], axis=1))
 
   def sequence(self, inputs, training=False):
     """The causal transformer's input: (tokens [b, S + k, d], valid [b, S + k])."""
@@ -70,7 +95,10 @@ class UserTower(tf.keras.layers.Layer):
     first). The interests at cut c are those `call` gives for the history cut
     there (without compression; with it, the windows stay where they are).
     """
-    tokens, valid = self.events(inputs, training=training)
+    return self.interests_after(*self.events(inputs, training=training), cuts, training=training)
+
+  def interests_after(self, tokens, valid, cuts, training=False):
+    """`interests_at` on the event tokens and valid flags of `events`: [b, C, k, d]."""
     x, positions, attention_mask = self.query_tokens.at_cut_points(tokens, valid, cuts)
     for block in self.blocks:
       x = block(x, attention_mask=attention_mask, positions=positions, training=training)
@@ -92,12 +120,12 @@ class UserTower(tf.keras.layers.Layer):
                tf.keras.layers.deserialize(config.pop("side_features")), **config)
 
 
-def _fit_length(ids: tf.Tensor, max_len: int) -> tf.Tensor:
-  """[b, T] -> [b, max_len]: keep the latest max_len columns, left-pad with PAD_ID."""
-  ids = tf.cast(ids[:, -max_len:], tf.int64)
-  missing = max_len - tf.shape(ids)[1]
+def _fit_length(ids: tf.Tensor, width) -> tf.Tensor:
+  """[b, T] -> [b, width]: keep the latest `width` columns, left-pad with PAD_ID."""
+  ids = tf.cast(ids[:, -width:], tf.int64)
+  missing = width - tf.shape(ids)[1]
   ids = tf.pad(ids, [[0, 0], [missing, 0]], constant_values=features.PAD_ID)
-  return tf.ensure_shape(ids, [None, max_len])
+  return tf.ensure_shape(ids, [None, width if isinstance(width, int) else None])
 
 
 class KuaiFormer(tfrs.Model):
@@ -128,7 +156,8 @@ class KuaiFormer(tfrs.Model):
     return self.user_tower(inputs, training=training)
 
   def compute_loss(self, inputs, training=False):
-    if self.config.training_targets == "every_event":
+    # Validation scores the example's own target in both modes: that is the held-out one.
+    if self.config.training_targets == "every_event" and training:
       interests, targets = self._every_event_targets(inputs, training)
     else:
       interests = self.user_tower(inputs, training=training)
@@ -143,12 +172,18 @@ class KuaiFormer(tfrs.Model):
 
     With the build's --stride at the number of latest events, the examples of a user
     cover each of its training targets once. Out-of-vocabulary items are no targets.
+    Cut points go only where some history of the batch has an event.
     """
     c = self.config
     tail = features.uncompressed_len(c.max_len, c.compression_windows)
-    first = len(c.compression_windows)
-    interests = self.user_tower.interests_at(inputs, tf.range(first, first + tail), training=training)
-    items = _fit_length(inputs[features.HISTORY_ITEM], c.max_len)[:, -tail:]          # [b, tail]
+    history = inputs[features.HISTORY_ITEM]
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(history, features.PAD_ID), tf.int32), 1))
+    cuts_wanted = tf.maximum(tf.minimum(longest, tail), 1)
+    tokens, valid = self.user_tower.events(inputs, training=training)
+    width = tf.shape(tokens)[1]
+    interests = self.user_tower.interests_after(tokens, valid, tf.range(width - cuts_wanted, width),
+                                                training=training)
+    items = _fit_length(history, tail)[:, tail - cuts_wanted:]               # [b, cuts]
     targets = tf.concat([items[:, 1:], tf.cast(inputs[features.TARGET_ITEM], tf.int64)[:, None]], 1)
     real = tf.logical_and(tf.not_equal(items, features.PAD_ID), tf.not_equal(targets, features.OOV_ID))
     return tf.boolean_mask(interests, real), tf.boolean_mask(targets, real)

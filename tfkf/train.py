@@ -19,6 +19,7 @@ import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from tfkf import data
+from tfkf import features
 from tfkf.baselines import sasrec
 from tfkf.catalog import Catalog
 from tfkf.config import PRESETS, KuaiFormerConfig
@@ -116,6 +117,15 @@ def load_trained(model_dir: str, catalog: Catalog):
   return model
 
 
+def bucketing(config, args) -> dict:
+  """Training batches of every_event KuaiFormer: histories of similar length, about
+  --targets_per_batch targets each (each example has at most its latest events' targets)."""
+  if kind_of(config) != KUAIFORMER or config.training_targets != "every_event":
+    return {}
+  return {"targets_per_batch": args.targets_per_batch,
+          "targets_per_example": features.uncompressed_len(config.max_len, config.compression_windows)}
+
+
 def train(args) -> dict:
   tf.keras.utils.set_random_seed(args.seed)
   presets = MODELS[args.model][0]
@@ -136,7 +146,9 @@ def train(args) -> dict:
   with strategy.scope():
     model = build_model(config, catalog, args.learning_rate)
   read = lambda split, **kw: data.dataset(args.data_dir, split, args.batch_size, config.max_len,
-                                          config.event_features, seed=args.seed, **kw)
+                                          config.event_features, seed=args.seed,
+                                          # KuaiFormer takes histories of any width
+                                          trim=kind_of(config) == KUAIFORMER, **kw)
   callbacks = [
       tf.keras.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup"),
                                           save_freq=args.backup_every_steps or "epoch"),
@@ -150,7 +162,7 @@ def train(args) -> dict:
   ]
   if args.max_train_seconds:
     callbacks.append(TimeBudget(args.max_train_seconds))
-  history = model.fit(read("train", repeat=True), epochs=args.epochs,
+  history = model.fit(read("train", repeat=True, **bucketing(config, args)), epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch,
                       validation_data=read("valid", shuffle=False),
                       validation_steps=args.validation_steps, callbacks=callbacks,
@@ -175,6 +187,9 @@ def parse_args(argv=None):
   p.add_argument("--validation_steps", type=int, default=None,
                  help="default: the whole valid split")
   p.add_argument("--batch_size", type=int, default=256)
+  p.add_argument("--targets_per_batch", type=int, default=2048,
+                 help="training_targets=every_event: training targets per batch (it replaces "
+                      "--batch_size, which still sizes validation batches)")
   p.add_argument("--learning_rate", type=float, default=1e-3)
   p.add_argument("--patience", type=int, default=3, help="early stopping on val_loss")
   p.add_argument("--backup_every_steps", type=int, default=0,

@@ -1,0 +1,94 @@
+"""Screens training variants on one build: same wall-clock budget, metrics on the VALID split.
+
+Model selection reads valid, never test (the acceptance tables of bench-quality read test).
+Variants run interleaved, --repeats rounds; every run's numbers are kept.
+
+  python -m benchmarks.screen --data_dir=/tmp/bq/games/stride48 --eval_dir=/tmp/bq/games/prefix \
+      --train_seconds=120 --output=benchmarks/results/screens/games_logq.json \
+      --variant='logq={"config_overrides": {"use_logq": true}}' \
+      --variant='no_logq={"config_overrides": {"use_logq": false}}'
+
+A variant is NAME=JSON of tfkf.train flags; "config_overrides" is merged over --base_overrides.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+from benchmarks import common
+from benchmarks.quality import train
+
+
+def train_flags(spec: dict, args) -> list:
+  spec = dict(spec)
+  overrides = {**json.loads(args.base_overrides), **spec.pop("config_overrides", {})}
+  flags = {"model": "kuaiformer", "preset": "paper", "batch_size": 256, **spec,
+           "config_overrides": json.dumps(overrides)}
+  return [f"--{k}={v}" for k, v in flags.items()]
+
+
+def run_variant(name: str, spec: dict, repeat: int, args) -> dict:
+  import tfkf  # noqa: F401
+  from tfkf import evaluate
+  from tfkf.catalog import Catalog
+  from tfkf.train import load_trained
+
+  model_dir = os.path.join(args.work_dir, f"{name}-{repeat}")
+  fitted = train(args.data_dir, model_dir, train_flags(spec, args), args)
+  model = load_trained(model_dir, Catalog.load(args.eval_dir))
+  metrics = evaluate.evaluate(evaluate.model_scorer(model), args.eval_dir, "valid",
+                              model.config.max_len, model.config.event_features,
+                              max_examples=args.max_examples)
+  print(json.dumps({name: {k: round(v, 4) for k, v in metrics.items()}, "steps": fitted["steps"]}),
+        flush=True)
+  return {**fitted, "valid": metrics, "repeat": repeat}
+
+
+def summary(runs: list) -> dict:
+  keys = runs[0]["valid"].keys()
+  return {k: {"median": statistics.median(r["valid"][k] for r in runs),
+              "min": min(r["valid"][k] for r in runs), "max": max(r["valid"][k] for r in runs)}
+          for k in keys}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--data_dir", required=True, help="the build the variants train on")
+  p.add_argument("--eval_dir", required=True, help="a build with the same item ids; its valid split")
+  p.add_argument("--variant", action="append", required=True, help="NAME=JSON of tfkf.train flags")
+  p.add_argument("--base_overrides", default=json.dumps(
+      {"d_model": 64, "num_heads": 2, "num_layers": 2, "ffn_dim": 256}))
+  p.add_argument("--train_seconds", type=float, default=120)
+  p.add_argument("--steps_per_epoch", type=int, default=50)
+  p.add_argument("--max_epochs", type=int, default=100000)
+  p.add_argument("--validation_steps", type=int, default=5)
+  p.add_argument("--repeats", type=int, default=1)
+  p.add_argument("--max_examples", type=int, default=10000)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--work_dir", default="/tmp/bench-screen")
+  p.add_argument("--output", required=True)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  variants = dict(v.split("=", 1) for v in args.variant)
+  variants = {name: json.loads(spec) for name, spec in variants.items()}
+  runs = {name: [] for name in variants}
+  for repeat in range(args.repeats):
+    for name, spec in variants.items():
+      runs[name].append(run_variant(name, spec, repeat, args))
+  command = "python -m benchmarks.screen " + " ".join(sys.argv[1:] if argv is None else argv)
+  payload = {"command": command, "data_dir": args.data_dir, "eval_dir": args.eval_dir,
+             "split": "valid", "max_examples": args.max_examples,
+             "train_seconds": args.train_seconds, "base_overrides": json.loads(args.base_overrides),
+             "variants": {name: {"spec": variants[name], "summary": summary(r), "runs": r}
+                          for name, r in runs.items()}}
+  print(common.write("screen", payload, args.output))
+
+
+if __name__ == "__main__":
+  main()
