@@ -22,6 +22,9 @@ from beam_pipelines import transforms as T
 from tfkf import features
 
 
+LAYOUT_TARGETS, LAYOUT_CHUNKS = "targets", "chunks"
+
+
 class BuildOptions(PipelineOptions):
   """Flags of the build job (every other flag is a standard Beam option)."""
 
@@ -40,6 +43,13 @@ class BuildOptions(PipelineOptions):
                         help="items seen fewer times map to OOV and are never targets")
     parser.add_argument("--stride", type=int, default=1,
                         help="keep every stride-th training target per user, latest first")
+    parser.add_argument("--layout", choices=[LAYOUT_TARGETS, LAYOUT_CHUNKS], default=LAYOUT_TARGETS,
+                        help="targets: one training example per target; chunks: one per "
+                             "--chunk_len targets, for training_targets=every_event "
+                             "(docs/data_format.md, Layouts)")
+    parser.add_argument("--chunk_len", type=int, default=features.CHUNK_LEN,
+                        help="--layout=chunks: training targets per example; at most the "
+                             "model's uncompressed latest events")
     parser.add_argument("--max_examples_per_user", type=int, default=10**9,
                         help="cap on training examples per user (latest kept)")
     parser.add_argument("--split", choices=["leave_one_out", "time"], default="leave_one_out",
@@ -88,8 +98,8 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
       T.build_catalog, beam.pvalue.AsDict(item_features), beam.pvalue.AsDict(durations))
 
   history_lens = events | "Examples" >> T.WriteExampleShards(
-      out, opts.num_shards, item_index, opts.max_len, opts.stride, opts.max_examples_per_user,
-      _split_fn(opts))
+      out, opts.num_shards, item_index, opts.max_len, _stride(opts), opts.max_examples_per_user,
+      _split_fn(opts), chunks=opts.layout == LAYOUT_CHUNKS)
 
   count = lambda name, pcoll: pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
   counts = {
@@ -125,6 +135,18 @@ def provided_event_features(opts: BuildOptions):
   if issubclass(fmt, formats.Columnar):
     return fmt.provided(formats.parse_columns(opts.columns))
   return fmt.provides
+
+
+def _stride(opts: BuildOptions) -> int:
+  if opts.layout == LAYOUT_TARGETS:
+    return opts.stride
+  if opts.stride != 1:
+    raise SystemExit("beam_pipelines.build: --layout=chunks spaces examples by --chunk_len; "
+                     "--stride is for --layout=targets")
+  if not 0 < opts.chunk_len <= opts.max_len:
+    raise SystemExit(f"beam_pipelines.build: --chunk_len={opts.chunk_len} must be in "
+                     f"[1, --max_len={opts.max_len}]")
+  return opts.chunk_len
 
 
 def _split_fn(opts: BuildOptions):

@@ -246,7 +246,13 @@ class Example(NamedTuple):
 
 
 def user_examples(user_events, item_index, max_len, stride, max_examples_per_user,
-                  split_fn=LeaveOneOut()) -> Iterable[Example]:
+                  split_fn=LeaveOneOut(), chunks: bool = False) -> Iterable[Example]:
+  """A user's examples: every stride-th training target (latest first), then the held-out ones.
+
+  chunks: the training examples are chunks of `stride` targets (docs/data_format.md,
+  "Layouts"): one is kept even when its own target is out of vocabulary, as the
+  chunk's other targets are not.
+  """
   user, events = user_events
   events = sorted(events, key=lambda e: (e["time"], e["order"]))
   # Python lists: slicing them and filling protos is far faster than from NumPy scalars.
@@ -256,7 +262,7 @@ def user_examples(user_events, item_index, max_len, stride, max_examples_per_use
   train = train[::-1][::stride][:max_examples_per_user][::-1]
   held_out = [p for p in range(1, len(events)) if splits[p] != "train"]
   for p in train + held_out:
-    if enc["item"][p] == features.OOV_ID:
+    if enc["item"][p] == features.OOV_ID and not (chunks and splits[p] == "train"):
       continue  # An item below --min_item_count cannot be a target.
     start = max(0, p - max_len)
     yield Example(splits[p], user, p, p - start,
@@ -289,12 +295,12 @@ class WriteExampleShards(beam.PTransform):
   """
 
   def __init__(self, output_dir: str, num_shards: int, item_index, max_len: int, stride: int,
-               max_examples_per_user: int, split_fn=LeaveOneOut()):
+               max_examples_per_user: int, split_fn=LeaveOneOut(), chunks: bool = False):
     super().__init__()
     self.output_dir = output_dir
     self.num_shards = num_shards
     self.item_index = item_index
-    self.example_args = (max_len, stride, max_examples_per_user, split_fn)
+    self.example_args = (max_len, stride, max_examples_per_user, split_fn, chunks)
 
   def expand(self, events):
     n = self.num_shards

@@ -225,3 +225,20 @@ def test_write_example_shards_writes_every_split_of_every_shard(tmp_path):
                         for _ in tf.data.TFRecordDataset(str(tmp_path / f)))
              for split in T.SPLITS}
   assert targets == {"train": 4, "valid": 2, "test": 2}
+
+
+def test_chunk_layout_covers_every_training_target_once_and_no_held_out_one():
+  index = {str(i): i + 2 for i in range(4)}  # item "4" is out of vocabulary
+  events = _events("u", 43)
+  chunk, max_len = 6, 10
+  out = list(T.user_examples(("u", events), index, max_len, chunk, 10**6, chunks=True))
+  covered = []
+  for e in out:
+    if e.split == "train":
+      # every_event training: the targets after each of the latest min(history, chunk) events
+      covered += range(e.position - min(e.history_len, chunk) + 1, e.position + 1)
+  assert sorted(covered) == list(range(1, 41))  # positions 41, 42: valid, test
+  assert [(e.split, e.position) for e in out if e.split != "train"] == [("valid", 41), ("test", 42)]
+  oov_ends = [e for e in out if e.split == "train" and events[e.position]["item"] == "4"]
+  assert oov_ends, "a chunk whose own target is out of vocabulary is kept"
+  assert sum(e.split == "train" for e in out) == -(-40 // chunk)  # ceil: 7 examples, not 40

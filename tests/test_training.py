@@ -79,3 +79,16 @@ def test_a_killed_job_resumes_from_its_backup(data_dir, tmp_path):
   assert 0 < start < 120, f"restart began at step {start}: it did not resume mid-way"
   final = _checkpoint(str(tmp_path / "run" / "weights" / "final"))
   assert int(final[ITERATIONS]) == 120, "the restart continued the step count: none lost or redone"
+
+
+def test_a_chunk_build_is_refused_to_a_model_that_would_skip_its_targets():
+  from tfkf.config import PRESETS
+  from tfkf.train import check_layout
+  chunks = {"layout": "chunks", "chunk_len": 24}
+  every_event = PRESETS["small"].replace(training_targets="every_event")  # 24 latest events
+  check_layout(every_event, chunks)
+  check_layout(PRESETS["small"], {"layout": "targets", "chunk_len": 24})
+  with pytest.raises(SystemExit, match="training_targets=every_event"):
+    check_layout(PRESETS["small"], chunks)
+  with pytest.raises(SystemExit, match="--chunk_len=24"):
+    check_layout(every_event, {**chunks, "chunk_len": 48})

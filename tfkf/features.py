@@ -32,6 +32,21 @@ COMPRESSION_WINDOWS: Tuple[int, ...] = (64, 64, 16, 16, 16, 16, 16)
 SCHEMA_VERSION = 1
 
 
+def uncompressed_len(max_len: int, windows: Sequence[int]) -> int:
+  """Number of latest events that bypass compression."""
+  tail = max_len - sum(windows)
+  if tail <= 0:
+    raise ValueError(
+        f"compression windows {tuple(windows)} (sum {sum(windows)}) leave no "
+        f"uncompressed events for max_len={max_len}")
+  return tail
+
+
+# Training targets per example of the build's chunk layout: the paper's latest
+# events, after each of which every_event training places a cut point.
+CHUNK_LEN = uncompressed_len(MAX_LEN, COMPRESSION_WINDOWS)
+
+
 # Raw values travel as float32 in the serving signature. Both paths round to
 # float32 first and then compute in float64, so Beam and serving agree exactly.
 def _np_raw(x) -> np.ndarray:
@@ -140,16 +155,6 @@ TARGET_TIME = "target_time"
 
 def history_key(feature: str) -> str:
   return f"history_{feature}"
-
-
-def uncompressed_len(max_len: int, windows: Sequence[int]) -> int:
-  """Number of latest events that bypass compression."""
-  tail = max_len - sum(windows)
-  if tail <= 0:
-    raise ValueError(
-        f"compression windows {tuple(windows)} (sum {sum(windows)}) leave no "
-        f"uncompressed events for max_len={max_len}")
-  return tail
 
 
 def left_pad_numpy(values: Sequence[int], max_len: int) -> np.ndarray:

@@ -117,6 +117,21 @@ def load_trained(model_dir: str, catalog: Catalog):
   return model
 
 
+def check_layout(config, build_flags: dict) -> None:
+  """KuaiFormer on the chunk layout must train every target of each chunk (every_event, with
+  at least chunk_len uncompressed latest events), else targets are silently never trained."""
+  if kind_of(config) != KUAIFORMER or build_flags.get("layout") != "chunks":
+    return
+  chunk = build_flags["chunk_len"]
+  if config.training_targets != "every_event":
+    raise SystemExit(f"tfkf.train: the data is built with --layout=chunks (one example per {chunk} "
+                     "targets); train it with training_targets=every_event")
+  tail = features.uncompressed_len(config.max_len, config.compression_windows)
+  if tail < chunk:
+    raise SystemExit(f"tfkf.train: chunks of {chunk} targets, but the model's every_event training "
+                     f"covers its {tail} uncompressed latest events: rebuild with --chunk_len={tail}")
+
+
 def bucketing(config, args) -> dict:
   """Training batches of every_event KuaiFormer: histories of similar length, about
   --targets_per_batch targets each (each example has at most its latest events' targets)."""
@@ -134,8 +149,10 @@ def train(args) -> dict:
   config = presets[args.preset]
   if args.config_overrides:
     config = config.replace(**json.loads(args.config_overrides))
+  meta = data.metadata(args.data_dir)
+  check_layout(config, meta["flags"])
   # Use only the event features the data carries (a sasrec log has none).
-  provided = data.metadata(args.data_dir)["event_features"]
+  provided = meta["event_features"]
   config = config.replace(event_features=tuple(f for f in config.event_features if f in provided))
   catalog = Catalog.load(args.data_dir)
   strategy = strategy_from(args.strategy)
