@@ -1,22 +1,28 @@
 """make bench-quality: retrieval quality of KuaiFormer beside SASRec and simple baselines.
 
-Per data set, two Beam builds over the same log (identical item ids):
-  prefix  one example per target (KuaiFormer's training data; every model is
-          evaluated on its test split, so all see the same examples and negatives)
+Per data set, Beam builds over the same log (identical item ids):
+  prefix  one example per target (every model is evaluated on its test split, so
+          all see the same examples and negatives; KuaiFormer with
+          --kuaiformer_targets=last trains on it)
+  chunksN --layout=chunks --chunk_len=N: one example per N training targets,
+          N = KuaiFormer's uncompressed latest events (every_event training)
   users   --max_examples_per_user=1: one training example per user, SASRec's
           published per-user sample (tfkf/baselines/sasrec.py)
 Trained models: KuaiFormer, SASRec (bce, as published) and SASRec (in-batch
-softmax), each with the same wall-clock training budget (--train_seconds).
-Baselines: most popular and ItemKNN. Every model is evaluated on the test split
-with the full-catalog protocol and the SASRec sampled protocol (100 negatives,
-one seed).
+softmax), each with the same wall-clock training budget (--train_seconds), each
+with a learning curve (full-catalog HR@100 on valid examples against training
+seconds). Baselines: most popular and ItemKNN. Every model is evaluated on the
+test split with the full-catalog protocol and the SASRec sampled protocol (100
+negatives, one seed).
 
   python -m benchmarks.quality --datasets=games --train_seconds=240   # -> results/quality_games.json
+  python -m benchmarks.quality --input=logs/*.csv --format=kuairand --item_features=items.csv
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,14 +45,31 @@ UNLIMITED_EPOCHS = 100000  # --max_epochs default: the wall-time budget alone st
 ANCHORS = {"games": {"SASRec (paper)": {"hr@10": 0.7410, "ndcg@10": 0.5360}}}
 
 
+def kuaiformer_config(args) -> dict:
+  """The paper preset with --kuaiformer_overrides, as config_overrides JSON fields."""
+  return {"max_len": args.max_len, "training_targets": args.kuaiformer_targets,
+          **json.loads(args.kuaiformer_overrides)}
+
+
+def chunk_len(args) -> int:
+  import tfkf  # noqa: F401
+  from tfkf import features
+  from tfkf.config import PRESETS
+  config = PRESETS["paper"].replace(**kuaiformer_config(args))
+  return features.uncompressed_len(config.max_len, config.compression_windows)
+
+
 def models(args, spec) -> dict:
   """name -> (data build, tfkf.train flags)."""
-  kuaiformer = {"max_len": args.max_len, **json.loads(args.kuaiformer_overrides)}
   sasrec = {"max_len": spec["sasrec_max_len"]}
+  every_event = args.kuaiformer_targets == "every_event"
   return {
-      "kuaiformer": (kuaiformer_build(args), ["--model=kuaiformer", "--preset=paper",
-                                f"--config_overrides={json.dumps(kuaiformer)}",
-                                f"--batch_size={args.kuaiformer_batch_size}"]),
+      "kuaiformer": (f"chunks{chunk_len(args)}" if every_event else "prefix", [
+          "--model=kuaiformer", "--preset=paper",
+          f"--config_overrides={json.dumps(kuaiformer_config(args))}",
+          f"--batch_size={args.kuaiformer_batch_size}",
+          f"--targets_per_batch={args.kuaiformer_targets_per_batch}",
+          f"--learning_rate={args.kuaiformer_learning_rate}"]),
       "sasrec_bce": ("users", ["--model=sasrec", "--preset=paper",
                                f"--config_overrides={json.dumps({**sasrec, 'loss': 'bce'})}",
                                f"--batch_size={args.sasrec_batch_size}"]),
@@ -56,16 +79,19 @@ def models(args, spec) -> dict:
   }
 
 
-def kuaiformer_build(args) -> str:
-  """The build KuaiFormer trains on: "prefix" (every target), or every --kuaiformer_stride-th
-  target per user (with training_targets=every_event, each example supervises that many)."""
-  return "prefix" if args.kuaiformer_stride == 1 else f"stride{args.kuaiformer_stride}"
+def build_flags(name: str, spec) -> list:
+  """Extra flags of build `name` (prefix, chunksN, users) over the data set's log."""
+  if name == "users":
+    return ["--max_examples_per_user=1"]
+  if name.startswith("chunks"):
+    return ["--layout=chunks", f"--chunk_len={name[len('chunks'):]}"]
+  return []
 
 
 def build(spec, out: str, max_len: int, *extra: str) -> dict:
   if not os.path.exists(os.path.join(out, "metadata.json")):  # cached in --work_dir
     flags = [f"--input={spec['input']}", f"--format={spec['format']}", f"--output_dir={out}",
-             f"--max_len={max_len}", *extra]
+             f"--max_len={max_len}", *spec.get("build_flags", []), *extra]
     if spec.get("item_features"):
       flags.append(f"--item_features={spec['item_features']}")
     common.timed_module("beam_pipelines.build", "--runner=DirectRunner", *flags)
@@ -75,11 +101,14 @@ def build(spec, out: str, max_len: int, *extra: str) -> dict:
           "users": meta["counts"]["users"], "events": meta["counts"]["rows_accepted"]}
 
 
-def train(data_dir: str, model_dir: str, flags, args) -> dict:
+def train(data_dir: str, model_dir: str, flags, args, curve_dir: str = None) -> dict:
+  """Runs tfkf.train; with curve_dir, a learning curve on the valid split of that build."""
+  curve = ([f"--curve_data_dir={curve_dir}", f"--curve_examples={args.curve_examples}",
+            f"--curve_every_epochs={args.curve_every_epochs}"] if curve_dir else [])
   cmd = [sys.executable, "-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
          *flags, f"--epochs={args.max_epochs}", f"--steps_per_epoch={args.steps_per_epoch}",
          f"--validation_steps={args.validation_steps}", f"--max_train_seconds={args.train_seconds}",
-         "--patience=1000000", f"--seed={args.seed}", "--verbose=2"]
+         "--patience=1000000", f"--seed={args.seed}", "--verbose=2", *curve]
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
          "PYTHONPATH": common.ROOT}
   start = time.perf_counter()
@@ -87,9 +116,13 @@ def train(data_dir: str, model_dir: str, flags, args) -> dict:
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
   final = json.loads(proc.stdout.strip().splitlines()[-1])
-  return {"train_seconds": time.perf_counter() - start, "epochs": final["epochs"],
-          "steps": final["epochs"] * args.steps_per_epoch, "final_loss": final["loss"],
-          "final_val_loss": final["val_loss"], "command": " ".join(cmd[1:])}
+  out = {"train_seconds": time.perf_counter() - start, "epochs": final["epochs"],
+         "steps": final["epochs"] * args.steps_per_epoch, "final_loss": final["loss"],
+         "final_val_loss": final["val_loss"], "command": " ".join(cmd[1:])}
+  if curve_dir:
+    with open(os.path.join(model_dir, "learning_curve.json")) as f:
+      out["learning_curve"] = json.load(f)
+  return out
 
 
 def evaluate_all(scorer, eval_dir, max_len, negatives, args, event_features=()) -> dict:
@@ -109,17 +142,13 @@ def run_dataset(key: str, args) -> dict:
   work = os.path.join(args.work_dir, key)
   trained = {name: m for name, m in models(args, spec).items() if name in args.models}
   builds = {"prefix": build(spec, os.path.join(work, "prefix"), args.max_len)}
-  if args.kuaiformer_stride != 1 and "kuaiformer" in trained:
-    name = kuaiformer_build(args)
-    builds[name] = build(spec, os.path.join(work, name), args.max_len,
-                         f"--stride={args.kuaiformer_stride}")
-  if any(data == "users" for data, _ in trained.values()):
-    builds["users"] = build(spec, os.path.join(work, "users"), spec["sasrec_max_len"],
-                            "--max_examples_per_user=1")
+  for data in sorted({data for data, _ in trained.values()} - {"prefix"}):
+    max_len = spec["sasrec_max_len"] if data == "users" else args.max_len
+    builds[data] = build(spec, os.path.join(work, data), max_len, *build_flags(data, spec))
     with open(os.path.join(builds["prefix"]["dir"], "catalog.csv")) as a, \
-         open(os.path.join(builds["users"]["dir"], "catalog.csv")) as b:
+         open(os.path.join(builds[data]["dir"], "catalog.csv")) as b:
       if a.read() != b.read():
-        raise RuntimeError("the two builds disagree on item ids")
+        raise RuntimeError(f"the builds prefix and {data} disagree on item ids")
   prefix = builds["prefix"]
   eval_dir = prefix["dir"]
   catalog = Catalog.load(eval_dir)
@@ -137,7 +166,8 @@ def run_dataset(key: str, args) -> dict:
   for name, (data, flags) in trained.items():
     data_dir = builds[data]["dir"]
     model_dir = os.path.join(work, "runs", name)
-    fitted = train(data_dir, model_dir, flags, args)
+    shutil.rmtree(model_dir, ignore_errors=True)  # a backup/ left there would resume, not train
+    fitted = train(data_dir, model_dir, flags, args, curve_dir=eval_dir)
     model = load_trained(model_dir, catalog)
     metrics = evaluate_all(evaluate.model_scorer(model), eval_dir, model.config.max_len,
                            negatives, args, model.config.event_features)
@@ -166,18 +196,29 @@ def run(args) -> dict:
                      "kuaiformer_batch_size": args.kuaiformer_batch_size,
                      "sasrec_batch_size": args.sasrec_batch_size,
                      "kuaiformer_overrides": json.loads(args.kuaiformer_overrides),
-                     "kuaiformer_stride": args.kuaiformer_stride},
+                     "kuaiformer_targets": args.kuaiformer_targets,
+                     "kuaiformer_targets_per_batch": args.kuaiformer_targets_per_batch,
+                     "kuaiformer_learning_rate": args.kuaiformer_learning_rate,
+                     "curve_examples": args.curve_examples},
           "datasets": {key: run_dataset(key, args) for key in args.datasets}}
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--datasets", type=lambda s: s.split(","), default=["games", "ml"])
+  p.add_argument("--datasets", type=lambda s: s.split(","), default=None,
+                 help=f"shared data sets among {sorted(DATASETS)} (default: all, or none with --input)")
+  p.add_argument("--input", default=None, help="your own log: any glob beam_pipelines.build reads")
+  p.add_argument("--format", default=None, help="with --input: its beam_pipelines.build --format")
+  p.add_argument("--item_features", default=None, help="with --input: the item-feature file")
+  p.add_argument("--name", default=None, help="with --input: the data set's name (default: file stem)")
+  p.add_argument("--build_flag", action="append", default=[],
+                 help="with --input: another beam_pipelines.build flag (e.g. --columns=...)")
+  p.add_argument("--sasrec_max_len", type=int, default=50, help="with --input: SASRec's max_len")
+  p.add_argument("--override_input", action="append", default=[],
+                 help="KEY=PATH: another log for a shared data set (the smoke test's tiny one)")
   p.add_argument("--models", type=lambda s: s.split(","),
                  default=["kuaiformer", "sasrec_bce", "sasrec_in_batch"], help="trained models")
-  p.add_argument("--input", action="append", default=[],
-                 help="KEY=PATH: another log for a data set (the smoke test's tiny one)")
   p.add_argument("--work_dir", default="/tmp/bench-quality", help="builds are cached here")
   p.add_argument("--max_len", type=int, default=256, help="the prefix build and KuaiFormer")
   p.add_argument("--train_seconds", type=float, default=360)
@@ -186,21 +227,36 @@ def parse_args(argv=None):
   p.add_argument("--steps_per_epoch", type=int, default=100)
   p.add_argument("--validation_steps", type=int, default=20)
   p.add_argument("--kuaiformer_batch_size", type=int, default=256)
+  p.add_argument("--kuaiformer_targets", choices=["every_event", "last"], default="every_event",
+                 help="every_event: sequence-level training on the chunk build; last: the "
+                      "paper's one target per example on the prefix build")
+  p.add_argument("--kuaiformer_targets_per_batch", type=int, default=2048)
+  p.add_argument("--kuaiformer_learning_rate", type=float, default=1e-3)
   p.add_argument("--sasrec_batch_size", type=int, default=128)
   p.add_argument("--kuaiformer_overrides", default=json.dumps(
       {"d_model": 64, "num_heads": 2, "num_layers": 2, "ffn_dim": 256}),
       help="JSON changes to the paper preset (CPU sizing)")
-  p.add_argument("--kuaiformer_stride", type=int, default=1,
-                 help="train KuaiFormer on every n-th target per user (the build's --stride)")
+  p.add_argument("--curve_examples", type=int, default=2000,
+                 help="valid examples per point of the learning curves")
+  p.add_argument("--curve_every_epochs", type=int, default=1)
   p.add_argument("--num_neighbors", type=int, default=100)
   p.add_argument("--num_negatives", type=int, default=100)
   p.add_argument("--max_examples", type=int, default=None)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--output", default=None)
   args = p.parse_args(argv)
-  for item in args.input:
+  for item in args.override_input:
     key, path = item.split("=", 1)
     DATASETS[key]["input"] = path
+  if args.input:
+    if not args.format:
+      p.error("--input needs --format")
+    args.name = args.name or os.path.splitext(os.path.basename(args.input.replace("*", "")))[0] or "custom"
+    DATASETS[args.name] = {"title": args.name, "format": args.format, "input": args.input,
+                           "item_features": args.item_features, "build_flags": args.build_flag,
+                           "sasrec_max_len": args.sasrec_max_len}
+    args.datasets = (args.datasets or []) + [args.name]
+  args.datasets = args.datasets or ["games", "ml"]
   return args
 
 

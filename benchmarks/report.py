@@ -52,6 +52,18 @@ def _cost(r) -> list:
         f"{v['train_vs_64_plain']:.2f}× | {v['infer_vs_64_plain']:.2f}× | "
         f"{v['flops_train_vs_64_plain']:.2f}× | {v['score_elements_vs_64_plain']:.2f}× | "
         f"{f'{anchor}×' if anchor else ''} |")
+  if all("modes" in v for v in r["variants"].values()):
+    lines += ["", (f"Training targets per second by training mode (batch {r['batch_size']} histories "
+                   f"for `last`, {r['every_event_batch_size']} for `every_event`: one target per "
+                   "latest uncompressed event, so 48 per compressed history, max_len per plain one); "
+                   "cost per target against 64 plain in the same mode:"), "",
+              "| variant | last: targets/s | last: cost/target | every_event: targets/s | "
+              "every_event: cost/target |", "|---|---:|---:|---:|---:|"]
+    for name, v in _cost_order(r):
+      last, every = v["modes"]["last"], v["modes"]["every_event"]
+      lines.append(f"| {name} | {last['targets_per_s']:,.0f} | "
+                   f"{last['cost_per_target_vs_64_plain']:.2f}× | {every['targets_per_s']:,.0f} | "
+                   f"{every['cost_per_target_vs_64_plain']:.2f}× |")
   f = {name: v["flops"] for name, v in r["variants"].items()}
   share = lambda name, part: f[name][part] / f[name]["forward"]
   lines += ["", ("FLOPs model (`benchmarks/train_cost.py: flops`): token MLP over every event, the "
@@ -456,6 +468,29 @@ def plot_soak(r, path: str) -> None:
   _save(plt, fig, path)
 
 
+def learning_curve_path(dataset_key: str) -> str:
+  return os.path.join(ROOT, "benchmarks", "plots", f"learning_curve_{dataset_key}.png")
+
+
+def plot_learning_curves(r, _path=None) -> None:
+  """One plot per data set: valid HR@100 of each trained model against its training seconds."""
+  for key, d in r["datasets"].items():
+    curves = {n: m["learning_curve"]["points"] for n, m in d["models"].items() if "learning_curve" in m}
+    if not curves:
+      continue
+    plt, fig, axes = _plot_axes(1)
+    ax = axes[0][0]
+    for name, points in curves.items():
+      ax.plot([p["train_seconds"] for p in points], [p["hr@100"] for p in points], ".-",
+              label=QUALITY_NAMES.get(name, name))
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("full-catalog HR@100 (valid)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right")
+    ax.set_title(f"{d['title']}: learning curves")
+    _save(plt, fig, learning_curve_path(key))
+
+
 def plot_serving(r, path: str) -> None:
   """Latency distributions (percentile curves) per catalog, index and API at concurrency 1."""
   import matplotlib
@@ -491,6 +526,13 @@ QUALITY_NAMES = {"most_popular": "Most popular", "item_knn": "ItemKNN (cosine)",
 TRAINED = ("sasrec_bce", "sasrec_in_batch", "kuaiformer")
 
 
+def _kuaiformer_batches(b) -> str:
+  if b.get("kuaiformer_targets") == "every_event":
+    return (f"about {b['kuaiformer_targets_per_batch']} targets per batch for KuaiFormer "
+            "(every_event training on the chunk build, batches of similar history length)")
+  return f"{b['kuaiformer_batch_size']} for KuaiFormer (one example per target)"
+
+
 def _quality(r) -> list:
   b = r["budget"]
   titles = ", ".join(d["title"] for d in r["datasets"].values())
@@ -508,11 +550,11 @@ def _quality(r) -> list:
             f"{r['protocol']['sampled']} (SASRec's protocol). Full: {r['protocol']['full']}. "
             f"Budget: {budget}, batch {b['sasrec_batch_size']} "
             f"for SASRec (one example per user: the published per-user sample), "
-            f"{b['kuaiformer_batch_size']} for KuaiFormer (one example per target). KuaiFormer: "
+            f"{_kuaiformer_batches(b)}. KuaiFormer: "
             f"paper preset with {json.dumps(b['kuaiformer_overrides'])}. Seed {r['seed']}. "
             "train (s): the whole `tfkf.train` process (start-up and validation included); "
             "ItemKNN: its fit."), ""]
-  for d in r["datasets"].values():
+  for key, d in r["datasets"].items():
     prefix = d["builds"]["prefix"]
     lines += [f"### {d['title']}", "",
               (f"{prefix['users']:,} users, {prefix['items']:,} items, {prefix['events']:,} events; "
@@ -534,6 +576,11 @@ def _quality(r) -> list:
           f"| {QUALITY_NAMES.get(name, name)} | {s['hr@10']:.4f} | {s['ndcg@10']:.4f} | "
           f"{f['hr@10']:.4f} | {f['hr@50']:.4f} | {f['hr@100']:.4f} | {f['hr@500']:.4f} | "
           f"{f['ndcg@10']:.4f} | {f['mrr']:.4f} | {params} | {seconds} | {steps} |")
+    if any("learning_curve" in m for m in d["models"].values()):
+      examples = r["budget"].get("curve_examples")
+      lines += ["", f"Learning curves (full-catalog HR@100 on {examples} valid examples against "
+                    f"training seconds): ![learning curves](benchmarks/plots/"
+                    f"{os.path.basename(learning_curve_path(key))})"]
     ours = d["models"].get("sasrec_bce")
     for name, anchor in d["anchors"].items() if ours else ():
       lines += ["", f"SASRec (BCE) against {name}, sampled: " + ", ".join(
@@ -545,7 +592,8 @@ def _quality(r) -> list:
 PLOTS = {"serving": (plot_serving, os.path.join(ROOT, "benchmarks", "plots", "serving_latency.png")),
          "ablation": (plot_ablation, os.path.join(ROOT, "benchmarks", "plots", "ablation.png")),
          "cost": (plot_cost, os.path.join(ROOT, "benchmarks", "plots", "cost.png")),
-         "soak": (plot_soak, os.path.join(ROOT, "benchmarks", "plots", "soak_rss.png"))}
+         "soak": (plot_soak, os.path.join(ROOT, "benchmarks", "plots", "soak_rss.png")),
+         "quality": (plot_learning_curves, None)}
 RENDERERS = {"pipeline": _pipeline, "cost": _cost, "serving": _serving,
              "freshness": _freshness, "ablation": _ablation, "ablation_budget": _ablation_budget,
              "quality": _quality, "soak": _soak}

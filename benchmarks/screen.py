@@ -36,7 +36,8 @@ def run_variant(name: str, spec: dict, repeat: int, args) -> dict:
   from tfkf.train import load_trained
 
   model_dir = os.path.join(args.work_dir, f"{name}-{repeat}")
-  fitted = train(args.data_dir, model_dir, train_flags(spec, args), args)
+  fitted = train(args.data_dir, model_dir, train_flags(spec, args), args,
+                 curve_dir=args.eval_dir if args.curve_examples else None)
   model = load_trained(model_dir, Catalog.load(args.eval_dir))
   metrics = evaluate.evaluate(evaluate.model_scorer(model), args.eval_dir, "valid",
                               model.config.max_len, model.config.event_features,
@@ -67,6 +68,9 @@ def parse_args(argv=None):
   p.add_argument("--validation_steps", type=int, default=5)
   p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--max_examples", type=int, default=10000)
+  p.add_argument("--curve_examples", type=int, default=0,
+                 help="a learning curve on this many valid examples (0: none)")
+  p.add_argument("--curve_every_epochs", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--work_dir", default="/tmp/bench-screen")
   p.add_argument("--output", required=True)

@@ -4,8 +4,12 @@ Variants with the same d, L, k (--preset, the paper's by default): plain
 histories of each of --lengths events, and --compressed_len events compressed
 with the paper's windows. Every history is full and the batch is held fixed in
 memory (input pipeline excluded). The variants run interleaved, --repeats
-rounds each; a round times --steps training steps and --calls calls of the user
-tower on one history (a traced tf.function, as in the exported signature).
+rounds each; a round times --steps training steps in each training mode
+("last": one target per history; "every_event": one per latest uncompressed
+event, so 48 per compressed history and max_len per plain one) and --calls
+calls of the user tower on one history (a traced tf.function, as in the
+exported signature). Training targets/s per mode and the cost per target
+against 64 plain in the same mode are reported.
 Medians are reported with ratios to "64 plain" measured in the same run, beside
 a FLOPs model (`flops`) of the same work.
 
@@ -112,23 +116,45 @@ class StepTimer(tf.keras.callbacks.Callback):
     self.times.append(time.perf_counter() - self._start)
 
 
-class Variant:
-  """One model, its training data and its traced single-user call."""
+def targets_per_example(config: KuaiFormerConfig) -> int:
+  """Training targets of one full history: 1, or with every_event one per latest event."""
+  if config.training_targets == "every_event":
+    return features.uncompressed_len(config.max_len, config.compression_windows)
+  return 1
+
+
+class Trainer:
+  """One model in one training mode, on one fixed batch of full histories."""
 
   def __init__(self, config: KuaiFormerConfig, batch_size: int):
-    self.config = config
+    self.config, self.batch_size = config, batch_size
     self.model = KuaiFormer(config, catalog()).build_towers()
     self.model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
     self.data = tf.data.Dataset.from_tensors(batch(config, batch_size)).repeat()
-    self.one = {k: v[:1] for k, v in batch(config, 1, seed=1).items()
-                if k != features.TARGET_ITEM}
-    self.call = tf.function(lambda b: self.model(b))
-    self.call(self.one)
+
+  @property
+  def targets_per_step(self) -> int:
+    return self.batch_size * targets_per_example(self.config)
 
   def train_step_s(self, steps: int) -> float:
     timer = StepTimer()
     self.model.fit(self.data, steps_per_epoch=steps + 2, epochs=1, verbose=0, callbacks=[timer])
     return statistics.median(timer.times[2:])  # the first steps of a fit include its set-up
+
+
+class Variant:
+  """One history length: its trainers per training mode and its traced single-user call."""
+
+  def __init__(self, config: KuaiFormerConfig, batch_size: int, every_event_batch_size: int):
+    self.config = config
+    self.trainers = {"last": Trainer(config, batch_size),
+                     "every_event": Trainer(config.replace(training_targets="every_event"),
+                                            every_event_batch_size)}
+    self.model = self.trainers["last"].model
+    self.one = {k: v[:1] for k, v in batch(config, 1, seed=1).items()
+                if k != features.TARGET_ITEM}
+    self.call = tf.function(lambda b: self.model(b))
+    self.call(self.one)
 
   def infer_one_user_s(self, calls: int) -> float:
     latencies = []
@@ -142,25 +168,36 @@ class Variant:
 def run(args) -> dict:
   tf.keras.utils.set_random_seed(args.seed)
   preset = PRESETS[args.preset]
-  built = {name: Variant(c, args.batch_size) for name, c in
+  built = {name: Variant(c, args.batch_size, args.every_event_batch_size) for name, c in
            variants(preset, args.lengths, args.compressed_len).items()}
   rounds = {name: [] for name in built}
   for _ in range(args.repeats):
     for name, v in built.items():
-      rounds[name].append({"train_step_s": v.train_step_s(args.steps),
+      rounds[name].append({"train_step_s": v.trainers["last"].train_step_s(args.steps),
+                           "every_event_train_step_s":
+                               v.trainers["every_event"].train_step_s(args.steps),
                            "infer_one_user_s": v.infer_one_user_s(args.calls)})
   results = {}
   for name, v in built.items():
-    step = statistics.median(r["train_step_s"] for r in rounds[name])
+    median = lambda key: statistics.median(r[key] for r in rounds[name])
+    step = median("train_step_s")
+    modes = {mode: {"batch_size": t.batch_size, "targets_per_step": t.targets_per_step,
+                    "train_step_s": median("train_step_s" if mode == "last" else
+                                           "every_event_train_step_s")}
+             for mode, t in v.trainers.items()}
+    for m in modes.values():
+      m["targets_per_s"] = m["targets_per_step"] / m["train_step_s"]
     results[name] = {"max_len": v.config.max_len, "compressed": bool(v.config.compression_windows),
                      "sequence_tokens": v.config.num_sequence_tokens,
                      "flops": flops(v.config, args.batch_size), "train_step_s": step,
                      "train_examples_per_s": args.batch_size / step,
-                     "infer_one_user_ms": 1e3 * statistics.median(
-                         r["infer_one_user_s"] for r in rounds[name]),
+                     "modes": modes,
+                     "infer_one_user_ms": 1e3 * median("infer_one_user_s"),
                      "rounds": rounds[name]}
   base = results[BASELINE]
   for r in results.values():
+    for mode, m in r["modes"].items():
+      m["cost_per_target_vs_64_plain"] = base["modes"][mode]["targets_per_s"] / m["targets_per_s"]
     r["train_vs_64_plain"] = r["train_step_s"] / base["train_step_s"]
     r["infer_vs_64_plain"] = r["infer_one_user_ms"] / base["infer_one_user_ms"]
     r["flops_train_vs_64_plain"] = r["flops"]["train_step"] / base["flops"]["train_step"]
@@ -168,6 +205,7 @@ def run(args) -> dict:
     r["score_elements_vs_64_plain"] = r["flops"]["score_elements"] / base["flops"]["score_elements"]
   compressed = preset.replace(max_len=256, compression_windows=features.COMPRESSION_WINDOWS)
   return {"seed": args.seed, "preset": args.preset, "batch_size": args.batch_size,
+          "every_event_batch_size": args.every_event_batch_size,
           "steps": args.steps, "calls": args.calls, "repeats": args.repeats,
           "config": preset.to_json(),
           "versions": common.versions("tensorflow", "tf-keras", "tensorflow-recommenders"),
@@ -185,6 +223,9 @@ def main(argv=None):
   p.add_argument("--compressed_len", type=int, default=256,
                  help="compressed variant (paper windows); 0: none")
   p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--every_event_batch_size", type=int, default=16,
+                 help="histories per step of every_event training (each has one target per "
+                      "latest event: 48 compressed, max_len plain)")
   p.add_argument("--steps", type=int, default=8, help="timed training steps per round")
   p.add_argument("--calls", type=int, default=50, help="timed single-user calls per round")
   p.add_argument("--repeats", type=int, default=3)

@@ -22,7 +22,8 @@ def test_pipeline_benchmark_and_report(tmp_path):
 def test_cost_benchmark(tmp_path):
   out = tmp_path / "cost.json"
   cli.run("benchmarks.train_cost", "--preset=small", "--lengths=64", "--compressed_len=256",
-          "--batch_size=2", "--steps=1", "--repeats=1", "--calls=2", f"--output={out}")
+          "--batch_size=2", "--every_event_batch_size=2", "--steps=1", "--repeats=1", "--calls=2",
+          f"--output={out}")
   result = json.loads(out.read_text())
   variants = result["variants"]
   assert set(variants) == {"64 plain", "256 compressed"}
@@ -31,9 +32,14 @@ def test_cost_benchmark(tmp_path):
   assert variants["64 plain"]["train_vs_64_plain"] == 1 and compressed["train_step_s"] > 0
   assert compressed["flops"]["compressor"] > 0 == variants["64 plain"]["flops"]["compressor"]
   assert compressed["flops_train_vs_64_plain"] > 1 and compressed["infer_one_user_ms"] > 0
+  every = compressed["modes"]["every_event"]
+  assert every["targets_per_step"] == 2 * 48 and compressed["modes"]["last"]["targets_per_step"] == 2
+  assert variants["64 plain"]["modes"]["every_event"]["targets_per_step"] == 2 * 64
+  assert every["targets_per_s"] == pytest.approx(every["targets_per_step"] / every["train_step_s"])
   from benchmarks.report import plot_cost, render
   text = render([result])
   assert text.index("| 64 plain") < text.index("| 256 compressed") and "1.1×" in text
+  assert "| variant | last: targets/s | last: cost/target | every_event: targets/s |" in text
   plot_cost(result, str(tmp_path / "cost.png"))
   assert (tmp_path / "cost.png").stat().st_size > 0
 
@@ -117,7 +123,7 @@ def test_quality_benchmark(tmp_path):
   log = tmp_path / "tiny.txt"  # sasrec format: 60 users, 4-9 events each, line order is time
   log.write_text("".join(f"{u} {i}\n" for u in range(60) for i in rng.integers(1, 80, rng.integers(4, 10))))
   out = tmp_path / "quality.json"
-  cli.run("benchmarks.quality", "--datasets=games", f"--input=games={log}",
+  cli.run("benchmarks.quality", "--datasets=games", f"--override_input=games={log}",
           f"--work_dir={tmp_path / 'work'}", "--models=kuaiformer", "--max_len=16",
           '--kuaiformer_overrides={"d_model": 16, "num_heads": 1, "num_layers": 1, "ffn_dim": 16, '
           '"compression_windows": [8], "num_query_tokens": 2}', "--max_epochs=1",
@@ -128,6 +134,12 @@ def test_quality_benchmark(tmp_path):
   assert set(models) == {"most_popular", "item_knn", "kuaiformer"}
   trained = models["kuaiformer"]
   assert trained["steps"] == 2 and trained["params"] > 0 and trained["config"]["max_len"] == 16
+  # every_event training on the chunk build (chunks of its 16 - 8 uncompressed latest events)
+  assert trained["train_data"] == "chunks8" and trained["config"]["training_targets"] == "every_event"
+  assert result["datasets"]["games"]["builds"]["chunks8"]["splits"]["train"]["examples"] < \
+      result["datasets"]["games"]["builds"]["prefix"]["splits"]["train"]["examples"]
+  [point] = trained["learning_curve"]["points"]
+  assert point["epoch"] == 1 and point["step"] == 2 and 0 <= point["hr@100"] <= 1
   # One fixed example set for every model: the prefix build's test split, one per user.
   assert {m["full"]["examples"] for m in models.values()} == {m["sampled"]["examples"] for m in models.values()} == {60}
   assert all(0 <= m["sampled"]["hr@10"] <= 1 for m in models.values())
@@ -135,6 +147,19 @@ def test_quality_benchmark(tmp_path):
   text = render([result])
   assert "| SASRec (paper) | 0.7410 | 0.5360 |" in text and "| KuaiFormer |" in text
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
+  assert "![learning curves](benchmarks/plots/learning_curve_games.png)" in text
+
+
+def test_quality_benchmark_takes_a_users_own_log():
+  from benchmarks import quality
+  args = quality.parse_args(["--input=/logs/clicks-*.csv", "--format=kuairand",
+                             "--item_features=/logs/items.csv", "--build_flag=--min_item_count=5"])
+  assert args.datasets == ["clicks-"]
+  spec = quality.DATASETS["clicks-"]
+  assert (spec["input"], spec["format"], spec["item_features"]) == ("/logs/clicks-*.csv", "kuairand",
+                                                                    "/logs/items.csv")
+  assert quality.build_flags("chunks48", spec) == ["--layout=chunks", "--chunk_len=48"]
+  assert "--min_item_count=5" in spec["build_flags"]
 
 
 def test_median_ci95_narrows_with_more_rounds_and_covers_the_median():

@@ -19,6 +19,7 @@ import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
 from tfkf import data
+from tfkf import evaluate
 from tfkf import features
 from tfkf.baselines import sasrec
 from tfkf.catalog import Catalog
@@ -67,18 +68,48 @@ class LogStartStep(tf.keras.callbacks.Callback):
           flush=True)
 
 
-class TimeBudget(tf.keras.callbacks.Callback):
-  """Stops at the end of the first epoch that ends `seconds` after training began."""
+class LearningCurve(tf.keras.callbacks.Callback):
+  """Every `every_epochs` epochs: full-catalog metrics of `examples` examples of a split,
+  against the training seconds so far (its own evaluation time left out), into `path`."""
 
-  def __init__(self, seconds: float):
+  def __init__(self, data_dir: str, split: str, examples: int, every_epochs: int, path: str):
+    super().__init__()
+    self.data_dir, self.split, self.examples = data_dir, split, examples
+    self.every_epochs, self.path = every_epochs, path
+    self.paused = 0.0
+
+  def on_train_begin(self, logs=None):
+    self.start, self.points = time.monotonic(), []
+
+  def on_epoch_end(self, epoch, logs=None):
+    if (epoch + 1) % self.every_epochs:
+      return
+    began = time.monotonic()
+    config = self.model.config
+    metrics = evaluate.evaluate(evaluate.model_scorer(self.model), self.data_dir, self.split,
+                                config.max_len, config.event_features, max_examples=self.examples)
+    self.points.append({"epoch": epoch + 1, "train_seconds": began - self.start - self.paused,
+                        "step": int(self.model.optimizer.iterations.numpy()), **metrics})
+    self.paused += time.monotonic() - began
+    with tf.io.gfile.GFile(self.path, "w") as f:
+      json.dump({"split": self.split, "points": self.points}, f, indent=1)
+
+
+class TimeBudget(tf.keras.callbacks.Callback):
+  """Stops at the end of the first epoch that ends `seconds` of training after it began
+  (time a LearningCurve spent evaluating is not training)."""
+
+  def __init__(self, seconds: float, curve: LearningCurve = None):
     super().__init__()
     self.seconds = seconds
+    self.curve = curve
 
   def on_train_begin(self, logs=None):
     self.start = time.monotonic()
 
   def on_epoch_end(self, epoch, logs=None):
-    if time.monotonic() - self.start >= self.seconds:
+    paused = self.curve.paused if self.curve else 0.0
+    if time.monotonic() - self.start - paused >= self.seconds:
       self.model.stop_training = True
 
 
@@ -177,8 +208,13 @@ def train(args) -> dict:
       tf.keras.callbacks.TensorBoard(os.path.join(out, "logs")),
       LogStartStep(),
   ]
+  curve = None
+  if args.curve_data_dir:
+    curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
+                          args.curve_every_epochs, os.path.join(out, "learning_curve.json"))
+    callbacks.append(curve)
   if args.max_train_seconds:
-    callbacks.append(TimeBudget(args.max_train_seconds))
+    callbacks.append(TimeBudget(args.max_train_seconds, curve))
   history = model.fit(read("train", repeat=True, **bucketing(config, args)), epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch,
                       validation_data=read("valid", shuffle=False),
@@ -213,6 +249,11 @@ def parse_args(argv=None):
                  help="BackupAndRestore frequency in steps (0: every epoch)")
   p.add_argument("--max_train_seconds", type=float, default=0,
                  help="stop after the first epoch ending past this many seconds (0: no limit)")
+  p.add_argument("--curve_data_dir", default="",
+                 help="a learning curve (learning_curve.json in --model_dir): full-catalog "
+                      "metrics on the valid split of this build (same item ids)")
+  p.add_argument("--curve_examples", type=int, default=2000, help="valid examples per point")
+  p.add_argument("--curve_every_epochs", type=int, default=1)
   p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default="default")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
