@@ -46,7 +46,7 @@ ANCHORS = {"games": {"SASRec (paper)": {"hr@10": 0.7410, "ndcg@10": 0.5360}}}
 
 
 def kuaiformer_config(args) -> dict:
-  """The paper preset with --kuaiformer_overrides, as config_overrides JSON fields."""
+  """--kuaiformer_preset's changes: config_overrides JSON fields."""
   return {"max_len": args.max_len, "training_targets": args.kuaiformer_targets,
           **json.loads(args.kuaiformer_overrides)}
 
@@ -55,7 +55,7 @@ def chunk_len(args) -> int:
   import tfkf  # noqa: F401
   from tfkf import features
   from tfkf.config import PRESETS
-  config = PRESETS["paper"].replace(**kuaiformer_config(args))
+  config = PRESETS[args.kuaiformer_preset].replace(**kuaiformer_config(args))
   return features.uncompressed_len(config.max_len, config.compression_windows)
 
 
@@ -65,7 +65,7 @@ def models(args, spec) -> dict:
   every_event = args.kuaiformer_targets == "every_event"
   return {
       "kuaiformer": (f"chunks{chunk_len(args)}" if every_event else "prefix", [
-          "--model=kuaiformer", "--preset=paper",
+          "--model=kuaiformer", f"--preset={args.kuaiformer_preset}",
           f"--config_overrides={json.dumps(kuaiformer_config(args))}",
           f"--batch_size={args.kuaiformer_batch_size}",
           f"--targets_per_batch={args.kuaiformer_targets_per_batch}",
@@ -104,7 +104,7 @@ def build(spec, out: str, max_len: int, *extra: str) -> dict:
 def train(data_dir: str, model_dir: str, flags, args, curve_dir: str = None) -> dict:
   """Runs tfkf.train; with curve_dir, a learning curve on the valid split of that build."""
   curve = ([f"--curve_data_dir={curve_dir}", f"--curve_examples={args.curve_examples}",
-            f"--curve_every_epochs={args.curve_every_epochs}"] if curve_dir else [])
+            f"--curve_every_seconds={args.curve_every_seconds}"] if curve_dir else [])
   cmd = [sys.executable, "-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
          *flags, f"--epochs={args.max_epochs}", f"--steps_per_epoch={args.steps_per_epoch}",
          f"--validation_steps={args.validation_steps}", f"--max_train_seconds={args.train_seconds}",
@@ -195,6 +195,7 @@ def run(args) -> dict:
                      "validation_steps": args.validation_steps,
                      "kuaiformer_batch_size": args.kuaiformer_batch_size,
                      "sasrec_batch_size": args.sasrec_batch_size,
+                     "kuaiformer_preset": args.kuaiformer_preset,
                      "kuaiformer_overrides": json.loads(args.kuaiformer_overrides),
                      "kuaiformer_targets": args.kuaiformer_targets,
                      "kuaiformer_targets_per_batch": args.kuaiformer_targets_per_batch,
@@ -233,12 +234,12 @@ def parse_args(argv=None):
   p.add_argument("--kuaiformer_targets_per_batch", type=int, default=2048)
   p.add_argument("--kuaiformer_learning_rate", type=float, default=1e-3)
   p.add_argument("--sasrec_batch_size", type=int, default=128)
-  p.add_argument("--kuaiformer_overrides", default=json.dumps(
-      {"d_model": 64, "num_heads": 2, "num_layers": 2, "ffn_dim": 256}),
-      help="JSON changes to the paper preset (CPU sizing)")
+  p.add_argument("--kuaiformer_preset", default="cpu", help="a tfkf.config preset")
+  p.add_argument("--kuaiformer_overrides", default="{}", help="JSON changes to that preset")
   p.add_argument("--curve_examples", type=int, default=2000,
                  help="valid examples per point of the learning curves")
-  p.add_argument("--curve_every_epochs", type=int, default=1)
+  p.add_argument("--curve_every_seconds", type=float, default=60,
+                 help="training seconds between points of the learning curves")
   p.add_argument("--num_neighbors", type=int, default=100)
   p.add_argument("--num_negatives", type=int, default=100)
   p.add_argument("--max_examples", type=int, default=None)

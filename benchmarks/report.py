@@ -551,7 +551,8 @@ def _quality(r) -> list:
             f"Budget: {budget}, batch {b['sasrec_batch_size']} "
             f"for SASRec (one example per user: the published per-user sample), "
             f"{_kuaiformer_batches(b)}. KuaiFormer: "
-            f"paper preset with {json.dumps(b['kuaiformer_overrides'])}. Seed {r['seed']}. "
+            f"preset {b.get('kuaiformer_preset', 'paper')} with "
+            f"{json.dumps(b['kuaiformer_overrides'])}. Seed {r['seed']}. "
             "train (s): the whole `tfkf.train` process (start-up and validation included); "
             "ItemKNN: its fit."), ""]
   for key, d in r["datasets"].items():

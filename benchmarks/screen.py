@@ -70,7 +70,8 @@ def parse_args(argv=None):
   p.add_argument("--max_examples", type=int, default=10000)
   p.add_argument("--curve_examples", type=int, default=0,
                  help="a learning curve on this many valid examples (0: none)")
-  p.add_argument("--curve_every_epochs", type=int, default=1)
+  p.add_argument("--curve_every_seconds", type=float, default=60,
+                 help="training seconds between points of the learning curves")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--work_dir", default="/tmp/bench-screen")
   p.add_argument("--output", required=True)

@@ -69,26 +69,35 @@ class LogStartStep(tf.keras.callbacks.Callback):
 
 
 class LearningCurve(tf.keras.callbacks.Callback):
-  """Every `every_epochs` epochs: full-catalog metrics of `examples` examples of a split,
-  against the training seconds so far (its own evaluation time left out), into `path`."""
+  """At the end of each epoch ending `every_seconds` of training after the last point:
+  full-catalog metrics of `examples` examples of a split against the training seconds
+  so far (its own evaluation time left out), into `path`."""
 
-  def __init__(self, data_dir: str, split: str, examples: int, every_epochs: int, path: str):
+  def __init__(self, data_dir: str, split: str, examples: int, every_seconds: float, path: str):
     super().__init__()
     self.data_dir, self.split, self.examples = data_dir, split, examples
-    self.every_epochs, self.path = every_epochs, path
+    self.every_seconds, self.path = every_seconds, path
     self.paused = 0.0
 
   def on_train_begin(self, logs=None):
-    self.start, self.points = time.monotonic(), []
+    self.start, self.points, self.epoch = time.monotonic(), [], 0
 
   def on_epoch_end(self, epoch, logs=None):
-    if (epoch + 1) % self.every_epochs:
-      return
+    self.epoch = epoch + 1
+    last = self.points[-1]["train_seconds"] if self.points else 0.0
+    if time.monotonic() - self.start - self.paused - last >= self.every_seconds:
+      self._add_point()
+
+  def on_train_end(self, logs=None):
+    if self.epoch and (not self.points or self.points[-1]["epoch"] != self.epoch):
+      self._add_point()  # the curve ends at the trained model
+
+  def _add_point(self):
     began = time.monotonic()
     config = self.model.config
     metrics = evaluate.evaluate(evaluate.model_scorer(self.model), self.data_dir, self.split,
                                 config.max_len, config.event_features, max_examples=self.examples)
-    self.points.append({"epoch": epoch + 1, "train_seconds": began - self.start - self.paused,
+    self.points.append({"epoch": self.epoch, "train_seconds": began - self.start - self.paused,
                         "step": int(self.model.optimizer.iterations.numpy()), **metrics})
     self.paused += time.monotonic() - began
     with tf.io.gfile.GFile(self.path, "w") as f:
@@ -211,7 +220,7 @@ def train(args) -> dict:
   curve = None
   if args.curve_data_dir:
     curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
-                          args.curve_every_epochs, os.path.join(out, "learning_curve.json"))
+                          args.curve_every_seconds, os.path.join(out, "learning_curve.json"))
     callbacks.append(curve)
   if args.max_train_seconds:
     callbacks.append(TimeBudget(args.max_train_seconds, curve))
@@ -253,7 +262,8 @@ def parse_args(argv=None):
                  help="a learning curve (learning_curve.json in --model_dir): full-catalog "
                       "metrics on the valid split of this build (same item ids)")
   p.add_argument("--curve_examples", type=int, default=2000, help="valid examples per point")
-  p.add_argument("--curve_every_epochs", type=int, default=1)
+  p.add_argument("--curve_every_seconds", type=float, default=0,
+                 help="training seconds between points (0: every epoch)")
   p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default="default")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
