@@ -550,9 +550,10 @@ def _quality(r) -> list:
             f"{r['protocol']['sampled']} (SASRec's protocol). Full: {r['protocol']['full']}. "
             f"Budget: {budget}, batch {b['sasrec_batch_size']} "
             f"for SASRec (one example per user: the published per-user sample), "
-            f"{_kuaiformer_batches(b)}. KuaiFormer: "
-            f"preset {b.get('kuaiformer_preset', 'paper')} with "
-            f"{json.dumps(b['kuaiformer_overrides'])}. Seed {r['seed']}. "
+            + (f"{_kuaiformer_batches(b)}. KuaiFormer: preset {b.get('kuaiformer_preset', 'paper')} "
+               f"with {json.dumps(b['kuaiformer_overrides'])}" if "kuaiformer" in trained else
+               "no KuaiFormer in this run")
+            + f". Seed {r['seed']}. "
             "train (s): the whole `tfkf.train` process (start-up and validation included); "
             "ItemKNN: its fit."), ""]
   for key, d in r["datasets"].items():
