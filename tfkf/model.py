@@ -170,9 +170,9 @@ class KuaiFormer(tfrs.Model):
   def _every_event_targets(self, inputs, training):
     """(interests [n, k, d], next items [n]) after each real one of the latest events.
 
-    With the build's --stride at the number of latest events, the examples of a user
-    cover each of its training targets once. Out-of-vocabulary items are no targets.
-    Cut points go only where some history of the batch has an event.
+    On a --layout=chunks build (docs/data_format.md) the examples of a user cover each
+    of its training targets once. Out-of-vocabulary items are no targets. Cut points
+    go only where some history of the batch has an event.
     """
     c = self.config
     tail = features.uncompressed_len(c.max_len, c.compression_windows)
