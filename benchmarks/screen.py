@@ -3,7 +3,7 @@
 Model selection reads valid, never test (the acceptance tables of bench-quality read test).
 Variants run interleaved, --repeats rounds; every run's numbers are kept.
 
-  python -m benchmarks.screen --data_dir=/tmp/bq/games/stride48 --eval_dir=/tmp/bq/games/prefix \
+  python -m benchmarks.screen --data_dir=/tmp/bq/games/chunks48 --eval_dir=/tmp/bq/games/prefix \
       --train_seconds=120 --output=benchmarks/results/screens/games_logq.json \
       --variant='logq={"config_overrides": {"use_logq": true}}' \
       --variant='no_logq={"config_overrides": {"use_logq": false}}'
