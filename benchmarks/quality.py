@@ -53,10 +53,8 @@ def kuaiformer_config(args) -> dict:
 
 def chunk_len(args) -> int:
   import tfkf  # noqa: F401
-  from tfkf import features
   from tfkf.config import PRESETS
-  config = PRESETS[args.kuaiformer_preset].replace(**kuaiformer_config(args))
-  return features.uncompressed_len(config.max_len, config.compression_windows)
+  return PRESETS[args.kuaiformer_preset].replace(**kuaiformer_config(args)).num_latest_events
 
 
 def models(args, spec) -> dict:

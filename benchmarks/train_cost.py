@@ -119,7 +119,7 @@ class StepTimer(tf.keras.callbacks.Callback):
 def targets_per_example(config: KuaiFormerConfig) -> int:
   """Training targets of one full history: 1, or with every_event one per latest event."""
   if config.training_targets == "every_event":
-    return features.uncompressed_len(config.max_len, config.compression_windows)
+    return config.num_latest_events
   return 1
 
 

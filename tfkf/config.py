@@ -60,10 +60,14 @@ class KuaiFormerConfig(JsonConfig):
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
 
   @property
+  def num_latest_events(self) -> int:
+    """Latest events that bypass compression: every_event training's cut points per history."""
+    return features.uncompressed_len(self.max_len, self.compression_windows)
+
+  @property
   def num_sequence_tokens(self) -> int:
     """Positions the causal transformer sees for a full history, query tokens included."""
-    tail = features.uncompressed_len(self.max_len, self.compression_windows)
-    return len(self.compression_windows) + tail + self.num_query_tokens
+    return len(self.compression_windows) + self.num_latest_events + self.num_query_tokens
 
 
 PRESETS = {

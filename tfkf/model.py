@@ -46,7 +46,7 @@ class UserTower(tf.keras.layers.Layer):
     c = self.config
     if self.compressor is None:
       return self._embed(inputs, c.max_len, training)
-    tail = features.uncompressed_len(c.max_len, c.compression_windows)
+    tail = c.num_latest_events
     if not self.compressor.built:  # its weights are created outside the tf.cond below
       return self._compressed(inputs, training)
     items = inputs[features.HISTORY_ITEM][:, -c.max_len:]
@@ -175,7 +175,7 @@ class KuaiFormer(tfrs.Model):
     go only where some history of the batch has an event.
     """
     c = self.config
-    tail = features.uncompressed_len(c.max_len, c.compression_windows)
+    tail = c.num_latest_events
     history = inputs[features.HISTORY_ITEM]
     longest = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(history, features.PAD_ID), tf.int32), 1))
     cuts_wanted = tf.maximum(tf.minimum(longest, tail), 1)

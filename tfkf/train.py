@@ -20,7 +20,6 @@ import tensorflow as tf
 
 from tfkf import data
 from tfkf import evaluate
-from tfkf import features
 from tfkf.baselines import sasrec
 from tfkf.catalog import Catalog
 from tfkf.config import PRESETS, KuaiFormerConfig
@@ -166,7 +165,7 @@ def check_layout(config, build_flags: dict) -> None:
   if config.training_targets != "every_event":
     raise SystemExit(f"tfkf.train: the data is built with --layout=chunks (one example per {chunk} "
                      "targets); train it with training_targets=every_event")
-  tail = features.uncompressed_len(config.max_len, config.compression_windows)
+  tail = config.num_latest_events
   if tail < chunk:
     raise SystemExit(f"tfkf.train: chunks of {chunk} targets, but the model's every_event training "
                      f"covers its {tail} uncompressed latest events: rebuild with --chunk_len={tail}")
@@ -178,7 +177,7 @@ def bucketing(config, args) -> dict:
   if kind_of(config) != KUAIFORMER or config.training_targets != "every_event":
     return {}
   return {"targets_per_batch": args.targets_per_batch,
-          "targets_per_example": features.uncompressed_len(config.max_len, config.compression_windows)}
+          "targets_per_example": config.num_latest_events}
 
 
 def train(args) -> dict:
