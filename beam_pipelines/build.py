@@ -52,9 +52,14 @@ class BuildOptions(PipelineOptions):
                              "model's uncompressed latest events")
     parser.add_argument("--max_examples_per_user", type=int, default=10**9,
                         help="cap on training examples per user (latest kept)")
-    parser.add_argument("--split", choices=["leave_one_out", "time"], default="leave_one_out",
+    parser.add_argument("--split", choices=["leave_one_out", "last_events", "time"],
+                        default="leave_one_out",
                         help="leave_one_out: per user last event test, second-to-last valid; "
+                             "last_events: per user last --holdout_events test, the "
+                             "--holdout_events before them valid; "
                              "time: by --split_time / --valid_time")
+    parser.add_argument("--holdout_events", type=int, default=10,
+                        help="with --split=last_events: test (and valid) targets per user")
     parser.add_argument("--split_time", type=int, default=None,
                         help="with --split=time: targets at or after this time are test")
     parser.add_argument("--valid_time", type=int, default=None,
@@ -154,6 +159,8 @@ def _split_fn(opts: BuildOptions):
     if opts.split_time is None:
       raise SystemExit("beam_pipelines.build: --split=time needs --split_time")
     return T.TimeSplit(opts.split_time, opts.valid_time)
+  if opts.split == "last_events":
+    return T.LastEvents(opts.holdout_events)
   return T.LeaveOneOut()
 
 

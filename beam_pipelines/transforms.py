@@ -203,14 +203,30 @@ def vocab_of(values: Iterable) -> List[str]:
   return [v for v, _ in vocab_order(collections.Counter(v for v in values if v).items())]
 
 
-class LeaveOneOut:
+class LastEvents:
+  """Per user: the last `n` targets → test, the `n` before them → valid, the rest →
+  train (users with fewer than 2n + 1 events: all train). Each held-out target's
+  history holds every earlier event, held-out ones included."""
+
+  def __init__(self, n: int = 1):
+    if n < 1:
+      raise ValueError(f"--holdout_events {n} must be at least 1")
+    self.n = n
+
+  def __call__(self, events: List[Dict]) -> List[str]:
+    total, n = len(events), self.n
+    if total < 2 * n + 1:
+      return ["train"] * total
+    return ["train" if p < total - 2 * n else ("valid" if p < total - n else "test")
+            for p in range(total)]
+
+
+class LeaveOneOut(LastEvents):
   """Per user: last target → test, second-to-last → valid, the rest → train
   (users with fewer than 3 events: all train). The SASRec protocol."""
 
-  def __call__(self, events: List[Dict]) -> List[str]:
-    n = len(events)
-    return ["train" if n < 3 or p < n - 2 else ("valid" if p == n - 2 else "test")
-            for p in range(n)]
+  def __init__(self):
+    super().__init__(1)
 
 
 class TimeSplit:

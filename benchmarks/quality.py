@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from benchmarks import common
 
 SHARED = os.path.join(os.path.dirname(common.ROOT), "shared", "data")
@@ -37,6 +39,8 @@ DATASETS = {
     "ml": {"title": "MovieLens latest-small", "format": "movielens",
            "input": os.path.join(SHARED, "movielens_latest_small", "ratings.csv"),
            "item_features": os.path.join(SHARED, "movielens_latest_small", "movies.csv"),
+           # 610 users: one held-out event each is too few to separate the models.
+           "build_flags": ["--split=last_events", "--holdout_events=10"],
            # SASRec's setting for MovieLens-1M.
            "sasrec_max_len": 200},
 }
@@ -86,12 +90,23 @@ def build_flags(name: str, spec) -> list:
   return []
 
 
+def cached(out: str, flags) -> bool:
+  """Whether `out` holds a finished build made with these flags."""
+  path = os.path.join(out, "metadata.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    stored = json.load(f)["flags"]
+  return all(str(stored.get(k[2:])) == v for k, v in (flag.split("=", 1) for flag in flags))
+
+
 def build(spec, out: str, max_len: int, *extra: str) -> dict:
-  if not os.path.exists(os.path.join(out, "metadata.json")):  # cached in --work_dir
-    flags = [f"--input={spec['input']}", f"--format={spec['format']}", f"--output_dir={out}",
-             f"--max_len={max_len}", *spec.get("build_flags", []), *extra]
-    if spec.get("item_features"):
-      flags.append(f"--item_features={spec['item_features']}")
+  flags = [f"--input={spec['input']}", f"--format={spec['format']}", f"--output_dir={out}",
+           f"--max_len={max_len}", *spec.get("build_flags", []), *extra]
+  if spec.get("item_features"):
+    flags.append(f"--item_features={spec['item_features']}")
+  if not cached(out, flags):  # builds are cached in --work_dir
+    shutil.rmtree(out, ignore_errors=True)
     common.timed_module("beam_pipelines.build", "--runner=DirectRunner", *flags)
   with open(os.path.join(out, "metadata.json")) as f:
     meta = json.load(f)
@@ -123,15 +138,39 @@ def train(data_dir: str, model_dir: str, flags, args, curve_dir: str = None) -> 
   return out
 
 
-def evaluate_all(scorer, eval_dir, max_len, negatives, args, event_features=()) -> dict:
+INTERVAL_METRICS = {"full": ("hr@10", "hr@50", "hr@100", "hr@500", "ndcg@10"),
+                    "sampled": ("hr@10",)}
+
+
+def evaluate_all(scorer, eval_dir, max_len, negatives, args, event_features=()):
+  """(metrics per protocol, per-example target ranks per protocol) on the test split."""
   from tfkf import evaluate
-  return evaluate.evaluate_protocols(scorer, eval_dir, "test", max_len, event_features,
-                                     max_examples=args.max_examples, negatives=negatives)
+  ranks = evaluate.protocol_ranks(scorer, eval_dir, "test", max_len, event_features,
+                                  max_examples=args.max_examples, negatives=negatives)
+  return {p: evaluate.summarize(r, *evaluate.PROTOCOL_CUTOFFS[p]) for p, r in ranks.items()}, ranks
+
+
+def add_intervals(results: dict, ranks: dict, users, args) -> dict:
+  """95% bootstrap intervals (users resampled) of each model's metrics in place, and of
+  KuaiFormer minus each other model, paired (the same users drawn for both)."""
+  from tfkf import evaluate
+  values = {name: {p: evaluate.per_example(r, *evaluate.PROTOCOL_CUTOFFS[p])
+                   for p, r in by_protocol.items()} for name, by_protocol in ranks.items()}
+  interval = lambda v: evaluate.bootstrap_interval(v, users, args.bootstrap_samples, args.seed)
+  for name, by_protocol in values.items():
+    results[name]["intervals"] = {p: {m: interval(by_protocol[p][m]) for m in INTERVAL_METRICS[p]}
+                                  for p in by_protocol}
+  ours = values.get("kuaiformer")
+  return {other: {p: {m: {"difference": float(np.mean(ours[p][m] - theirs[p][m])),
+                          "interval": interval(ours[p][m] - theirs[p][m])}
+                      for m in INTERVAL_METRICS[p]} for p in theirs}
+          for other, theirs in values.items() if ours and other != "kuaiformer"}
 
 
 def run_dataset(key: str, args) -> dict:
   import tfkf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
   from tfkf import evaluate
+  from tfkf.data import split_users
   from tfkf.baselines.item_knn import ItemKNN
   from tfkf.catalog import Catalog
   from tfkf.train import load_trained
@@ -151,15 +190,14 @@ def run_dataset(key: str, args) -> dict:
   eval_dir = prefix["dir"]
   catalog = Catalog.load(eval_dir)
   negatives = evaluate.sampled_negatives(eval_dir, "test", args.num_negatives, args.seed)
-  results = {
-      "most_popular": {**evaluate_all(evaluate.popularity_scorer(catalog), eval_dir,
-                                      args.max_len, negatives, args), "params": 0},
-  }
+  results, ranks = {}, {}
+  metrics, ranks["most_popular"] = evaluate_all(evaluate.popularity_scorer(eval_dir), eval_dir,
+                                                args.max_len, negatives, args)
+  results["most_popular"] = {**metrics, "params": 0}
   start = time.perf_counter()
   knn = ItemKNN.fit(eval_dir, args.num_neighbors)
-  results["item_knn"] = {**evaluate_all(knn.scorer(), eval_dir, args.max_len,
-                                        negatives, args),
-                         "train_seconds": time.perf_counter() - start, "params": 0,
+  metrics, ranks["item_knn"] = evaluate_all(knn.scorer(), eval_dir, args.max_len, negatives, args)
+  results["item_knn"] = {**metrics, "train_seconds": time.perf_counter() - start, "params": 0,
                          "num_neighbors": args.num_neighbors}
   for name, (data, flags) in trained.items():
     data_dir = builds[data]["dir"]
@@ -167,27 +205,33 @@ def run_dataset(key: str, args) -> dict:
     shutil.rmtree(model_dir, ignore_errors=True)  # a backup/ left there would resume, not train
     fitted = train(data_dir, model_dir, flags, args, curve_dir=eval_dir)
     model = load_trained(model_dir, catalog)
-    metrics = evaluate_all(evaluate.model_scorer(model), eval_dir, model.config.max_len,
-                           negatives, args, model.config.event_features)
+    metrics, ranks[name] = evaluate_all(evaluate.model_scorer(model), eval_dir,
+                                        model.config.max_len, negatives, args,
+                                        model.config.event_features)
     results[name] = {**metrics, **fitted, "train_data": data,
                      "params": int(model.count_params()),
                      "config": json.loads(model.config.to_json())}
     print(json.dumps({key: {name: {p: {k: round(v, 4) for k, v in metrics[p].items()}
                                    for p in metrics}}}), flush=True)
+  users = split_users(eval_dir, "test")[:args.max_examples]
+  paired = add_intervals(results, ranks, users, args)
   return {"title": spec["title"], "format": spec["format"], "input": spec["input"],
-          "builds": builds, "anchors": ANCHORS.get(key, {}),
-          "models": results}
+          "split_flags": spec.get("build_flags", []), "builds": builds,
+          "anchors": ANCHORS.get(key, {}), "models": results, "kuaiformer_minus": paired}
 
 
 def run(args) -> dict:
   return {"seed": args.seed,
           "versions": common.versions("tensorflow", "tf-keras", "tensorflow-recommenders",
                                       "apache-beam", "numpy"),
-          "protocol": {"split": "test (leave-one-out: each user's last event)",
+          "protocol": {"split": "test (each user's last event, unless the data set's "
+                             "split_flags say otherwise)",
                        "full": "every catalog item ranked, history items excluded",
                        "sampled": f"{args.num_negatives} negatives the example's history and "
                                   f"target do not hold, seed {args.seed}",
-                       "max_examples": args.max_examples},
+                       "max_examples": args.max_examples,
+                       "intervals": f"95% bootstrap interval, the test users resampled "
+                                    f"{args.bootstrap_samples:,} times"},
           "budget": {"train_seconds": args.train_seconds, "steps_per_epoch": args.steps_per_epoch,
                      "max_epochs": args.max_epochs,
                      "validation_steps": args.validation_steps,
@@ -241,6 +285,8 @@ def parse_args(argv=None):
   p.add_argument("--num_neighbors", type=int, default=100)
   p.add_argument("--num_negatives", type=int, default=100)
   p.add_argument("--max_examples", type=int, default=None)
+  p.add_argument("--bootstrap_samples", type=int, default=1000,
+                 help="user resamples of the 95%% intervals")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--output", default=None)
   args = p.parse_args(argv)

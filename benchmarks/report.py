@@ -533,6 +533,12 @@ def _kuaiformer_batches(b) -> str:
   return f"{b['kuaiformer_batch_size']} for KuaiFormer (one example per target)"
 
 
+def _with_interval(model: dict, protocol: str, metric: str) -> str:
+  value = f"{model[protocol][metric]:.4f}"
+  interval = model.get("intervals", {}).get(protocol, {}).get(metric)
+  return f"{value} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else value
+
+
 def _quality(r) -> list:
   b = r["budget"]
   titles = ", ".join(d["title"] for d in r["datasets"].values())
@@ -546,7 +552,8 @@ def _quality(r) -> list:
   lines = [f"## Retrieval quality against baselines: {titles}, {per_model} per trained model "
            f"({', '.join(QUALITY_NAMES[n] for n in trained)})", "",
            f"`{r.get('command', 'make bench-quality')}`", "",
-           (f"Test split (each user's last event), every model on the same examples. Sampled: "
+           (f"Test split (each user's last event unless the data set says otherwise), every "
+            f"model on the same examples. Sampled: "
             f"{r['protocol']['sampled']} (SASRec's protocol). Full: {r['protocol']['full']}. "
             f"Budget: {budget}, batch {b['sasrec_batch_size']} "
             f"for SASRec (one example per user: the published per-user sample), "
@@ -558,9 +565,12 @@ def _quality(r) -> list:
             "ItemKNN: its fit."), ""]
   for key, d in r["datasets"].items():
     prefix = d["builds"]["prefix"]
+    split = " ".join(d.get("split_flags", [])) or "--split=leave_one_out"
+    intervals = (f" Brackets: {r['protocol']['intervals']}."
+                 if any("intervals" in m for m in d["models"].values()) else "")
     lines += [f"### {d['title']}", "",
               (f"{prefix['users']:,} users, {prefix['items']:,} items, {prefix['events']:,} events; "
-               f"{prefix['splits']['test']['examples']:,} test examples."), "",
+               f"{prefix['splits']['test']['examples']:,} test examples (`{split}`).{intervals}"), "",
               ("| model | sampled HR@10 | sampled NDCG@10 | HR@10 | HR@50 | HR@100 | HR@500 | "
                "NDCG@10 | MRR | params | train (s) | steps |"),
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -570,14 +580,23 @@ def _quality(r) -> list:
                    if n in QUALITY_NAMES else len(QUALITY_NAMES))
     for name in order:
       m = d["models"][name]
-      s, f = m["sampled"], m["full"]
+      cell = lambda protocol, metric, m=m: _with_interval(m, protocol, metric)
       steps = f"{m['steps']:,}" if "steps" in m else ""
       seconds = f"{m['train_seconds']:.0f}" if "train_seconds" in m else ""
       params = f"{m['params']:,}" if m["params"] else ""
       lines.append(
-          f"| {QUALITY_NAMES.get(name, name)} | {s['hr@10']:.4f} | {s['ndcg@10']:.4f} | "
-          f"{f['hr@10']:.4f} | {f['hr@50']:.4f} | {f['hr@100']:.4f} | {f['hr@500']:.4f} | "
-          f"{f['ndcg@10']:.4f} | {f['mrr']:.4f} | {params} | {seconds} | {steps} |")
+          f"| {QUALITY_NAMES.get(name, name)} | {cell('sampled', 'hr@10')} | "
+          f"{m['sampled']['ndcg@10']:.4f} | {cell('full', 'hr@10')} | {cell('full', 'hr@50')} | "
+          f"{cell('full', 'hr@100')} | {cell('full', 'hr@500')} | {cell('full', 'ndcg@10')} | "
+          f"{m['full']['mrr']:.4f} | {params} | {seconds} | {steps} |")
+    if d.get("kuaiformer_minus"):
+      lines += ["", "KuaiFormer minus each model, paired over the same test examples, with its "
+                    "95% interval: " + "; ".join(
+                        f"{QUALITY_NAMES.get(other, other)}: " + ", ".join(
+                            f"{metric.upper()} {v['difference']:+.4f} "
+                            f"[{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+                            for metric, v in by_metric["full"].items() if metric != "hr@10")
+                        for other, by_metric in d["kuaiformer_minus"].items()) + "."]
     if any("learning_curve" in m for m in d["models"].values()):
       examples = r["budget"].get("curve_examples")
       lines += ["", f"Learning curves (full-catalog HR@100 on {examples} valid examples against "

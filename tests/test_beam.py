@@ -170,13 +170,14 @@ events_strategy = st.lists(st.tuples(st.integers(0, 20), st.integers(0, 6)), min
 
 
 @settings(max_examples=60, deadline=None)
-@given(events_strategy, st.one_of(st.none(), st.integers(0, 20)), st.integers(1, 6))
+@given(events_strategy, st.one_of(st.none(), st.integers(0, 20)), st.integers(1, 6),
+       st.integers(1, 4))
 def test_no_valid_or_test_target_is_a_training_target_and_histories_are_earlier(
-    raw_events, split_time, max_len):
+    raw_events, split_time, max_len, holdout):
   events = [{"user": "u", "item": str(item), "time": t, "order": ("f", i),
              **{r: 0.0 for r in features.EVENT_RAW_INPUTS.values()}}
             for i, (t, item) in enumerate(raw_events)]
-  split_fn = T.LeaveOneOut() if split_time is None else T.TimeSplit(split_time)
+  split_fn = T.LastEvents(holdout) if split_time is None else T.TimeSplit(split_time)
   index = {str(i): i + 2 for i in range(7)}
   ordered = sorted(events, key=lambda e: (e["time"], e["order"]))
   targets = {}
@@ -189,6 +190,10 @@ def test_no_valid_or_test_target_is_a_training_target_and_histories_are_earlier(
     targets.setdefault(split, set()).add(position)
     if split_time is not None:
       assert (ordered[position]["time"] >= split_time) == (split == "test")
+  if split_time is None and len(events) > 2 * holdout:
+    last = len(events) - 1
+    assert targets["test"] == set(range(last - holdout + 1, last + 1))
+    assert targets["valid"] == set(range(last - 2 * holdout + 1, last - holdout + 1))
   assert not targets.get("train", set()) & (targets.get("valid", set()) | targets.get("test", set()))
 
 

@@ -143,11 +143,20 @@ def test_quality_benchmark(tmp_path):
   # One fixed example set for every model: the prefix build's test split, one per user.
   assert {m["full"]["examples"] for m in models.values()} == {m["sampled"]["examples"] for m in models.values()} == {60}
   assert all(0 <= m["sampled"]["hr@10"] <= 1 for m in models.values())
+  for m in models.values():  # 95% intervals over the 60 test users
+    low, high = m["intervals"]["full"]["hr@50"]
+    assert low <= m["full"]["hr@50"] <= high
+  minus = result["datasets"]["games"]["kuaiformer_minus"]
+  assert set(minus) == {"most_popular", "item_knn"}
+  paired = minus["item_knn"]["full"]["hr@50"]
+  assert np.isclose(paired["difference"], trained["full"]["hr@50"] - models["item_knn"]["full"]["hr@50"])
+  assert paired["interval"][0] <= paired["difference"] <= paired["interval"][1]
   from benchmarks.report import render
   text = render([result])
   assert "| SASRec (paper) | 0.7410 | 0.5360 |" in text and "| KuaiFormer |" in text
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
   assert "![learning curves](benchmarks/plots/learning_curve_games.png)" in text
+  assert "KuaiFormer minus each model, paired" in text and "95% bootstrap interval" in text
 
 
 def test_quality_benchmark_takes_a_users_own_log():

@@ -117,7 +117,7 @@ def test_sampled_protocol_ranks_the_model_above_most_popular(served):
   ranked = {name: evaluate.evaluate(scorer, served["data"], "valid", 64, model.config.event_features,
                                     negatives=negatives)
             for name, scorer in (("model", evaluate.model_scorer(model)),
-                                 ("popular", evaluate.popularity_scorer(catalog)))}
+                                 ("popular", evaluate.popularity_scorer(served["data"])))}
   model_hr, popular_hr = ranked["model"], ranked["popular"]
   assert model_hr["examples"] == popular_hr["examples"] == 1000
   assert model_hr["hr@1"] <= model_hr["hr@5"] <= model_hr["hr@10"] and model_hr["ndcg@10"] <= model_hr["hr@10"]

@@ -4,6 +4,7 @@ import json
 import os
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfkf import features
@@ -78,6 +79,14 @@ def dataset(data_dir: str, split: str, batch_size: int, max_len: int,
     ds = ds.map(lambda s: parse_batch(s, max_len, event_features, trim),
                 num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def split_users(data_dir: str, split: str) -> np.ndarray:
+  """[examples] user ids of a split, in the order of dataset(..., shuffle=False)."""
+  spec = {features.USER_ID: tf.io.FixedLenFeature([], tf.string)}
+  users = _files(data_dir, split, shuffle=False, seed=None).batch(4096).map(
+      lambda s: tf.io.parse_example(s, spec)[features.USER_ID])
+  return np.concatenate([b.numpy() for b in users] or [np.array([], object)])
 
 
 def _length_bucketed(serialized, max_len, event_features, targets_per_batch, targets_per_example):

@@ -75,14 +75,41 @@ def sampled_negatives(data_dir: str, split: str, num_negatives: int, seed: int) 
   return np.array(out, np.int64).reshape(-1, num_negatives)
 
 
-def summarize(ranks: np.ndarray, cutoffs=CUTOFFS, ndcg_cutoffs=(10, 100)) -> dict:
+def per_example(ranks: np.ndarray, cutoffs=CUTOFFS, ndcg_cutoffs=(10, 100)) -> dict:
+  """metric -> [examples] values whose mean is the metric (hr@K: 0/1 hits)."""
   ranks = np.asarray(ranks)
-  out = {"examples": int(len(ranks)), "mrr": float(np.mean(1.0 / (ranks + 1)))}
+  out = {"mrr": 1.0 / (ranks + 1)}
   for k in cutoffs:
-    out[f"hr@{k}"] = float(np.mean(ranks < k))
+    out[f"hr@{k}"] = (ranks < k).astype(np.float64)
   for k in ndcg_cutoffs:
-    out[f"ndcg@{k}"] = float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
+    out[f"ndcg@{k}"] = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
   return out
+
+
+def summarize(ranks: np.ndarray, cutoffs=CUTOFFS, ndcg_cutoffs=(10, 100)) -> dict:
+  values = per_example(ranks, cutoffs, ndcg_cutoffs)
+  return {"examples": int(len(ranks)), **{m: float(np.mean(v)) for m, v in values.items()}}
+
+
+def bootstrap_interval(values: np.ndarray, users: np.ndarray, samples: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> list:
+  """[low, high] interval of mean(values) resampling USERS with replacement.
+
+  values [examples]; users [examples], the example's user. Examples of one user
+  are correlated (several held-out targets, one taste), so users, not examples,
+  are the units drawn. A paired comparison passes the per-example difference of
+  two models. The same seed draws the same users for every call.
+  """
+  _, user_index = np.unique(users, return_inverse=True)
+  sums = np.bincount(user_index, weights=values)
+  counts = np.bincount(user_index).astype(np.float64)
+  rng = np.random.default_rng(seed)
+  means = []
+  for _ in range(samples):
+    weights = np.bincount(rng.integers(0, len(sums), len(sums)), minlength=len(sums))
+    means.append(weights @ sums / (weights @ counts))
+  tail = (1.0 - level) / 2
+  return [float(q) for q in np.quantile(means, [tail, 1.0 - tail])]
 
 
 def model_scorer(model):
@@ -92,8 +119,13 @@ def model_scorer(model):
   return score
 
 
-def popularity_scorer(catalog: Catalog):
-  log_count = tf.constant(np.log(catalog.sampling_probability.astype(np.float64)), tf.float32)
+def popularity_scorer(data_dir: str, split: str = "train"):
+  """Most popular: items by how often they are a target of `split` (never the held-out
+  splits, whose events catalog.csv's counts include)."""
+  num_items = data.metadata(data_dir)["vocab_sizes"]["item"]
+  targets = data.dataset(data_dir, split, 4096, 1, (), shuffle=False, drop_remainder=False)
+  counts = sum(np.bincount(b[features.TARGET_ITEM].numpy(), minlength=num_items) for b in targets)
+  log_count = tf.constant(np.log1p(counts.astype(np.float64)), tf.float32)
   return lambda batch: tf.tile(log_count[None], [tf.shape(batch[features.TARGET_ITEM])[0], 1])
 
 
@@ -110,6 +142,19 @@ def evaluate_protocols(score_fn, data_dir: str, split: str, max_len: int, event_
                        exclude_history: bool = True, batch_size: int = 256,
                        max_examples: int = None, negatives: np.ndarray = None) -> dict:
   """{"full": metrics, "sampled": metrics if `negatives` is given} from one scoring pass."""
+  ranks = protocol_ranks(score_fn, data_dir, split, max_len, event_features, exclude_history,
+                         batch_size, max_examples, negatives)
+  return {protocol: summarize(r, *PROTOCOL_CUTOFFS[protocol]) for protocol, r in ranks.items()}
+
+
+PROTOCOL_CUTOFFS = {"full": (CUTOFFS, (10, 100)), "sampled": ((1, 5, 10), (10,))}
+
+
+def protocol_ranks(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
+                   exclude_history: bool = True, batch_size: int = 256,
+                   max_examples: int = None, negatives: np.ndarray = None) -> dict:
+  """{"full": [examples] 0-based target ranks, "sampled": the same if `negatives` is given},
+  in the split's file order (data.split_users gives each example's user)."""
   full, sampled = [], []
   ds = data.dataset(data_dir, split, batch_size, max_len, event_features, shuffle=False,
                     drop_remainder=False)
@@ -121,10 +166,9 @@ def evaluate_protocols(score_fn, data_dir: str, split: str, max_len: int, event_
     full.append(target_ranks(scores, batch[features.HISTORY_ITEM], targets, exclude_history).numpy())
     if max_examples and sum(map(len, full)) >= max_examples:
       break
-  out = {"full": summarize(np.concatenate(full)[:max_examples])}
+  out = {"full": np.concatenate(full)[:max_examples]}
   if negatives is not None:
-    out["sampled"] = summarize(np.concatenate(sampled)[:max_examples], cutoffs=(1, 5, 10),
-                               ndcg_cutoffs=(10,))
+    out["sampled"] = np.concatenate(sampled)[:max_examples]
   return out
 
 
@@ -154,7 +198,7 @@ def main(argv=None):
   negatives = (sampled_negatives(a.data_dir, a.split, a.num_negatives, a.seed)
                if a.protocol == "sampled" else None)
   if a.baseline:
-    scorer = (popularity_scorer(Catalog.load(a.data_dir)) if a.baseline == "most_popular"
+    scorer = (popularity_scorer(a.data_dir) if a.baseline == "most_popular"
               else ItemKNN.fit(a.data_dir, a.num_neighbors).scorer())
     result = evaluate(scorer, a.data_dir, a.split,
                       a.max_len, (), a.exclude_history, max_examples=a.max_examples,
