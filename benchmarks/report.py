@@ -533,6 +533,12 @@ def _kuaiformer_batches(b) -> str:
   return f"{b['kuaiformer_batch_size']} for KuaiFormer (one example per target)"
 
 
+def _metric_order(item) -> tuple:
+  """hr@K by K, then ndcg@K: (name, value) pairs in table order."""
+  name, k = item[0].split("@")
+  return (name != "hr", int(k))
+
+
 def _with_interval(model: dict, protocol: str, metric: str) -> str:
   value = f"{model[protocol][metric]:.4f}"
   interval = model.get("intervals", {}).get(protocol, {}).get(metric)
@@ -595,7 +601,8 @@ def _quality(r) -> list:
                         f"{QUALITY_NAMES.get(other, other)}: " + ", ".join(
                             f"{metric.upper()} {v['difference']:+.4f} "
                             f"[{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
-                            for metric, v in by_metric["full"].items() if metric != "hr@10")
+                            for metric, v in sorted(by_metric["full"].items(), key=_metric_order)
+                            if metric != "hr@10")
                         for other, by_metric in d["kuaiformer_minus"].items()) + "."]
     if any("learning_curve" in m for m in d["models"].values()):
       examples = r["budget"].get("curve_examples")
