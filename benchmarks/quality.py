@@ -71,7 +71,8 @@ def models(args, spec) -> dict:
           f"--config_overrides={json.dumps(kuaiformer_config(args))}",
           f"--batch_size={args.kuaiformer_batch_size}",
           f"--targets_per_batch={args.kuaiformer_targets_per_batch}",
-          f"--learning_rate={args.kuaiformer_learning_rate}"]),
+          f"--learning_rate={args.kuaiformer_learning_rate}",
+          f"--lr_schedule={args.kuaiformer_lr_schedule}"]),
       "sasrec_bce": ("users", ["--model=sasrec", "--preset=paper",
                                f"--config_overrides={json.dumps({**sasrec, 'loss': 'bce'})}",
                                f"--batch_size={args.sasrec_batch_size}"]),
@@ -242,6 +243,7 @@ def run(args) -> dict:
                      "kuaiformer_targets": args.kuaiformer_targets,
                      "kuaiformer_targets_per_batch": args.kuaiformer_targets_per_batch,
                      "kuaiformer_learning_rate": args.kuaiformer_learning_rate,
+                     "kuaiformer_lr_schedule": args.kuaiformer_lr_schedule,
                      "curve_examples": args.curve_examples},
           "datasets": {key: run_dataset(key, args) for key in args.datasets}}
 
@@ -275,6 +277,8 @@ def parse_args(argv=None):
                       "paper's one target per example on the prefix build")
   p.add_argument("--kuaiformer_targets_per_batch", type=int, default=2048)
   p.add_argument("--kuaiformer_learning_rate", type=float, default=1e-3)
+  p.add_argument("--kuaiformer_lr_schedule", choices=["constant", "warmup_cosine"],
+                 default="constant", help="tfkf.train --lr_schedule of KuaiFormer")
   p.add_argument("--sasrec_batch_size", type=int, default=128)
   p.add_argument("--kuaiformer_preset", default="cpu", help="a tfkf.config preset")
   p.add_argument("--kuaiformer_overrides", default="{}", help="JSON changes to that preset")

@@ -564,7 +564,9 @@ def _quality(r) -> list:
             f"Budget: {budget}, batch {b['sasrec_batch_size']} "
             f"for SASRec (one example per user: the published per-user sample), "
             + (f"{_kuaiformer_batches(b)}. KuaiFormer: preset {b.get('kuaiformer_preset', 'paper')} "
-               f"with {json.dumps(b['kuaiformer_overrides'])}" if "kuaiformer" in trained else
+               f"with {json.dumps(b['kuaiformer_overrides'])}, learning rate "
+               f"{b.get('kuaiformer_learning_rate', 1e-3):g} "
+               f"({b.get('kuaiformer_lr_schedule', 'constant')})" if "kuaiformer" in trained else
                "no KuaiFormer in this run")
             + f". Seed {r['seed']}. "
             "train (s): the whole `tfkf.train` process (start-up and validation included); "

@@ -92,3 +92,21 @@ def test_a_chunk_build_is_refused_to_a_model_that_would_skip_its_targets():
     check_layout(PRESETS["small"], chunks)
   with pytest.raises(SystemExit, match="--chunk_len=24"):
     check_layout(every_event, {**chunks, "chunk_len": 48})
+
+
+def test_warmup_cosine_rises_then_decays_to_zero_over_the_horizon():
+  from tfkf.train import WarmupCosine
+  schedule = WarmupCosine(1e-3, warmup_steps=10, total_steps=100)
+  assert np.isclose(schedule.rate(0, 0.0), 1e-4) and np.isclose(schedule.rate(9, 0.09), 1e-3 * 0.5 * (1 + np.cos(0.09 * np.pi)))
+  rates = [schedule.rate(step, step / 100) for step in range(10, 101)]
+  assert all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] == 0.0
+  assert schedule.rate(500, 1.7) == 0.0  # past the horizon (a wall-clock budget's last epoch)
+
+
+def test_the_learning_rate_schedule_drives_the_optimizer(data_dir, tmp_path):
+  model_dir = tmp_path / "run"
+  cli.run(*_train_args(data_dir, model_dir, "--epochs=1", "--steps_per_epoch=6",
+                       "--lr_schedule=warmup_cosine", "--warmup_steps=2", "--learning_rate=0.01")[1:])
+  saved = _checkpoint(str(model_dir / "weights" / "final"))
+  [lr] = [v for k, v in saved.items() if k.startswith("optimizer/_learning_rate/")]
+  assert np.isclose(lr, 0.01 * 0.5 * (1 + np.cos(np.pi * 5 / 6)), rtol=1e-5)  # the 6th step's

@@ -12,6 +12,7 @@ kind ("model": "sasrec"); without that key it is a KuaiFormerConfig.
 
 import argparse
 import json
+import math
 import os
 import time
 
@@ -115,10 +116,35 @@ class TimeBudget(tf.keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     self.start = time.monotonic()
 
+  def elapsed(self) -> float:
+    """Seconds of training so far."""
+    return time.monotonic() - self.start - (self.curve.paused if self.curve else 0.0)
+
   def on_epoch_end(self, epoch, logs=None):
-    paused = self.curve.paused if self.curve else 0.0
-    if time.monotonic() - self.start - paused >= self.seconds:
+    if self.elapsed() >= self.seconds:
       self.model.stop_training = True
+
+
+class WarmupCosine(tf.keras.callbacks.Callback):
+  """Learning rate: linear warm-up over `warmup_steps`, then a cosine decay to 0 over the
+  training horizon: the wall-clock `budget` when there is one (the budget, not a step
+  count, ends such a run), else `total_steps`. After a resume the budget's clock restarts."""
+
+  def __init__(self, base: float, warmup_steps: int, total_steps: int,
+               budget: TimeBudget = None):
+    super().__init__()
+    self.base, self.warmup_steps, self.total_steps, self.budget = (base, warmup_steps,
+                                                                   total_steps, budget)
+
+  def rate(self, step: int, progress: float) -> float:
+    warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+    return self.base * warmup * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+  def on_train_batch_begin(self, batch, logs=None):
+    step = int(self.model.optimizer.iterations.numpy())
+    progress = (self.budget.elapsed() / self.budget.seconds if self.budget
+                else step / self.total_steps)
+    self.model.optimizer.learning_rate.assign(self.rate(step, progress))
 
 
 def kind_of(config) -> str:
@@ -221,8 +247,12 @@ def train(args) -> dict:
     curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
                           args.curve_every_seconds, os.path.join(out, "learning_curve.json"))
     callbacks.append(curve)
-  if args.max_train_seconds:
-    callbacks.append(TimeBudget(args.max_train_seconds, curve))
+  budget = TimeBudget(args.max_train_seconds, curve) if args.max_train_seconds else None
+  if budget:
+    callbacks.append(budget)
+  if args.lr_schedule == "warmup_cosine":
+    callbacks.append(WarmupCosine(args.learning_rate, args.warmup_steps,
+                                  args.epochs * args.steps_per_epoch, budget))
   history = model.fit(read("train", repeat=True, **bucketing(config, args)), epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch,
                       validation_data=read("valid", shuffle=False),
@@ -252,6 +282,10 @@ def parse_args(argv=None):
                  help="training_targets=every_event: training targets per batch (it replaces "
                       "--batch_size, which still sizes validation batches)")
   p.add_argument("--learning_rate", type=float, default=1e-3)
+  p.add_argument("--lr_schedule", choices=["constant", "warmup_cosine"], default="constant",
+                 help="warmup_cosine: linear warm-up over --warmup_steps, then cosine decay to 0 "
+                      "over --max_train_seconds (else --epochs x --steps_per_epoch)")
+  p.add_argument("--warmup_steps", type=int, default=100)
   p.add_argument("--patience", type=int, default=3, help="early stopping on val_loss")
   p.add_argument("--backup_every_steps", type=int, default=0,
                  help="BackupAndRestore frequency in steps (0: every epoch)")
