@@ -624,7 +624,30 @@ PLOTS = {"serving": (plot_serving, os.path.join(ROOT, "benchmarks", "plots", "se
          "cost": (plot_cost, os.path.join(ROOT, "benchmarks", "plots", "cost.png")),
          "soak": (plot_soak, os.path.join(ROOT, "benchmarks", "plots", "soak_rss.png")),
          "quality": (plot_learning_curves, None)}
-RENDERERS = {"pipeline": _pipeline, "cost": _cost, "serving": _serving,
+def _interests(r) -> list:
+  names = ", ".join(r["datasets"])
+  lines = [f"## Multi-interest use (maxsim over k interests): {names}", "", f"`{r['command']}`", "",
+           "Per test example of a trained KuaiFormer: which interest (query token) wins the "
+           "target's maxsim, and how many items of the served top K (history excluded) each "
+           "interest contributes; 'largest first' sorts each user's contributions.", ""]
+  for name, d in r["datasets"].items():
+    k, top = d["k"], d["top_k"]
+    lines += [f"### {name}: {d['examples']:,} {d['split']} examples, k = {k}, top {top}", "",
+              "| | " + " | ".join(f"interest {j + 1}" for j in range(k)) + " |",
+              "|---|" + "---:|" * k]
+    rows = {"wins the target": d["target_wins"],
+            f"wins the target, when it is in the top {top}": d["hit_target_wins"],
+            f"items of the top {top}": d["top_k_from_interest"],
+            f"items of the top {top}, largest first": d["top_k_from_interest_sorted"]}
+    for label, values in rows.items():
+      fmt = "{:.1f}" if "items" in label else "{:.1%}"
+      lines.append(f"| {label} | " + " | ".join(fmt.format(v) for v in values) + " |")
+    lines += ["", f"Interests contributing to a top {top}: {d['interests_in_top_k']:.2f} of {k} "
+                  "on average.", ""]
+  return lines
+
+
+RENDERERS = {"pipeline": _pipeline, "interests": _interests, "cost": _cost, "serving": _serving,
              "freshness": _freshness, "ablation": _ablation, "ablation_budget": _ablation_budget,
              "quality": _quality, "soak": _soak}
 

@@ -133,6 +133,21 @@ def test_serving_benchmark(briefly_trained, tmp_path):
   assert f"over the bare server's: REST {interleaved['rest_over_bare_median']:+.0%}" in text
 
 
+def test_interests_benchmark(briefly_trained, tmp_path):
+  out = tmp_path / "interests.json"
+  cli.run("benchmarks.interests", f"--data_dir={briefly_trained['data']}",
+          f"--model_dir={briefly_trained['run']}", "--name=synthetic", "--split=valid",
+          "--max_examples=40", "--top_k=20", f"--output={out}")
+  result = json.loads(out.read_text())
+  d = result["datasets"]["synthetic"]
+  assert d["examples"] == 40 and d["k"] == len(d["target_wins"])
+  assert np.isclose(sum(d["target_wins"]), 1.0) and np.isclose(sum(d["top_k_from_interest"]), 20)
+  from benchmarks.report import render
+  text = render([result])
+  assert "## Multi-interest use (maxsim over k interests): synthetic" in text
+  assert "| wins the target |" in text
+
+
 def test_quality_benchmark(tmp_path):
   rng = np.random.default_rng(0)
   log = tmp_path / "tiny.txt"  # sasrec format: 60 users, 4-9 events each, line order is time

@@ -64,3 +64,17 @@ def test_most_popular_counts_training_targets_only(tmp_path):
   scores = evaluate.popularity_scorer(str(tmp_path))(batch).numpy()
   assert scores.shape == (4, 10)
   assert scores[0, 5] > scores[0, 4] > scores[0, 9] == scores[0, 2] == 0.0
+
+
+def test_interest_usage_credits_each_served_item_to_its_maxsim_interest():
+  interests = tf.constant([[[1.0, 0.0], [0.0, 1.0]]] * 2)  # [b=2, k=2, d=2]
+  items = tf.constant([[0, 0], [0, 0], [1, 0], [0.8, 0.1], [0, 1], [0.1, 0.7]], tf.float32)
+  history = tf.constant([[0, 0], [0, 3]], tf.int64)  # the second user has seen item 3
+  usage = evaluate.interest_usage(interests, items, history, tf.constant([5, 5]), top_k=3)
+  # Top 3: items 2, 4, 3 for the first user; 2, 4, 5 for the second (3 is history).
+  assert usage["from_interest"].tolist() == [[2, 1], [1, 2]]
+  assert usage["target_interest"].tolist() == [1, 1] and usage["hit"].tolist() == [False, True]
+  summary = evaluate.summarize_interest_usage(**usage)
+  assert summary["target_wins"] == [0.0, 1.0] and summary["hit_target_wins"] == [0.0, 1.0]
+  assert summary["top_k_from_interest"] == [1.5, 1.5]
+  assert summary["top_k_from_interest_sorted"] == [2.0, 1.0] and summary["interests_in_top_k"] == 2.0

@@ -119,6 +119,41 @@ def model_scorer(model):
   return score
 
 
+def interest_usage(interests: tf.Tensor, items: tf.Tensor, history: tf.Tensor,
+                   targets: tf.Tensor, top_k: int = 100) -> dict:
+  """Which of the k interests (query tokens) does the retrieving, for one batch.
+
+  interests [b, k, d]; items [N, d]; history [b, T]; targets [b]. Returns, per
+  example: "target_interest" [b] (the maxsim argmax of the target), "from_interest"
+  [b, k] (items of the served top_k, history excluded, each interest contributed),
+  "hit" [b] (the target is in that top_k).
+  """
+  scores, best = scoring.maxsim(interests, items)
+  n, k = tf.shape(scores)[1], tf.shape(interests)[1]
+  scores = tf.where((tf.range(n) < features.NUM_RESERVED_IDS)[None, :], -np.inf, scores)
+  scores = scoring.mask_items(scores, history, history >= features.NUM_RESERVED_IDS)
+  served = tf.math.top_k(scores, top_k).indices
+  from_interest = tf.math.bincount(tf.gather(best, served, batch_dims=1), minlength=k,
+                                   maxlength=k, axis=-1)
+  return {"target_interest": tf.gather(best, targets, batch_dims=1).numpy(),
+          "from_interest": from_interest.numpy(),
+          "hit": tf.reduce_any(served == tf.cast(targets, served.dtype)[:, None], axis=1).numpy()}
+
+
+def summarize_interest_usage(target_interest: np.ndarray, from_interest: np.ndarray,
+                             hit: np.ndarray) -> dict:
+  """Shares over examples: how often each interest wins the target (all targets, and
+  the hits of the top K), how many of the top K each gives (by index, and sorted from
+  the user's biggest contributor down), how many interests give at least one item."""
+  k = from_interest.shape[1]
+  wins = lambda t: (np.bincount(t, minlength=k) / max(len(t), 1)).tolist()
+  return {"k": int(k), "examples": int(len(target_interest)),
+          "target_wins": wins(target_interest), "hit_target_wins": wins(target_interest[hit]),
+          "top_k_from_interest": from_interest.mean(axis=0).tolist(),
+          "top_k_from_interest_sorted": np.sort(from_interest, axis=1)[:, ::-1].mean(axis=0).tolist(),
+          "interests_in_top_k": float((from_interest > 0).sum(axis=1).mean())}
+
+
 def popularity_scorer(data_dir: str, split: str = "train"):
   """Most popular: items by how often they are a target of `split` (never the held-out
   splits, whose events catalog.csv's counts include)."""
