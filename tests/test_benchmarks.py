@@ -6,21 +6,15 @@ import numpy as np
 import pytest
 
 import cli
+from conftest import build_and_train
 
 
 @pytest.fixture(scope="module")
 def briefly_trained(tmp_path_factory):
-  """A built log and a model trained a few steps: the serving benchmark measures serving, not
-  quality (conftest's `trained` fits 160 steps on 1,000 users; here that is a minute wasted)."""
-  d = tmp_path_factory.mktemp("briefly_trained")
-  log = str(d / "raw" / "log.csv")
-  cli.run("beam_pipelines.synthetic", "--users=200", "--items=1500", "--seed=3", f"--output={log}")
-  cli.run("beam_pipelines.build", "--runner=DirectRunner", f"--input={log}", "--format=kuairand",
-          f"--item_features={d / 'raw' / 'items.csv'}", f"--output_dir={d / 'data'}", "--max_len=64")
-  cli.run("tfkf.train", f"--data_dir={d / 'data'}", f"--model_dir={d / 'run'}", "--preset=small",
-          "--epochs=1", "--steps_per_epoch=5", "--batch_size=32", "--validation_steps=1",
-          "--verbose=2")
-  return {"data": str(d / "data"), "run": str(d / "run")}
+  """The serving and interests benchmarks measure serving, not quality: a few steps will do
+  (conftest's `trained` fits 160 steps on 1,000 users, a minute more)."""
+  return build_and_train(tmp_path_factory.mktemp("briefly_trained"), users=200, steps=5,
+                         batch_size=32)
 
 
 def test_pipeline_benchmark_and_report(tmp_path):

@@ -30,6 +30,8 @@ from tfkf.baselines.item_knn import ItemKNN
 from tfkf.catalog import Catalog
 
 CUTOFFS = (10, 50, 100, 500, 1000)
+# protocol -> (HR cutoffs, NDCG cutoffs)
+PROTOCOL_CUTOFFS = {"full": (CUTOFFS, (10, 100)), "sampled": ((1, 5, 10), (10,))}
 
 
 def target_ranks(scores: tf.Tensor, history: tf.Tensor, targets: tf.Tensor,
@@ -180,9 +182,6 @@ def evaluate_protocols(score_fn, data_dir: str, split: str, max_len: int, event_
   ranks = protocol_ranks(score_fn, data_dir, split, max_len, event_features, exclude_history,
                          batch_size, max_examples, negatives)
   return {protocol: summarize(r, *PROTOCOL_CUTOFFS[protocol]) for protocol, r in ranks.items()}
-
-
-PROTOCOL_CUTOFFS = {"full": (CUTOFFS, (10, 100)), "sampled": ((1, 5, 10), (10,))}
 
 
 def protocol_ranks(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
