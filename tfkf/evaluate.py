@@ -34,14 +34,19 @@ CUTOFFS = (10, 50, 100, 500, 1000)
 PROTOCOL_CUTOFFS = {"full": (CUTOFFS, (10, 100)), "sampled": ((1, 5, 10), (10,))}
 
 
+def servable(scores: tf.Tensor, history: tf.Tensor = None) -> tf.Tensor:
+  """Scores [b, N] with the reserved ids and, given a history [b, T], its items at -inf."""
+  reserved = tf.range(tf.shape(scores)[1]) < features.NUM_RESERVED_IDS
+  scores = tf.where(reserved[None, :], -np.inf, scores)
+  if history is None:
+    return scores
+  return scoring.mask_items(scores, history, history >= features.NUM_RESERVED_IDS)
+
+
 def target_ranks(scores: tf.Tensor, history: tf.Tensor, targets: tf.Tensor,
                  exclude_history: bool) -> tf.Tensor:
   """0-based rank of each target among all real items. scores [b, N]; history [b, T]."""
-  n = tf.shape(scores)[1]
-  reserved = tf.range(n) < features.NUM_RESERVED_IDS
-  scores = tf.where(reserved[None, :], -np.inf, scores)
-  if exclude_history:
-    scores = scoring.mask_items(scores, history, history >= features.NUM_RESERVED_IDS)
+  scores = servable(scores, history if exclude_history else None)
   target_score = tf.gather(scores, targets, batch_dims=1)
   # Ties count against the target, so a constant scorer gets no credit.
   return tf.reduce_sum(tf.cast(scores >= target_score[:, None], tf.int32), axis=1) - 1
@@ -131,10 +136,8 @@ def interest_usage(interests: tf.Tensor, items: tf.Tensor, history: tf.Tensor,
   "hit" [b] (the target is in that top_k).
   """
   scores, best = scoring.maxsim(interests, items)
-  n, k = tf.shape(scores)[1], tf.shape(interests)[1]
-  scores = tf.where((tf.range(n) < features.NUM_RESERVED_IDS)[None, :], -np.inf, scores)
-  scores = scoring.mask_items(scores, history, history >= features.NUM_RESERVED_IDS)
-  served = tf.math.top_k(scores, top_k).indices
+  served = tf.math.top_k(servable(scores, history), top_k).indices
+  k = tf.shape(interests)[1]
   from_interest = tf.math.bincount(tf.gather(best, served, batch_dims=1), minlength=k,
                                    maxlength=k, axis=-1)
   return {"target_interest": tf.gather(best, targets, batch_dims=1).numpy(),
