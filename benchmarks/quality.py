@@ -148,7 +148,7 @@ def evaluate_all(scorer, eval_dir, max_len, negatives, args, event_features=()):
   from tfkf import evaluate
   ranks = evaluate.protocol_ranks(scorer, eval_dir, "test", max_len, event_features,
                                   max_examples=args.max_examples, negatives=negatives)
-  return {p: evaluate.summarize(r, *evaluate.PROTOCOL_CUTOFFS[p]) for p, r in ranks.items()}, ranks
+  return evaluate.summarize_protocols(ranks), ranks
 
 
 def add_intervals(results: dict, ranks: dict, users, args) -> dict:

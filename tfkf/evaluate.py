@@ -184,6 +184,11 @@ def evaluate_protocols(score_fn, data_dir: str, split: str, max_len: int, event_
   """{"full": metrics, "sampled": metrics if `negatives` is given} from one scoring pass."""
   ranks = protocol_ranks(score_fn, data_dir, split, max_len, event_features, exclude_history,
                          batch_size, max_examples, negatives)
+  return summarize_protocols(ranks)
+
+
+def summarize_protocols(ranks: dict) -> dict:
+  """protocol_ranks' {protocol: ranks} -> {protocol: metrics}."""
   return {protocol: summarize(r, *PROTOCOL_CUTOFFS[protocol]) for protocol, r in ranks.items()}
 
 
