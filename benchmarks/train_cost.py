@@ -130,6 +130,7 @@ class Trainer:
     self.config, self.batch_size = config, batch_size
     self.model = KuaiFormer(config, catalog()).build_towers()
     self.model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    self.model.optimizer.build(self.model.trainable_variables)
     self.data = tf.data.Dataset.from_tensors(batch(config, batch_size)).repeat()
 
   @property

@@ -36,6 +36,15 @@ def existing_versions(export_base: str):
                 if re.fullmatch(r"\d+/?", d))
 
 
+def new_version(export_base: str, version: int = None) -> int:
+  """`version`, or the newest under `export_base` + 1; never one that exists."""
+  versions = existing_versions(export_base)
+  version = version if version is not None else (versions[-1] + 1 if versions else 1)
+  if version in versions:
+    raise ValueError(f"version {version} already exists under {export_base}")
+  return version
+
+
 def write_warmup_requests(path: str, histories) -> None:
   """TF Serving replays assets.extra/tf_serving_warmup_requests before a version takes traffic."""
   extra = os.path.join(path, "assets.extra")
@@ -55,10 +64,7 @@ def export(model_dir: str, data_dir: str, export_base: str, index: str = "brute_
            min_recall: float = 0.95) -> dict:
   """Returns {"path", "version", "verification"}; raises ExportMismatch (and publishes
   nothing) if the export disagrees with the Keras model."""
-  versions = existing_versions(export_base)
-  version = version if version is not None else (versions[-1] + 1 if versions else 1)
-  if version in versions:
-    raise ValueError(f"version {version} already exists under {export_base}")
+  version = new_version(export_base, version)
   catalog = Catalog.load(data_dir)
   model = load_trained(model_dir, catalog)
   retriever = Retriever(model, os.path.join(data_dir, "vocab", "item.txt"), catalog.item_ids,

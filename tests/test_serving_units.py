@@ -2,11 +2,13 @@
 TensorProto encoding."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
 from serving.batching import merge, split
+from serving.export import new_version
 from serving.grpc_api import fill_tensor_proto
 from serving.model_manager import ModelConfig, wanted_versions
 from serving.retriever import merge_candidates
@@ -80,3 +82,12 @@ def test_fill_tensor_proto_reads_back_as_tf_make_tensor_proto_does(dtype, shape,
   expected = tf.make_tensor_proto(array, dtype=tf.string if dtype is object else None)
   assert proto.dtype == expected.dtype and proto.tensor_shape == expected.tensor_shape
   np.testing.assert_array_equal(tf.make_ndarray(proto), tf.make_ndarray(expected))
+
+
+def test_a_new_version_is_the_newest_plus_one_and_never_overwrites(tmp_path):
+  assert new_version(str(tmp_path / "missing")) == 1
+  for name in ("1", "10", "9", ".staging-11-ab12", "notes"):  # numeric order, digits only
+    (tmp_path / name).mkdir()
+  assert new_version(str(tmp_path)) == 11 and new_version(str(tmp_path), 4) == 4
+  with pytest.raises(ValueError, match="version 9 already exists"):
+    new_version(str(tmp_path), 9)

@@ -170,6 +170,9 @@ def build_model(config, catalog: Catalog, learning_rate: float):
   # SASRec's reference setting is beta_2 = 0.98; KuaiFormer keeps Adam's default.
   beta_2 = getattr(config, "adam_beta_2", 0.999)
   model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate, beta_2=beta_2))
+  # Adam's slots made now, not in the first step: a tf.function that creates variables is
+  # traced twice, and tracing a training step costs seconds.
+  model.optimizer.build(model.trainable_variables)
   return model
 
 
