@@ -39,18 +39,19 @@ def run_variant(name: str, spec: dict, repeat: int, args) -> dict:
   fitted = train(args.data_dir, model_dir, train_flags(spec, args), args,
                  curve_dir=args.eval_dir if args.curve_examples else None)
   model = load_trained(model_dir, Catalog.load(args.eval_dir))
-  metrics = evaluate.evaluate(evaluate.model_scorer(model), args.eval_dir, "valid",
-                              model.config.max_len, model.config.event_features,
-                              max_examples=args.max_examples)
-  print(json.dumps({name: {k: round(v, 4) for k, v in metrics.items()}, "steps": fitted["steps"]}),
-        flush=True)
-  return {**fitted, "valid": metrics, "repeat": repeat}
+  negatives = evaluate.sampled_negatives(args.eval_dir, "valid", args.num_negatives, args.seed)
+  metrics = evaluate.evaluate_protocols(evaluate.model_scorer(model), args.eval_dir, "valid",
+                                        model.config.max_len, model.config.event_features,
+                                        max_examples=args.max_examples, negatives=negatives)
+  print(json.dumps({name: {p: {k: round(v, 4) for k, v in m.items()} for p, m in metrics.items()},
+                    "steps": fitted["steps"]}), flush=True)
+  return {**fitted, "valid": metrics["full"], "valid_sampled": metrics["sampled"], "repeat": repeat}
 
 
-def summary(runs: list) -> dict:
-  keys = runs[0]["valid"].keys()
-  return {k: {"median": statistics.median(r["valid"][k] for r in runs),
-              "min": min(r["valid"][k] for r in runs), "max": max(r["valid"][k] for r in runs)}
+def summary(runs: list, protocol: str = "valid") -> dict:
+  keys = runs[0][protocol].keys()
+  return {k: {"median": statistics.median(r[protocol][k] for r in runs),
+              "min": min(r[protocol][k] for r in runs), "max": max(r[protocol][k] for r in runs)}
           for k in keys}
 
 
@@ -68,6 +69,8 @@ def parse_args(argv=None):
   p.add_argument("--validation_steps", type=int, default=5)
   p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--max_examples", type=int, default=10000)
+  p.add_argument("--num_negatives", type=int, default=100,
+                 help="the sampled protocol's uniformly drawn negatives per example")
   p.add_argument("--curve_examples", type=int, default=0,
                  help="a learning curve on this many valid examples (0: none)")
   p.add_argument("--curve_every_seconds", type=float, default=60,
@@ -90,7 +93,8 @@ def main(argv=None):
   payload = {"command": command, "data_dir": args.data_dir, "eval_dir": args.eval_dir,
              "split": "valid", "max_examples": args.max_examples,
              "train_seconds": args.train_seconds, "base_overrides": json.loads(args.base_overrides),
-             "variants": {name: {"spec": variants[name], "summary": summary(r), "runs": r}
+             "variants": {name: {"spec": variants[name], "summary": summary(r),
+                                 "summary_sampled": summary(r, "valid_sampled"), "runs": r}
                           for name, r in runs.items()}}
   print(common.write("screen", payload, args.output))
 

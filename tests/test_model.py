@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfkf import features
 from tfkf.config import PRESETS
-from tfkf.losses import SmoothedInBatchSoftmax
+from tfkf.losses import SmoothedInBatchSoftmax, mixed_sampling_probability, with_uniform_negatives
 from tensorflow_recommenders.layers.loss import MIN_FLOAT
 from tiny_model import histories, model_for
 
@@ -119,6 +119,32 @@ def test_fit_reports_loss_and_in_batch_accuracy():
   logs = model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), epochs=1, verbose=0).history
   assert set(logs) >= {"loss", "in_batch_accuracy"}
   assert np.isfinite(logs["loss"]).all()
+
+
+def test_uniform_negatives_are_real_items_drawn_uniformly():
+  ids = with_uniform_negatives(tf.constant([7, 8]), num_items=12, count=20_000).numpy()
+  assert list(ids[:2]) == [7, 8]
+  counts = np.bincount(ids[2:], minlength=12)  # 2,000 expected per real item, sd 42
+  assert counts[:features.NUM_RESERVED_IDS].sum() == 0 and (abs(counts[2:] - 2000) < 300).all()
+  # logQ of the mixture: B p(i) + M / N expected draws of item i, here B 4, M 8, N 10.
+  p = tf.constant([0.5, 0.01])
+  corrected = mixed_sampling_probability(p, 4, 8, 10).numpy()
+  np.testing.assert_allclose(corrected[0] / corrected[1], (4 * 0.5 + 0.8) / (4 * 0.01 + 0.8), rtol=1e-6)
+  np.testing.assert_allclose(mixed_sampling_probability(p, 4, 0, 10), p)
+
+
+def test_mixed_negatives_join_the_in_batch_ones_in_training_only():
+  config = PRESETS["small"].replace(label_smoothing=0.0, use_logq=False, dropout=0.0,
+                                    event_feature_dropout=0.0)
+  in_batch = model_for(config)
+  mixed = model_for(config.replace(mixed_negatives=64))
+  mixed.set_weights(in_batch.get_weights())
+  batch = {**histories(config, [5, 9, 20, 30]), features.TARGET_ITEM: np.array([2, 3, 4, 5])}
+  # Validation scores against the batch's targets alone, as before.
+  assert float(mixed.compute_loss(batch)) == pytest.approx(float(in_batch.compute_loss(batch)))
+  # Training adds 64 negatives to each softmax: every target's probability can only drop.
+  assert float(mixed.compute_loss(batch, training=True)) > \
+      float(in_batch.compute_loss(batch, training=True)) + 0.1
 
 
 def _cut_history(batch, cut: int):

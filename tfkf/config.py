@@ -36,6 +36,10 @@ class KuaiFormerConfig(JsonConfig):
   use_logq: bool = True
   remove_accidental_hits: bool = True
   temperature: float = 0.05          # embeddings are L2-normalised; scores are cosines
+  # Real catalog items drawn uniformly and added to every training batch's in-batch
+  # negatives ("mixed negative sampling", Yang et al. 2020): in-batch negatives follow
+  # popularity, so the tail of the catalog is rarely a negative. 0 = in-batch only.
+  mixed_negatives: int = 0
   event_features: Tuple[str, ...] = tuple(features.EVENT_FEATURES)
   item_features: Tuple[str, ...] = ("tag", "author", "duration")
   # Per example, drop all event features to "unknown" with this probability while
@@ -56,6 +60,8 @@ class KuaiFormerConfig(JsonConfig):
       raise ValueError(f"unknown event features {sorted(unknown)}; known: {list(features.EVENT_FEATURES)}")
     if self.training_targets not in ("last", "every_event"):
       raise ValueError(f"training_targets={self.training_targets!r}: 'last' or 'every_event'")
+    if self.mixed_negatives < 0:
+      raise ValueError(f"mixed_negatives={self.mixed_negatives}: 0 (in-batch only) or more")
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
 

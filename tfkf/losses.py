@@ -1,7 +1,10 @@
-"""The paper's smoothed in-batch softmax (logQ is applied by tfrs Retrieval)."""
+"""The paper's smoothed in-batch softmax (logQ is applied by tfrs Retrieval), and the
+mixed negatives that can join the in-batch ones."""
 
 import tensorflow as tf
 from tensorflow_recommenders.layers.loss import MIN_FLOAT
+
+from tfkf import features
 
 
 class SmoothedInBatchSoftmax(tf.keras.losses.Loss):
@@ -36,3 +39,18 @@ class SmoothedInBatchSoftmax(tf.keras.losses.Loss):
 
   def get_config(self):
     return {**super().get_config(), "alpha": self.alpha}
+
+
+def with_uniform_negatives(targets: tf.Tensor, num_items: int, count: int) -> tf.Tensor:
+  """Candidate ids [B + count]: the batch's targets [B], then `count` real items drawn
+  uniformly (with replacement; the reserved ids never)."""
+  uniform = tf.random.uniform([count], features.NUM_RESERVED_IDS, num_items, dtype=tf.int64)
+  return tf.concat([tf.cast(targets, tf.int64), uniform], axis=0)
+
+
+def mixed_sampling_probability(unigram: tf.Tensor, num_targets, count: int,
+                               num_real_items: int) -> tf.Tensor:
+  """logQ's sampling probability of candidates drawn as B in-batch targets (item i with
+  probability unigram[i]) plus `count` uniform items: B p(i) + count / N expected draws,
+  divided by B (a constant factor, which the softmax ignores)."""
+  return unigram + count / (tf.cast(num_targets, unigram.dtype) * num_real_items)

@@ -7,7 +7,7 @@ from tfkf import features
 from tfkf import layers
 from tfkf.catalog import Catalog
 from tfkf.config import KuaiFormerConfig
-from tfkf.losses import SmoothedInBatchSoftmax
+from tfkf.losses import SmoothedInBatchSoftmax, mixed_sampling_probability, with_uniform_negatives
 
 
 @tf.keras.utils.register_keras_serializable(package="tfkf")
@@ -162,10 +162,18 @@ class KuaiFormer(tfrs.Model):
     else:
       interests = self.user_tower(inputs, training=training)
       targets = tf.cast(inputs[features.TARGET_ITEM], tf.int64)
-    candidates = self.candidate_tower(targets)
-    probability = (tf.gather(self.sampling_probability, targets) if self.config.use_logq else None)
-    return self.task(interests, candidates, candidate_sampling_probability=probability,
-                     candidate_ids=targets)
+    mixed = self.config.mixed_negatives if training else 0
+    num_items = self.side_features.num_items
+    candidate_ids = with_uniform_negatives(targets, num_items, mixed) if mixed else targets
+    probability = None
+    if self.config.use_logq:
+      probability = tf.gather(self.sampling_probability, candidate_ids)
+      if mixed:
+        probability = mixed_sampling_probability(probability, tf.shape(targets)[0], mixed,
+                                                 num_items - features.NUM_RESERVED_IDS)
+    # tfrs Retrieval: candidate i is query i's positive, the extra candidates negatives for all.
+    return self.task(interests, self.candidate_tower(candidate_ids),
+                     candidate_sampling_probability=probability, candidate_ids=candidate_ids)
 
   def _every_event_targets(self, inputs, training):
     """(interests [n, k, d], next items [n]) after each real one of the latest events.
