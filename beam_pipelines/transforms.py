@@ -285,14 +285,18 @@ def user_examples(user_events, item_index, max_len, stride, max_examples_per_use
                   example_bytes(user, events[p]["time"], enc, start, p))
 
 
-def example_bytes(user: str, time: int, enc: Dict[str, list], start: int, target: int) -> bytes:
-  """One tf.train.Example: the target and the events [start, target) before it."""
+def example_bytes(user: str, time: int, enc: Dict[str, list], start: int, target: int,
+                  num_targets: int = None) -> bytes:
+  """One tf.train.Example: the target and the events [start, target) before it (and, given,
+  how many trailing targets it supervises: features.NUM_TARGETS)."""
   import tensorflow as tf  # Deferred: workers that never build examples skip the import.
   example = tf.train.Example()
   f = example.features.feature
   f[features.USER_ID].bytes_list.value.append(user.encode())
   f[features.TARGET_TIME].int64_list.value.append(time)
   f[features.TARGET_ITEM].int64_list.value.append(enc["item"][target])
+  if num_targets is not None:
+    f[features.NUM_TARGETS].int64_list.value.append(num_targets)
   f[features.HISTORY_ITEM].int64_list.value.extend(enc["item"][start:target])
   for name in features.EVENT_FEATURES:
     f[features.history_key(name)].int64_list.value.extend(enc[name][start:target])

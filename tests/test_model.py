@@ -197,6 +197,12 @@ def test_every_event_training_targets_the_next_item_after_each_real_latest_event
   expected = [t for t in expected[0] + expected[1] if t != features.OOV_ID]
   assert targets.numpy().tolist() == expected and len(expected) == tail + 5 - 1
   assert interests.shape == (tail + 5 - 1, config.num_query_tokens, config.d_model)
+  # num_targets: only an example's last n targets (the online trainer's examples).
+  last_n = {**batch, features.NUM_TARGETS: np.array([3, features.ALL_TARGETS], np.int64)}
+  few_interests, few = model._every_event_targets(last_n, training=False)
+  assert few.numpy().tolist() == [t for t in list(items[0, -2:]) + [7] if t != features.OOV_ID] + \
+      expected[-5:]
+  np.testing.assert_allclose(few_interests.numpy(), interests.numpy()[-len(few):], atol=1e-6)
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
   data = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in batch.items()}).repeat(3)
   losses = model.fit(data, epochs=1, verbose=0).history["loss"]

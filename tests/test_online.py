@@ -16,6 +16,7 @@ import tensorflow as tf
 import cli
 from beam_pipelines import build, synthetic_stream
 from serving.client import rest_predict, wait_until_available
+from tfkf.config import PRESETS
 
 K = 10
 MODEL = "kuaiformer"
@@ -45,7 +46,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stream(tmp_path_factory):
   """Synthetic stream files, and the first model built and trained on the initial log
-  (in-process: the CLIs are the same functions)."""
+  (in-process: the CLIs are the same functions): sequence-level training (every_event on
+  the chunk layout), which the online trainer then continues the same way."""
   from tfkf import train
   d = tmp_path_factory.mktemp("online")
   files = synthetic_stream.generate(synthetic_stream.parse_args([
@@ -54,10 +56,11 @@ def stream(tmp_path_factory):
       "--seed=5"]))
   build.run(["--runner=DirectRunner", f"--input={files['initial']}", "--format=kuairand",
              f"--item_features={files['items']}", f"--output_dir={d / 'data'}", "--max_len=64",
-             "--num_shards=1"])
+             "--num_shards=1", "--layout=chunks", f"--chunk_len={PRESETS['small'].num_latest_events}"])
   train.train(train.parse_args([
       f"--data_dir={d / 'data'}", f"--model_dir={d / 'run'}", "--preset=small", "--epochs=1",
-      "--steps_per_epoch=50", "--batch_size=64", "--validation_steps=1", "--verbose=2"]))
+      "--steps_per_epoch=50", "--batch_size=64", "--targets_per_batch=512", "--validation_steps=1",
+      "--verbose=2", '--config_overrides={"training_targets": "every_event"}']))
   return {**files, "dir": d, "data": str(d / "data"), "run": str(d / "run")}
 
 
@@ -247,7 +250,8 @@ def test_killed_trainer_resumed_and_consumed_every_file_exactly_once(stream, onl
   assert c["rows_in"] == data_lines
   assert c["rows_in"] == c["rows_accepted"] + c["rows_rejected"] + c["rows_filtered"]
   assert c["rows_rejected"] == c["dead_letters_total"] == CORRUPT_ROWS * BATCHES
-  assert c["rows_accepted"] == c["examples"] + c["first_events"]
+  assert c["rows_accepted"] == c["targets"] + c["first_events"]
+  assert c["examples"] < c["targets"], "every_event: one example per user's chunk of new targets"
   assert c["rows_accepted"] == len(positives(*stream["batches"]))
   # Stable ids: the initial vocabulary is a prefix of the grown one.
   with open(os.path.join(stream["data"], "vocab", "item.txt")) as f:
@@ -281,6 +285,36 @@ def test_freshness_benchmark_on_the_stream(stream, online, tmp_path):
   assert 0 <= row["pickup_s"] < row["freshness_s"] == result["median_freshness_s"]
   from benchmarks.report import render
   assert "Online learning freshness" in render([result])
+
+
+def test_every_event_examples_supervise_each_new_target_once():
+  """A model trained every_event continues on examples of up to chunk_len targets that say
+  how many trailing targets they supervise: each new event is supervised once, old ones never."""
+  import numpy as np
+  from tfkf import features
+  from tfkf.online import new_examples
+  from tfkf.online_state import HISTORY_KEYS, StreamState
+  n = 40
+  state = lambda: StreamState(  # noqa: E731
+      items=[f"v{i}" for i in range(n)], tags=[], authors=[], recent_count=np.zeros(n),
+      **{k: np.zeros(n, np.int64) for k in ("item_tag", "item_author", "item_duration", "item_count")},
+      ledger=[], counts={}, histories={"old": {k: np.array([2, 3, 4]) for k in HISTORY_KEYS}})
+  raw = {name: 0.0 for name in features.EVENT_RAW_INPUTS.values()}
+  events = [{"user": "old", "time": t, "order": t, "item": f"v{t + 3}", **raw} for t in range(11)]
+  events += [{"user": "new", "time": t, "order": t, "item": f"v{t + 20}", **raw} for t in range(6)]
+  train, test, stats = new_examples(state(), events, max_len=8, chunk_len=4)
+  assert (stats["targets"], stats["first_events"]) == (16, 1)  # "new"'s first event: history only
+  supervised = []
+  for payload in train:
+    f = tf.train.Example.FromString(payload).features.feature
+    history = list(f[features.HISTORY_ITEM].int64_list.value)
+    count = f[features.NUM_TARGETS].int64_list.value[0]
+    assert 1 <= count <= 4 and count <= len(history) <= 8
+    supervised += (history[1:] + list(f[features.TARGET_ITEM].int64_list.value))[-count:]
+  assert sorted(supervised) == [i + 2 for i in range(3, 14)] + [i + 2 for i in range(21, 26)]
+  assert len(train) == 3 + 2 and len(test) == 2  # 11 targets in chunks of 4; 5 targets
+  per_target, _, _ = new_examples(state(), events, max_len=8)  # the paper's one target per example
+  assert len(per_target) == 16
 
 
 def test_only_the_pointer_commits_a_generation(tmp_path):

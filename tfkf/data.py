@@ -15,6 +15,7 @@ LENGTH_BUCKETS = (2, 4, 8, 16, 32, 64, 128)
 
 def feature_spec(event_features: Sequence[str]):
   spec = {features.TARGET_ITEM: tf.io.FixedLenFeature([], tf.int64),
+          features.NUM_TARGETS: tf.io.FixedLenFeature([], tf.int64, features.ALL_TARGETS),
           features.HISTORY_ITEM: tf.io.RaggedFeature(tf.int64)}
   for name in event_features:
     spec[features.history_key(name)] = tf.io.RaggedFeature(tf.int64)
@@ -26,7 +27,7 @@ def _history_keys(event_features: Sequence[str]):
 
 
 def left_aligned(parsed, max_len: int, event_features: Sequence[str], trim: bool = False):
-  """{target_item [b], history_* ragged [b, (T)]} -> histories [b, width] left-padded.
+  """{target_item [b], num_targets [b], history_* ragged [b, (T)]} -> histories [b, width] left-padded.
 
   width is max_len, or with `trim` the longest history of the batch (at most
   max_len): the columns every history would only pad are left out.
@@ -35,7 +36,8 @@ def left_aligned(parsed, max_len: int, event_features: Sequence[str], trim: bool
   if trim:
     longest = tf.cast(tf.reduce_max(parsed[features.HISTORY_ITEM].row_lengths()), tf.int64)
     width = tf.minimum(tf.maximum(longest, 1), tf.constant(max_len, tf.int64))
-  out = {features.TARGET_ITEM: parsed[features.TARGET_ITEM]}
+  out = {features.TARGET_ITEM: parsed[features.TARGET_ITEM],
+         features.NUM_TARGETS: parsed[features.NUM_TARGETS]}
   for key in _history_keys(event_features):
     out[key] = features.left_align(parsed[key], width)
   return out

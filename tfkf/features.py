@@ -151,6 +151,11 @@ HISTORY_ITEM = "history_item"
 TARGET_ITEM = "target_item"
 USER_ID = "user_id"
 TARGET_TIME = "target_time"
+# Optional: how many of its trailing next-item targets an every_event example
+# supervises (the online trainer's examples hold old events that were targets
+# before). Absent: every target of its latest events.
+NUM_TARGETS = "num_targets"
+ALL_TARGETS = 1 << 30
 
 
 def history_key(feature: str) -> str:

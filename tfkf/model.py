@@ -179,8 +179,9 @@ class KuaiFormer(tfrs.Model):
     """(interests [n, k, d], next items [n]) after each real one of the latest events.
 
     On a --layout=chunks build (docs/data_format.md) the examples of a user cover each
-    of its training targets once. Out-of-vocabulary items are no targets. Cut points
-    go only where some history of the batch has an event.
+    of its training targets once. Out-of-vocabulary items are no targets, nor those
+    before an example's last `num_targets` (when given). Cut points go only where some
+    history of the batch has an event.
     """
     c = self.config
     tail = c.num_latest_events
@@ -194,6 +195,10 @@ class KuaiFormer(tfrs.Model):
     items = _fit_length(history, tail)[:, tail - cuts_wanted:]               # [b, cuts]
     targets = tf.concat([items[:, 1:], tf.cast(inputs[features.TARGET_ITEM], tf.int64)[:, None]], 1)
     real = tf.logical_and(tf.not_equal(items, features.PAD_ID), tf.not_equal(targets, features.OOV_ID))
+    if features.NUM_TARGETS in inputs:
+      from_end = tf.range(cuts_wanted - 1, -1, -1)                           # [cuts]
+      wanted = tf.cast(inputs[features.NUM_TARGETS], tf.int32)[:, None]
+      real = tf.logical_and(real, from_end[None, :] < wanted)
     return tf.boolean_mask(interests, real), tf.boolean_mask(targets, real)
 
   def build_towers(self) -> "KuaiFormer":

@@ -13,8 +13,10 @@ of landed files (the local stand-in for a Pub/Sub or Kafka topic):
      dead letters, positive filter; rows_in = accepted + rejected + filtered);
   2. items never seen get the next ids (old ids never change) and the model's
      item-, tag- and author-indexed tables grow (tfkf/online_model.py);
-  3. every new event becomes a training example with the user's history before
-     it; each user's newest max_len events are kept for the next batch;
+  3. every new event becomes a training target with the user's history before
+     it: one example per target, or for a model trained every_event one per up
+     to 48 targets of a user, as tfkf.train trains it (new_examples); each user's
+     newest max_len events are kept for the next batch;
   4. the current model is scored on the batch before it trains on it
      (test-then-train), then model.fit continues it, Adam state included;
   5. the new generation is committed atomically with the names of the files it
@@ -122,7 +124,8 @@ def bootstrap(state_dir: StateDir, data_dir: str, model_dir: str) -> None:
       item_duration=catalog.duration[real], item_count=counts,
       recent_count=counts.astype(np.float64),
       histories=histories_from_examples(data_dir, config.max_len), ledger=[],
-      counts={name: 0 for name in COUNTS + ("examples", "first_events", "dead_letters_total")})
+      counts={name: 0 for name in COUNTS + ("examples", "targets", "first_events",
+                                            "dead_letters_total")})
   state.write(work)
   shutil.copytree(os.path.join(data_dir, "test"), os.path.join(work, "test"))
   shutil.copytree(os.path.join(model_dir, os.path.dirname(WEIGHTS)),
@@ -194,35 +197,45 @@ def grow_vocabulary(state: StreamState, events: List[Dict], item_features: Dict[
   return new
 
 
-def new_examples(state: StreamState, events: List[Dict], max_len: int):
-  """Each new event with history -> a serialized example; updates the histories.
+def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len: int = 0):
+  """The new events with history as training targets -> serialized examples; updates the
+  histories.
 
-  Returns (train payloads, test payloads: each user's newest example, stats).
+  One example per target, or with `chunk_len` (a model trained every_event: the
+  layout it trains on) one per up to chunk_len targets of a user, latest first,
+  that says how many trailing targets it supervises (features.NUM_TARGETS): the
+  older events in its history were targets of earlier batches. Either way each
+  new target is supervised once. Returns (train payloads, test payloads: each
+  user's newest example, stats).
   """
   item_index = T.vocab_ids(state.items)
   by_user = collections.defaultdict(list)
   for e in events:
     by_user[e["user"]].append(e)
   train, test = [], []
-  stats = {"examples": 0, "first_events": 0, "history_lens": []}
+  stats = {"examples": 0, "targets": 0, "first_events": 0, "history_lens": []}
   empty = {k: np.zeros(0, np.int64) for k in HISTORY_KEYS}
   for user in sorted(by_user):
     user_events = sorted(by_user[user], key=lambda e: (e["time"], e["order"]))
     old = state.histories.get(user, empty)
     new = T.encode_events(user_events, item_index)
     enc = {k: old[k].tolist() + new[k].tolist() for k in HISTORY_KEYS}
-    newest = None
-    for j, e in enumerate(user_events):
-      p = len(old["item"]) + j
-      if p == 0:  # A user's first event ever: history only, nothing to predict it from.
-        stats["first_events"] += 1
-        continue
+    # A user's first event ever is history only: nothing to predict it from.
+    targets = [(len(old["item"]) + j, e["time"]) for j, e in enumerate(user_events)
+               if len(old["item"]) + j > 0]
+    stats["first_events"] += len(user_events) - len(targets)
+    stats["targets"] += len(targets)
+    ends = targets[::-1][::chunk_len][::-1] if chunk_len else targets
+    user_examples, previous_end = [], targets[0][0] - 1 if targets else 0
+    for p, time_ms in ends:
       start = max(0, p - max_len)
-      newest = T.example_bytes(user, e["time"], enc, start, p)
-      train.append(newest)
+      supervised = p - previous_end if chunk_len else None  # targets previous_end + 1 .. p
+      previous_end = p
+      user_examples.append(T.example_bytes(user, time_ms, enc, start, p, supervised))
       stats["history_lens"].append(p - start)
-    if newest is not None:
-      test.append(newest)
+    train.extend(user_examples)
+    if user_examples:
+      test.append(user_examples[-1])
     state.histories[user] = {k: np.asarray(enc[k][-max_len:], np.int64) for k in HISTORY_KEYS}
   stats["examples"] = len(train)
   return train, test, stats
@@ -269,17 +282,20 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
       raise RuntimeError(f"accounting broken for {path}: {c}")
   new_items = grow_vocabulary(state, parsed.events, parsed.item_features, args.count_decay)
   config = read_config(prev_path)
-  train, test, stats = new_examples(state, parsed.events, config.max_len)
-  if stats["examples"] + stats["first_events"] != len(parsed.events):
-    raise RuntimeError(f"{len(parsed.events)} events but {stats} examples + first events")
+  every_event = config.training_targets == "every_event"
+  train, test, stats = new_examples(state, parsed.events, config.max_len,
+                                    config.num_latest_events if every_event else 0)
+  if stats["targets"] + stats["first_events"] != len(parsed.events):
+    raise RuntimeError(f"{len(parsed.events)} events but {stats} targets + first events")
   for path in paths:
     state.ledger.append({"name": os.path.basename(path), "size": sizes[path],
                          "landed_at": landed[path], "generation": number, **parsed.counts[path]})
   batch_counts = {name: sum(parsed.counts[p][name] for p in paths) for name in COUNTS}
-  batch_counts.update(examples=stats["examples"], first_events=stats["first_events"],
+  batch_counts.update(examples=stats["examples"], targets=stats["targets"],
+                      first_events=stats["first_events"],
                       dead_letters_total=len(parsed.dead_letters))
   for name, value in batch_counts.items():
-    state.counts[name] += value
+    state.counts[name] = state.counts.get(name, 0) + value  # states from before "targets"
   state.write(work)
   _write_records(os.path.join(work, "train", "part-00000-of-00001.tfrecord"), train)
   if test:
@@ -310,7 +326,7 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
   if train:
     tf.keras.utils.set_random_seed(args.seed + number)
     ds = data.dataset(work, "train", args.batch_size, config.max_len, config.event_features,
-                      seed=args.seed + number, repeat=True)
+                      seed=args.seed + number, repeat=True, trim=every_event)
     steps = max(1, math.ceil(len(train) * args.epochs_per_batch / args.batch_size))
     history = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
     online["train_loss"] = float(history.history["loss"][-1])
