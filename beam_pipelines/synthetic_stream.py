@@ -1,6 +1,6 @@
 """A synthetic log stream: an initial log, then arriving batches with drift and new items.
 
-The local stand-in for a log topic that `tfkf.online` consumes. The same users
+The local stand-in for a log topic that `online.train` consumes. The same users
 keep watching after the initial log, batch after batch, and:
 
 * their interests drift: each batch, one interest of a user may be replaced;

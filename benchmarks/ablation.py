@@ -94,6 +94,7 @@ def train_point(data_dir: str, model_dir: str, overrides: dict, seed: int, budge
 
   from tfkf import evaluate, train
   from tfkf.catalog import Catalog
+  from tfkf.checkpoint import load_trained
   tf.keras.backend.clear_session()
   start = time.perf_counter()
   history = train.train(train.parse_args([
@@ -102,7 +103,7 @@ def train_point(data_dir: str, model_dir: str, overrides: dict, seed: int, budge
       f"--steps_per_epoch={budget['steps_per_epoch']}", f"--batch_size={budget['batch_size']}",
       f"--seed={seed}", "--patience=1000", "--verbose=0"]))
   train_s = time.perf_counter() - start
-  model = train.load_trained(model_dir, Catalog.load(data_dir))
+  model = load_trained(model_dir, Catalog.load(data_dir))
   c = model.config
   ranking = evaluate.evaluate(evaluate.model_scorer(model), data_dir, "test", c.max_len,
                               c.event_features, max_examples=budget["eval_examples"])

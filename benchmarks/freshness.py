@@ -3,7 +3,7 @@
   python -m benchmarks.freshness --users 2000 --items 3000 --batches 6 --index scann
 
 Builds and trains a first model on the initial log of beam_pipelines.synthetic_stream,
-starts serving.server and tfkf.online (--export_every_s=0: export after every
+starts serving.server and online.train (--export_every_s=0: export after every
 micro-batch), then lands the batch files one at a time, each after the previous
 one is served. Per file: landing (its rename into the stream dir) -> the trainer
 picks it up -> generation committed -> version exported (its
@@ -105,7 +105,7 @@ def measure(args, work, files) -> list:
   server = _start(os.path.join(work, "server.log"), "serving.server", f"--model_name={MODEL}",
                   f"--model_base_path={base}", f"--rest_api_port={port}", "--port=0",
                   "--file_system_poll_wait_seconds=0.2")
-  trainer = _start(os.path.join(work, "trainer.log"), "tfkf.online", f"--stream_dir={incoming}",
+  trainer = _start(os.path.join(work, "trainer.log"), "online.train", f"--stream_dir={incoming}",
                    f"--state_dir={work}/state", f"--init_data_dir={work}/data",
                    f"--init_model_dir={work}/run", f"--item_features={files['items']}",
                    f"--export_base={base}", "--export_every_s=0", f"--index={args.index}",

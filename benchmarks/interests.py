@@ -20,7 +20,7 @@ def measure(data_dir: str, model_dir: str, split: str, top_k: int, max_examples:
   import tfkf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
   from tfkf import data, evaluate, features
   from tfkf.catalog import Catalog
-  from tfkf.train import load_trained
+  from tfkf.checkpoint import load_trained
 
   model = load_trained(model_dir, Catalog.load(data_dir))
   items = model.item_embeddings()

@@ -174,7 +174,7 @@ def run_dataset(key: str, args) -> dict:
   from tfkf.data import split_users
   from tfkf.baselines.item_knn import ItemKNN
   from tfkf.catalog import Catalog
-  from tfkf.train import load_trained
+  from tfkf.checkpoint import load_trained
 
   spec = DATASETS[key]
   work = os.path.join(args.work_dir, key)

@@ -406,7 +406,7 @@ def _serving(r) -> list:
 def _freshness(r) -> list:
   c = r["config"]
   lines = ["## Online learning freshness (`make bench-freshness`)", "",
-           f"`tfkf.online` with `serving.server` on the same machine: synthetic stream "
+           f"`online.train` with `serving.server` on the same machine: synthetic stream "
            f"({c['users']:,} users, {c['items']:,} initial items, {c['new_items_per_batch']} new "
            f"items per batch), small preset, max_len {c['max_len']}, {c['index']} index, top "
            f"{c['top_k']}, `--export_every_s=0`, {c['epochs_per_batch']} epoch(s) per micro-batch. "

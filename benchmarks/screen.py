@@ -33,7 +33,7 @@ def run_variant(name: str, spec: dict, repeat: int, args) -> dict:
   import tfkf  # noqa: F401
   from tfkf import evaluate
   from tfkf.catalog import Catalog
-  from tfkf.train import load_trained
+  from tfkf.checkpoint import load_trained
 
   model_dir = os.path.join(args.work_dir, f"{name}-{repeat}")
   fitted = train(args.data_dir, model_dir, train_flags(spec, args), args,

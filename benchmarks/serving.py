@@ -50,7 +50,7 @@ from serving.client import wait_until_available
 from serving.export import SAVE_OPTIONS
 from serving.retriever import Retriever, serving_signatures
 from tfkf.catalog import Catalog
-from tfkf.train import load_trained
+from tfkf.checkpoint import load_trained
 
 GAMES = os.path.join(common.ROOT, "..", "shared", "data", "sasrec_games", "Video.txt")
 WRK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_predict.lua")

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from tfkf.catalog import Catalog
-from tfkf.train import load_trained
+from tfkf.checkpoint import load_trained
 from serving import verify
 from serving.retriever import DEFAULT_MAX_HISTORY_LENGTH, Retriever, serving_signatures
 

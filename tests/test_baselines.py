@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkf import features, train
+from tfkf import checkpoint, features
 from tfkf.baselines import sasrec
 from tfkf.catalog import Catalog
 
@@ -104,18 +104,18 @@ def test_layers_and_config_round_trip():
   ffn = sasrec.PointWiseFeedForward(0.1)
   assert sasrec.PointWiseFeedForward.from_config(ffn.get_config()).dropout == 0.1
   config = CONFIG.replace(loss="in_batch", use_logq=True)
-  assert train.config_from_json(train.config_json(config)) == config
+  assert checkpoint.config_from_json(checkpoint.config_json(config)) == config
   with pytest.raises(ValueError):
     CONFIG.replace(loss="hinge")
 
 
 def test_load_trained_restores_a_sasrec_run(tmp_path):
   model = model_for()
-  with open(os.path.join(tmp_path, train.CONFIG_FILE), "w") as f:
-    f.write(train.config_json(CONFIG))
-  model.save_weights(os.path.join(tmp_path, train.WEIGHTS))
-  loaded = train.load_trained(str(tmp_path), catalog())
-  assert isinstance(loaded, sasrec.SASRec) and train.kind_of(loaded.config) == "sasrec"
+  with open(os.path.join(tmp_path, checkpoint.CONFIG_FILE), "w") as f:
+    f.write(checkpoint.config_json(CONFIG))
+  model.save_weights(os.path.join(tmp_path, checkpoint.WEIGHTS))
+  loaded = checkpoint.load_trained(str(tmp_path), catalog())
+  assert isinstance(loaded, sasrec.SASRec) and checkpoint.kind_of(loaded.config) == "sasrec"
   b = batch([5, 9])
   np.testing.assert_allclose(loaded(b).numpy(), model(b).numpy(), atol=1e-6)
   np.testing.assert_allclose(loaded.item_embeddings().numpy(), model.item_embeddings().numpy())

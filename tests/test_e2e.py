@@ -110,7 +110,7 @@ def test_sampled_protocol_draws_the_same_untouched_negatives_for_every_model(ser
 def test_sampled_protocol_ranks_the_model_above_most_popular(served):
   from tfkf import evaluate
   from tfkf.catalog import Catalog
-  from tfkf.train import load_trained
+  from tfkf.checkpoint import load_trained
   catalog = Catalog.load(served["data"])
   model = load_trained(served["run"], catalog)
   negatives = evaluate.sampled_negatives(served["data"], "valid", num_negatives=100, seed=1)

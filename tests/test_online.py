@@ -65,7 +65,7 @@ def stream(tmp_path_factory):
 
 
 def online_args(stream, incoming, state_dir, *extra):
-  return ["-m", "tfkf.online", f"--stream_dir={incoming}",
+  return ["-m", "online.train", f"--stream_dir={incoming}",
           f"--state_dir={state_dir}", f"--init_data_dir={stream['data']}",
           f"--init_model_dir={stream['run']}", f"--item_features={stream['items']}",
           "--max_files_per_batch=1", "--epochs_per_batch=1", "--batch_size=64",
@@ -229,7 +229,7 @@ def test_online_model_beats_the_frozen_initial_model_on_the_next_events(stream, 
 
 
 def _state(state_dir):
-  from tfkf.online_state import StateDir, StreamState
+  from online.state import StateDir, StreamState
   number, path = StateDir(str(state_dir)).current()
   return number, path, StreamState.read(path)
 
@@ -292,8 +292,8 @@ def test_every_event_examples_supervise_each_new_target_once():
   how many trailing targets they supervise: each new event is supervised once, old ones never."""
   import numpy as np
   from tfkf import features
-  from tfkf.online import new_examples
-  from tfkf.online_state import HISTORY_KEYS, StreamState
+  from online.train import new_examples
+  from online.state import HISTORY_KEYS, StreamState
   n = 40
   state = lambda: StreamState(  # noqa: E731
       items=[f"v{i}" for i in range(n)], tags=[], authors=[], recent_count=np.zeros(n),
@@ -318,7 +318,7 @@ def test_every_event_examples_supervise_each_new_target_once():
 
 
 def test_only_the_pointer_commits_a_generation(tmp_path):
-  from tfkf.online_state import StateDir
+  from online.state import StateDir
   state_dir = StateDir(str(tmp_path))
   assert state_dir.current() is None
   for number in range(3):

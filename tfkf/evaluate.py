@@ -28,6 +28,7 @@ import tensorflow as tf
 from tfkf import data, features, scoring
 from tfkf.baselines.item_knn import ItemKNN
 from tfkf.catalog import Catalog
+from tfkf.checkpoint import kind_of, load_trained
 
 CUTOFFS = (10, 50, 100, 500, 1000)
 # protocol -> (HR cutoffs, NDCG cutoffs)
@@ -246,7 +247,6 @@ def main(argv=None):
                       a.max_len, (), a.exclude_history, max_examples=a.max_examples,
                       negatives=negatives)
   else:
-    from tfkf.train import kind_of, load_trained
     model = load_trained(a.model_dir, Catalog.load(a.data_dir))
     c = model.config
     result = evaluate(model_scorer(model), a.data_dir, a.split, c.max_len, c.event_features,

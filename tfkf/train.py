@@ -21,18 +21,9 @@ import tensorflow as tf
 
 from tfkf import data
 from tfkf import evaluate
-from tfkf.baselines import sasrec
 from tfkf.catalog import Catalog
-from tfkf.config import PRESETS, KuaiFormerConfig
-from tfkf.model import KuaiFormer
-
-CONFIG_FILE = "config.json"
-WEIGHTS = "weights/final"
-KUAIFORMER = "kuaiformer"
-# kind -> (presets, model class, config class)
-MODELS = {KUAIFORMER: (PRESETS, KuaiFormer, KuaiFormerConfig),
-          "sasrec": (sasrec.PRESETS, sasrec.SASRec, sasrec.SASRecConfig)}
-
+from tfkf.checkpoint import (CONFIG_FILE, KUAIFORMER, MODELS, WEIGHTS, build_model, config_json,
+                             kind_of)
 
 def strategy_from(name: str) -> tf.distribute.Strategy:
   if name == "mirrored":
@@ -145,44 +136,6 @@ class WarmupCosine(tf.keras.callbacks.Callback):
     progress = (self.budget.elapsed() / self.budget.seconds if self.budget
                 else step / self.total_steps)
     self.model.optimizer.learning_rate.assign(self.rate(step, progress))
-
-
-def kind_of(config) -> str:
-  return next(kind for kind, (_, _, cls) in MODELS.items() if isinstance(config, cls))
-
-
-def config_json(config) -> str:
-  """KuaiFormer's config.json stays the bare config (tfkf.online reads it as one)."""
-  kind = kind_of(config)
-  if kind == KUAIFORMER:
-    return config.to_json()
-  return json.dumps({"model": kind, **json.loads(config.to_json())}, indent=2, sort_keys=True)
-
-
-def config_from_json(text: str):
-  raw = json.loads(text)
-  kind = raw.pop("model", KUAIFORMER)
-  return MODELS[kind][2].from_json(json.dumps(raw))
-
-
-def build_model(config, catalog: Catalog, learning_rate: float):
-  model = MODELS[kind_of(config)][1](config, catalog).build_towers()
-  # SASRec's reference setting is beta_2 = 0.98; KuaiFormer keeps Adam's default.
-  beta_2 = getattr(config, "adam_beta_2", 0.999)
-  model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate, beta_2=beta_2))
-  # Adam's slots made now, not in the first step: a tf.function that creates variables is
-  # traced twice, and tracing a training step costs seconds.
-  model.optimizer.build(model.trainable_variables)
-  return model
-
-
-def load_trained(model_dir: str, catalog: Catalog):
-  """The trained model of --model_dir (any kind) over `catalog` (Catalog.load of its data_dir)."""
-  with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as f:
-    config = config_from_json(f.read())
-  model = MODELS[kind_of(config)][1](config, catalog).build_towers()
-  model.load_weights(os.path.join(model_dir, WEIGHTS)).assert_existing_objects_matched().expect_partial()
-  return model
 
 
 def check_layout(config, build_flags: dict) -> None:

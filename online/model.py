@@ -13,27 +13,12 @@ import re
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
-import tensorflow as tf
 
 from tfkf.catalog import Catalog
-from tfkf.config import KuaiFormerConfig
+from tfkf.checkpoint import WEIGHTS, build_model, read_config
 from tfkf.model import KuaiFormer
-from tfkf.train import CONFIG_FILE, WEIGHTS
 
 SIDE_FEATURES = "item_side_features"  # non-trainable copies of the catalog: never carried over
-
-
-def read_config(model_dir: str) -> KuaiFormerConfig:
-  with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as f:
-    return KuaiFormerConfig.from_json(f.read())
-
-
-def compiled(config: KuaiFormerConfig, catalog: Catalog, learning_rate: float) -> KuaiFormer:
-  """A model with every weight and every Adam slot created (so checkpoints restore eagerly)."""
-  model = KuaiFormer(config, catalog).build_towers()
-  model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
-  model.optimizer.build(model.trainable_variables)
-  return model
 
 
 def _relative(name: str) -> str:
@@ -65,9 +50,9 @@ def continue_model(model_dir: str, old_catalog: Catalog, catalog: Catalog,
                    learning_rate: float) -> KuaiFormer:
   """The model of `model_dir` (trained over `old_catalog`), over `catalog`, ready to fit."""
   config = read_config(model_dir)
-  old = compiled(config, old_catalog, learning_rate)
+  old = build_model(config, old_catalog, learning_rate)  # every weight and Adam slot exists
   old.load_weights(os.path.join(model_dir, WEIGHTS)).assert_existing_objects_matched()
-  model = compiled(config, catalog, learning_rate)
+  model = build_model(config, catalog, learning_rate)
   keep = lambda weights: [w for w in weights if SIDE_FEATURES not in w.name]
   grow_into(keep(old.weights), keep(model.weights))
   grow_into(old.optimizer.variables, model.optimizer.variables)

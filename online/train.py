@@ -1,6 +1,6 @@
 """Online learning: trains KuaiFormer on log files as they land and exports on a cadence.
 
-  python -m tfkf.online --stream_dir=logs/incoming --state_dir=online_state \
+  python -m online.train --stream_dir=logs/incoming --state_dir=online_state \
       --init_data_dir=data/built --init_model_dir=runs/demo \
       --item_features=data/raw/items.csv --export_base=models/kuaiformer --export_every_s=60
 
@@ -12,7 +12,7 @@ of landed files (the local stand-in for a Pub/Sub or Kafka topic):
   1. the build job's Beam transforms parse them (ReadRecords, ParseEvents:
      dead letters, positive filter; rows_in = accepted + rejected + filtered);
   2. items never seen get the next ids (old ids never change) and the model's
-     item-, tag- and author-indexed tables grow (tfkf/online_model.py);
+     item-, tag- and author-indexed tables grow (online/model.py);
   3. every new event becomes a training target with the user's history before
      it: one example per target, or for a model trained every_event one per up
      to 48 targets of a user, as tfkf.train trains it (new_examples); each user's
@@ -20,7 +20,7 @@ of landed files (the local stand-in for a Pub/Sub or Kafka topic):
   4. the current model is scored on the batch before it trains on it
      (test-then-train), then model.fit continues it, Adam state included;
   5. the new generation is committed atomically with the names of the files it
-     consumed (tfkf/online_state.py): exactly once over files, across kills.
+     consumed (online/state.py): exactly once over files, across kills.
 
 Every --export_every_s, the newest committed generation is exported with
 serving.export (checked against the Keras model, catalog and index rebuilt) as
@@ -48,12 +48,13 @@ import tensorflow as tf
 
 from beam_pipelines import formats
 from beam_pipelines import transforms as T
+from online.model import continue_model, step_count
+from online.parse import COUNTS, parse_files
+from online.state import HISTORY_KEYS, StateDir, StreamState, consumed_files
+from serving.export import existing_versions, export
 from tfkf import data, evaluate, features
 from tfkf.catalog import Catalog
-from tfkf.online_model import continue_model, read_config, step_count
-from tfkf.online_parse import COUNTS, parse_files
-from tfkf.online_state import HISTORY_KEYS, StateDir, StreamState, consumed_files
-from tfkf.train import CONFIG_FILE, WEIGHTS
+from tfkf.checkpoint import CONFIG_FILE, WEIGHTS, read_config
 
 LINEAGE = os.path.join("assets.extra", "online.json")
 EXPORT_STAGING = ".online-staging"
@@ -352,7 +353,6 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
 # -- exports ---------------------------------------------------------------------------
 def last_export(export_base: str):
   """Lineage (assets.extra/online.json) of the newest online export, or None."""
-  from serving.export import existing_versions
   for version in reversed(existing_versions(export_base)):
     path = os.path.join(export_base, str(version), LINEAGE)
     if os.path.exists(path):
@@ -364,7 +364,6 @@ def last_export(export_base: str):
 def export_generation(args, state_dir: StateDir, since_generation: int) -> dict:
   """Exports the committed generation as the next version; its lineage names the files
   consumed since `since_generation` (the last exported one)."""
-  from serving.export import existing_versions, export
   number, gen = state_dir.current()
   staging = os.path.join(args.export_base, EXPORT_STAGING)
   shutil.rmtree(staging, ignore_errors=True)  # Left by a killed export: never published.
@@ -398,7 +397,7 @@ def run(args, beam_args=()) -> dict:
     log(event="recovered", discarded=removed)
   if state_dir.current() is None:
     if not (args.init_data_dir and args.init_model_dir):
-      raise SystemExit("tfkf.online: an empty --state_dir needs --init_data_dir and --init_model_dir")
+      raise SystemExit("online.train: an empty --state_dir needs --init_data_dir and --init_model_dir")
     bootstrap(state_dir, args.init_data_dir, args.init_model_dir)
   exported = last_export(args.export_base) if args.export_base else None
   exported_generation = exported["generation"] if exported else -1
@@ -465,7 +464,7 @@ def parse_args(argv=None):
 def main(argv=None):
   args, beam_args = parse_args(argv)
   if args.format in ("csv", "jsonl", "parquet") and not args.columns:
-    raise SystemExit(f"tfkf.online: --format={args.format} needs --columns")
+    raise SystemExit(f"online.train: --format={args.format} needs --columns")
   log(event="done", **run(args, beam_args))
 
 
