@@ -11,7 +11,6 @@ dead_letter/, stats.txt.
 """
 
 import argparse
-import json
 import sys
 
 import apache_beam as beam
@@ -19,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import formats
 from beam_pipelines import transforms as T
-from tfkf import features
+from tfkf import data_files, features
 
 
 LAYOUT_TARGETS, LAYOUT_CHUNKS = "targets", "chunks"
@@ -190,26 +189,20 @@ def _flags(opts: BuildOptions) -> dict:
 def _write_artifacts(_, out, flags, event_features, catalog, example_stats, dead, **counts):
   tag_vocab = T.vocab_of(r["tag"] for r in catalog)
   author_vocab = T.vocab_of(r["author"] for r in catalog)
-  for name, values in (("item", [r["item_id"] for r in catalog]), ("tag", tag_vocab),
-                       ("author", author_vocab)):
-    T.write_text(f"{out}/vocab/{name}.txt", "".join(f"{v}\n" for v in values))
-  T.write_text(f"{out}/catalog.csv",
+  vocabularies = {"item": [r["item_id"] for r in catalog], "tag": tag_vocab, "author": author_vocab}
+  for name, values in vocabularies.items():
+    T.write_text(f"{out}/{data_files.vocab_path(name)}", data_files.vocab_text(values))
+  T.write_text(f"{out}/{data_files.CATALOG}",
                T.catalog_csv(catalog, T.vocab_ids(tag_vocab), T.vocab_ids(author_vocab)))
   T.write_text(f"{out}/dead_letter/dead_letter.jsonl", T.dead_letters_jsonl(dead))
   splits = {s: {"examples": 0, "mean_history_len": 0.0, "max_history_len": 0} for s in T.SPLITS}
   splits.update(dict(example_stats))
-  metadata = {
-      "schema_version": features.SCHEMA_VERSION, "flags": flags,
-      "event_features": list(event_features),
-      "counts": {**counts, "items": len(catalog), "dead_letters_total": len(dead)},
-      "vocab_sizes": {"item": len(catalog) + features.NUM_RESERVED_IDS,
-                      "tag": len(tag_vocab) + features.NUM_RESERVED_IDS,
-                      "author": len(author_vocab) + features.NUM_RESERVED_IDS},
-      "splits": splits,
-  }
+  metadata = data_files.metadata(
+      flags, event_features, {**counts, "items": len(catalog), "dead_letters_total": len(dead)},
+      {name: len(values) for name, values in vocabularies.items()}, splits)
   T.write_text(f"{out}/stats.txt", _report(metadata))
   # Written last: its presence marks a complete output directory.
-  T.write_text(f"{out}/metadata.json", json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+  T.write_text(f"{out}/{data_files.METADATA}", data_files.metadata_json(metadata))
 
 
 def _report(m: dict) -> str:

@@ -14,11 +14,11 @@ import json
 import math
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
+from tfkf import features
+
 MAX_TIME = 2**62  # Larger "times" are corrupt, not far in the future.
-CANONICAL = ("user", "item", "time", "watch_time_s", "duration_s", "watch_ratio", "is_like",
-             "is_follow", "is_comment", "is_forward", "rating")
-RAW_FEATURES = ("watch_time_s", "watch_ratio", "is_like", "is_follow", "is_comment",
-                "is_forward", "rating")
+RAW_FEATURES = tuple(features.EVENT_RAW_INPUTS.values())  # the raw value of each event feature
+CANONICAL = ("user", "item", "time", "duration_s") + RAW_FEATURES
 
 
 class BadRow(ValueError):
@@ -187,9 +187,7 @@ class Columnar(LineFormat):
   """Generic rows with a --columns mapping (canonical=source column), e.g.
   `user=uid,item=vid,time=ts,watch_time_s=play_s`. Every row is positive unless
   --positive_column names a column that must be truthy (non-zero)."""
-  provides_by_field = {"watch_time_s": "watch_time", "watch_ratio": "watch_ratio",
-                       "is_like": "like", "is_follow": "follow", "is_comment": "comment",
-                       "is_forward": "forward", "rating": "rating"}
+  provides_by_field = {raw: name for name, raw in features.EVENT_RAW_INPUTS.items()}
 
   def __init__(self, header=(), columns: Dict[str, str] = None, **options):
     super().__init__(header, **options)

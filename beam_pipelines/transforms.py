@@ -6,8 +6,6 @@ path directly: all I/O goes through `apache_beam.io.filesystems`.
 """
 
 import collections
-import csv
-import io
 import json
 import zlib
 from typing import Dict, Iterable, List, NamedTuple
@@ -19,7 +17,7 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 import numpy as np
 
 from beam_pipelines import formats
-from tfkf import features
+from tfkf import data_files, features
 
 DEAD_LETTER = "dead_letter"
 FILTERED = "filtered"
@@ -354,16 +352,12 @@ class WriteExampleShards(beam.PTransform):
 
 
 def catalog_csv(rows: List[Dict], tag_ids: Dict[str, int], author_ids: Dict[str, int]) -> str:
-  out = io.StringIO()
-  w = csv.writer(out, lineterminator="\n")
-  w.writerow(("index", "item_id", "tag", "author", "duration_bucket", "count",
-              "sampling_probability"))
-  for r in rows:
+  def row(r):
     duration = features.DURATION.to_numpy(r["duration_s"]) if r["duration_s"] else features.PAD_ID
-    w.writerow((r["index"], r["item_id"], tag_ids.get(r["tag"], features.OOV_ID),
-                author_ids.get(r["author"], features.OOV_ID), int(duration), r["count"],
-                repr(r["sampling_probability"])))
-  return out.getvalue()
+    return (r["index"], r["item_id"], tag_ids.get(r["tag"], features.OOV_ID),
+            author_ids.get(r["author"], features.OOV_ID), int(duration), r["count"],
+            r["sampling_probability"])
+  return data_files.catalog_csv(map(row, rows))
 
 
 def dead_letters_jsonl(records: Iterable[Dict]) -> str:

@@ -19,7 +19,6 @@ files it has consumed, so a file is consumed exactly once.
 
 import csv
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -27,15 +26,13 @@ from typing import Dict, List
 
 import numpy as np
 
-from tfkf import features
+from tfkf import data_files, features
 
 CURRENT = "CURRENT"
 GENERATIONS = "generations"
 STATE_FILE = "state.npz"
 LEDGER_FILE = "ledger.json"
 HISTORY_KEYS = ("item",) + tuple(features.EVENT_FEATURES)  # encoded per-event arrays kept per user
-CATALOG_COLUMNS = ("index", "item_id", "tag", "author", "duration_bucket", "count",
-                   "sampling_probability")
 
 
 def generation_name(number: int) -> str:
@@ -66,14 +63,11 @@ class StreamState:
   def write(self, out: str) -> None:
     """Vocabularies, catalog.csv, state.npz and ledger.json into generation dir `out`."""
     for name, values in (("item", self.items), ("tag", self.tags), ("author", self.authors)):
-      _write(os.path.join(out, "vocab", f"{name}.txt"), "".join(f"{v}\n" for v in values))
-    text = io.StringIO()
-    w = csv.writer(text, lineterminator="\n")
-    w.writerow(CATALOG_COLUMNS)
-    for i, (item, p) in enumerate(zip(self.items, self.sampling_probability())):
-      w.writerow((i + features.NUM_RESERVED_IDS, item, self.item_tag[i], self.item_author[i],
-                  self.item_duration[i], self.item_count[i], repr(float(p))))
-    _write(os.path.join(out, "catalog.csv"), text.getvalue())
+      _write(os.path.join(out, data_files.vocab_path(name)), data_files.vocab_text(values))
+    rows = ((i + features.NUM_RESERVED_IDS, item, self.item_tag[i], self.item_author[i],
+             self.item_duration[i], self.item_count[i], p)
+            for i, (item, p) in enumerate(zip(self.items, self.sampling_probability())))
+    _write(os.path.join(out, data_files.CATALOG), data_files.catalog_csv(rows))
     users = sorted(self.histories)
     arrays = {"users": np.array(users, dtype=str),
               "lengths": np.array([len(self.histories[u]["item"]) for u in users], np.int64),
@@ -88,8 +82,8 @@ class StreamState:
 
   @classmethod
   def read(cls, gen: str) -> "StreamState":
-    read_lines = lambda name: open(os.path.join(gen, "vocab", f"{name}.txt")).read().splitlines()
-    with open(os.path.join(gen, "catalog.csv")) as f:
+    read_lines = lambda name: open(os.path.join(gen, data_files.vocab_path(name))).read().splitlines()
+    with open(os.path.join(gen, data_files.CATALOG)) as f:
       rows = list(csv.DictReader(f))
     column = lambda name: np.array([int(r[name]) for r in rows], np.int64)
     with np.load(os.path.join(gen, STATE_FILE)) as z:

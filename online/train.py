@@ -52,7 +52,7 @@ from online.model import continue_model, step_count
 from online.parse import COUNTS, parse_files
 from online.state import HISTORY_KEYS, StateDir, StreamState, consumed_files
 from serving.export import existing_versions, export
-from tfkf import data, evaluate, features
+from tfkf import data, data_files, evaluate, features
 from tfkf.catalog import Catalog
 from tfkf.checkpoint import CONFIG_FILE, WEIGHTS, read_config
 
@@ -115,9 +115,10 @@ def bootstrap(state_dir: StateDir, data_dir: str, model_dir: str) -> None:
   work = state_dir.work_dir(0)
   config = read_config(model_dir)
   catalog = Catalog.load(data_dir)
-  with tf.io.gfile.GFile(os.path.join(data_dir, "catalog.csv")) as f:
+  with tf.io.gfile.GFile(os.path.join(data_dir, data_files.CATALOG)) as f:
     counts = pd.read_csv(f, dtype={"item_id": str}, keep_default_na=False)["count"].to_numpy(np.int64)
-  vocab = lambda name: tf.io.gfile.GFile(os.path.join(data_dir, "vocab", f"{name}.txt")).read().splitlines()
+  vocab = lambda name: tf.io.gfile.GFile(
+      os.path.join(data_dir, data_files.vocab_path(name))).read().splitlines()
   real = catalog.real_items
   state = StreamState(
       items=vocab("item"), tags=vocab("tag"), authors=vocab("author"),
@@ -142,16 +143,13 @@ def bootstrap(state_dir: StateDir, data_dir: str, model_dir: str) -> None:
 
 def _write_metadata(out: str, base: dict, state: StreamState, splits: dict, online: dict) -> None:
   """metadata.json as beam_pipelines.build writes it, counts over the stream, plus "online"."""
-  metadata = {
-      "schema_version": features.SCHEMA_VERSION, "flags": base.get("flags", {}),
-      "event_features": base["event_features"],
-      "counts": {**state.counts, "users": len(state.histories), "items": len(state.items)},
-      "vocab_sizes": {"item": len(state.items) + features.NUM_RESERVED_IDS,
-                      "tag": len(state.tags) + features.NUM_RESERVED_IDS,
-                      "author": len(state.authors) + features.NUM_RESERVED_IDS},
-      "splits": splits, "online": online}
-  with open(os.path.join(out, "metadata.json"), "w") as f:
-    json.dump(metadata, f, indent=2, sort_keys=True)
+  metadata = data_files.metadata(
+      base.get("flags", {}), base["event_features"],
+      {**state.counts, "users": len(state.histories), "items": len(state.items)},
+      {"item": len(state.items), "tag": len(state.tags), "author": len(state.authors)},
+      splits, online=online)
+  with open(os.path.join(out, data_files.METADATA), "w") as f:
+    f.write(data_files.metadata_json(metadata))
 
 
 # -- one micro-batch ----------------------------------------------------------------------

@@ -1,14 +1,13 @@
 """The item catalog written by the Beam job: ids, side features, sampling probabilities."""
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfkf import features
+from tfkf import data_files, features
 
 
 @dataclasses.dataclass
@@ -31,9 +30,8 @@ class Catalog:
 
   @classmethod
   def load(cls, data_dir: str) -> "Catalog":
-    with tf.io.gfile.GFile(os.path.join(data_dir, "metadata.json")) as f:
-      metadata = json.load(f)
-    with tf.io.gfile.GFile(os.path.join(data_dir, "catalog.csv")) as f:
+    metadata = data_files.read_metadata(data_dir)
+    with tf.io.gfile.GFile(os.path.join(data_dir, data_files.CATALOG)) as f:
       table = pd.read_csv(f, dtype={"item_id": str}, keep_default_na=False)
     n = metadata["vocab_sizes"]["item"]
     if len(table) + features.NUM_RESERVED_IDS != n or (

@@ -1,13 +1,12 @@
 """tf.data reader of the Beam TFRecords: padded, batched, ready for model.fit."""
 
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from tfkf import features
+from tfkf import data_files, features
 
 # Upper history lengths of the buckets `dataset(targets_per_batch=...)` batches by.
 LENGTH_BUCKETS = (2, 4, 8, 16, 32, 64, 128)
@@ -111,5 +110,4 @@ def _length_bucketed(serialized, max_len, event_features, targets_per_batch, tar
 
 
 def metadata(data_dir: str) -> dict:
-  with tf.io.gfile.GFile(os.path.join(data_dir, "metadata.json")) as f:
-    return json.load(f)
+  return data_files.read_metadata(data_dir)

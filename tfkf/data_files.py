@@ -1,0 +1,57 @@
+"""The files of a data directory beside its TFRecords: metadata.json, catalog.csv and
+vocab/*.txt, each with one writer (the Beam build and the online trainer both use it)
+and one reader. docs/data_format.md describes them."""
+
+import csv
+import io
+import json
+import os
+from typing import Dict, Iterable, Sequence
+
+import tensorflow as tf
+
+from tfkf import features
+
+METADATA = "metadata.json"
+CATALOG = "catalog.csv"
+CATALOG_COLUMNS = ("index", "item_id", "tag", "author", "duration_bucket", "count",
+                   "sampling_probability")
+VOCABULARIES = ("item", "tag", "author")
+
+
+def vocab_path(name: str) -> str:
+  return os.path.join("vocab", f"{name}.txt")
+
+
+def vocab_text(values: Iterable[str]) -> str:
+  """One raw value per line: line i has id i + NUM_RESERVED_IDS."""
+  return "".join(f"{v}\n" for v in values)
+
+
+def catalog_csv(rows: Iterable[Sequence]) -> str:
+  """catalog.csv from rows in CATALOG_COLUMNS order (ids, counts, a float probability)."""
+  out = io.StringIO()
+  w = csv.writer(out, lineterminator="\n")
+  w.writerow(CATALOG_COLUMNS)
+  for *ids, probability in rows:
+    w.writerow((*ids, repr(float(probability))))
+  return out.getvalue()
+
+
+def metadata(flags: Dict, event_features: Sequence[str], counts: Dict, vocab_lengths: Dict[str, int],
+             splits: Dict, **extra) -> dict:
+  """metadata.json's content. vocab_lengths: lines of each vocabulary (VOCABULARIES)."""
+  return {"schema_version": features.SCHEMA_VERSION, "flags": flags,
+          "event_features": list(event_features), "counts": counts,
+          "vocab_sizes": {name: vocab_lengths[name] + features.NUM_RESERVED_IDS
+                          for name in VOCABULARIES},
+          "splits": splits, **extra}
+
+
+def metadata_json(content: dict) -> str:
+  return json.dumps(content, indent=2, sort_keys=True) + "\n"
+
+
+def read_metadata(data_dir: str) -> dict:
+  with tf.io.gfile.GFile(os.path.join(data_dir, METADATA)) as f:
+    return json.load(f)
