@@ -30,11 +30,7 @@ class BuildOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument("--input", help="glob of log files (required)")
-    parser.add_argument("--format", choices=sorted(formats.FORMATS), default="kuairand",
-                        help="input format of --input")
-    parser.add_argument("--item_features", default=None,
-                        help="optional glob of the item-feature CSV (video_id, author_id, "
-                             "video_duration, tag)")
+    formats.add_format_flags(parser)
     parser.add_argument("--output_dir", help="where outputs go (required; any Beam filesystem)")
     parser.add_argument("--max_len", type=int, default=features.MAX_LEN,
                         help="events of history kept per example")
@@ -64,16 +60,6 @@ class BuildOptions(PipelineOptions):
     parser.add_argument("--valid_time", type=int, default=None,
                         help="with --split=time: targets in [valid_time, split_time) are "
                              "valid (default: no valid split)")
-    parser.add_argument("--min_rating", type=float, default=None,
-                        help="movielens, or a mapped rating column: ratings below are "
-                             "filtered out (default: every rating is positive)")
-    parser.add_argument("--columns", default=None,
-                        help="csv/jsonl/parquet: NAME=COLUMN pairs, NAME in "
-                             f"{', '.join(formats.CANONICAL)}; user, item, time required. "
-                             "Units: time an integer, *_s seconds, is_* 0/1")
-    parser.add_argument("--positive_column", default=None,
-                        help="csv/jsonl/parquet: only rows where this column is non-zero "
-                             "are positive (default: every row)")
     parser.add_argument("--num_shards", type=int, default=4, help="TFRecord shards per split")
 
 
@@ -82,7 +68,7 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   out = opts.output_dir.rstrip("/")
   fmt = formats.FORMATS[opts.format]
   lines = p | "ReadLog" >> T.ReadRecords(opts.input, fmt.records)
-  parsed = lines | "Parse" >> T.ParseEvents(opts.format, **_format_options(opts))
+  parsed = lines | "Parse" >> T.ParseEvents(opts.format, **formats.format_options(opts))
   events = parsed.events
 
   item_vocab = (events | "ItemIds" >> beam.Map(lambda e: e["item"])
@@ -125,13 +111,6 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
          _write_artifacts, out, _flags(opts), provided_event_features(opts),
          beam.pvalue.AsSingleton(catalog),
          beam.pvalue.AsSingleton(example_stats), beam.pvalue.AsSingleton(all_dead), **side))
-
-
-def _format_options(opts: BuildOptions) -> dict:
-  options = {"min_rating": opts.min_rating, "positive_column": opts.positive_column}
-  if issubclass(formats.FORMATS[opts.format], formats.Columnar):
-    options["columns"] = formats.parse_columns(opts.columns)
-  return options
 
 
 def provided_event_features(opts: BuildOptions):
@@ -246,7 +225,7 @@ def run(argv=None) -> None:
   if missing:
     raise SystemExit(f"beam_pipelines.build: missing required flag(s) {', '.join(missing)}")
   try:
-    _format_options(opts), _split_fn(opts)
+    formats.format_options(opts), _split_fn(opts)
   except ValueError as e:
     raise SystemExit(f"beam_pipelines.build: {e}") from None
   with beam.Pipeline(options=PipelineOptions(argv)) as p:

@@ -319,3 +319,30 @@ def _item(tags, author, duration_s):
   tags = [t.strip() for t in tags if t.strip() and t.strip() != "(no genres listed)"]
   return {"tag": tags[0] if tags else None, "author": (author or "").strip() or None,
           "duration_s": duration_s}
+
+
+def add_format_flags(parser) -> None:
+  """The flags that say how to read a log, shared by the build job and the online trainer."""
+  parser.add_argument("--format", choices=sorted(FORMATS), default="kuairand",
+                      help="input format of the log")
+  parser.add_argument("--item_features", default=None,
+                      help="optional glob of the item-feature CSV (video_id, author_id, "
+                           "video_duration, tag)")
+  parser.add_argument("--min_rating", type=float, default=None,
+                      help="movielens, or a mapped rating column: ratings below are "
+                           "filtered out (default: every rating is positive)")
+  parser.add_argument("--columns", default=None,
+                      help="csv/jsonl/parquet: NAME=COLUMN pairs, NAME in "
+                           f"{', '.join(CANONICAL)}; user, item, time required. "
+                           "Units: time an integer, *_s seconds, is_* 0/1")
+  parser.add_argument("--positive_column", default=None,
+                      help="csv/jsonl/parquet: only rows where this column is non-zero "
+                           "are positive (default: every row)")
+
+
+def format_options(flags) -> Dict:
+  """The parser options of add_format_flags' parsed `flags` (ParseEvents' **options)."""
+  options = {"min_rating": flags.min_rating, "positive_column": flags.positive_column}
+  if issubclass(FORMATS[flags.format], Columnar):
+    options["columns"] = parse_columns(flags.columns)
+  return options

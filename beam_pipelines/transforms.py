@@ -88,6 +88,11 @@ class ParseEvents(beam.PTransform):
 
 
 class _ParseFn(beam.DoFn):
+  """Also counts each row in Beam Metrics (rows_in = accepted + rejected + filtered), which a
+  runner's UI shows while the job runs; the build's metadata.json counts the same rows."""
+
+  ROWS = {name: beam.metrics.Metrics.counter("ParseEvents", name)
+          for name in ("rows_in", "rows_accepted", "rows_rejected", "rows_filtered")}
 
   def __init__(self, format_name: str, format_options: Dict):
     self.format_cls = formats.FORMATS[format_name]
@@ -95,18 +100,20 @@ class _ParseFn(beam.DoFn):
     self._parsers = {}
 
   def process(self, element):
+    self.ROWS["rows_in"].inc()
     path, number, raw, header = element
     try:
       parsed = self._parser(header).parse(raw)
-    except UnicodeDecodeError:
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, "undecodable bytes (not UTF-8)"))
-      return
-    except formats.BadRow as e:
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, str(e)))
+    except (UnicodeDecodeError, formats.BadRow) as e:
+      reason = "undecodable bytes (not UTF-8)" if isinstance(e, UnicodeDecodeError) else str(e)
+      self.ROWS["rows_rejected"].inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, reason))
       return
     if not parsed.positive:
+      self.ROWS["rows_filtered"].inc()
       yield beam.pvalue.TaggedOutput(FILTERED, (path, number))
       return
+    self.ROWS["rows_accepted"].inc()
     parsed.event["order"] = (path, number)
     yield parsed.event
 

@@ -247,13 +247,6 @@ def _write_records(path: str, payloads) -> None:
       w.write(payload)
 
 
-def _format_options(args) -> dict:
-  options = {"min_rating": args.min_rating, "positive_column": args.positive_column}
-  if issubclass(formats.FORMATS[args.format], formats.Columnar):
-    options["columns"] = formats.parse_columns(args.columns)
-  return options
-
-
 def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> int:
   """Consumes the landed files `names` into the next generation; returns its number."""
   timings, started = {}, time.time()
@@ -272,7 +265,7 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
   sizes = {p: os.path.getsize(p) for p in paths}
   landed = {p: os.path.getmtime(p) for p in paths}
   parsed = parse_files(paths, args.format, os.path.join(work, "parsed"), args.item_features,
-                       beam_args, **_format_options(args))
+                       beam_args, **formats.format_options(args))
   lap("parse_s")
   kill_point("parsed", number)
 
@@ -431,12 +424,7 @@ def parse_args(argv=None):
   p.add_argument("--init_data_dir", help="beam_pipelines.build --output_dir (first start only)")
   p.add_argument("--init_model_dir", help="tfkf.train --model_dir (first start only)")
   p.add_argument("--pattern", default="*", help="only landed files whose names match")
-  p.add_argument("--format", choices=sorted(formats.FORMATS), default="kuairand")
-  p.add_argument("--item_features", default=None,
-                 help="item-feature CSV glob (as beam_pipelines.build), re-read every batch")
-  p.add_argument("--columns", default=None, help="csv/jsonl/parquet column mapping (as the build)")
-  p.add_argument("--positive_column", default=None)
-  p.add_argument("--min_rating", type=float, default=None)
+  formats.add_format_flags(p)  # as beam_pipelines.build; --item_features is re-read every batch
   p.add_argument("--max_files_per_batch", type=int, default=8)
   p.add_argument("--epochs_per_batch", type=float, default=1.0,
                  help="passes over each micro-batch's examples")

@@ -1,5 +1,6 @@
 """The build job: transforms in TestPipeline, and the whole job on a corrupted log."""
 
+import collections
 import glob
 import hashlib
 import json
@@ -7,6 +8,7 @@ import os
 import shutil
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 import pytest
@@ -43,14 +45,22 @@ CORRUPTIONS = {
 def test_parse_events_routes_every_row_to_exactly_one_output():
   rows = [("log.csv", 2, _line(GOOD), HEADER), ("log.csv", 3, _line(NOT_CLICKED), HEADER)]
   rows += [("log.csv", 4 + i, raw, HEADER) for i, raw in enumerate(CORRUPTIONS)]
-  with BeamTestPipeline() as p:
-    out = p | beam.Create(rows) | T.ParseEvents("kuairand")
-    assert_that(out.events | beam.Map(lambda e: (e["user"], e["item"], e["time"], e["order"])),
-                equal_to([("1", "10", 1000, ("log.csv", 2))]), label="events")
-    assert_that(out[T.FILTERED], equal_to([("log.csv", 3)]), label="filtered")
-    assert_that(out[T.DEAD_LETTER] | beam.Map(lambda d: (d["line"], d["reason"].split(":")[0])),
-                equal_to([(4 + i, reason) for i, reason in enumerate(CORRUPTIONS.values())]),
-                label="dead letters")
+  p = BeamTestPipeline()
+  out = p | beam.Create(rows) | T.ParseEvents("kuairand")
+  assert_that(out.events | beam.Map(lambda e: (e["user"], e["item"], e["time"], e["order"])),
+              equal_to([("1", "10", 1000, ("log.csv", 2))]), label="events")
+  assert_that(out[T.FILTERED], equal_to([("log.csv", 3)]), label="filtered")
+  assert_that(out[T.DEAD_LETTER] | beam.Map(lambda d: (d["line"], d["reason"].split(":")[0])),
+              equal_to([(4 + i, reason) for i, reason in enumerate(CORRUPTIONS.values())]),
+              label="dead letters")
+  result = p.run()
+  result.wait_until_finish()
+  # The same accounting as Beam Metrics counters, for a runner's UI.
+  counters = collections.Counter()
+  for c in result.metrics().query(MetricsFilter().with_namespace("ParseEvents"))["counters"]:
+    counters[c.key.metric.name] += c.committed
+  assert counters == {"rows_in": len(rows), "rows_accepted": 1, "rows_filtered": 1,
+                      "rows_rejected": len(CORRUPTIONS)}
 
 
 def test_vocabulary_orders_by_count_then_value_and_drops_rare_values():
