@@ -554,7 +554,8 @@ def _quality(r) -> list:
   budget = (f"{b['max_epochs']} epochs of {b['steps_per_epoch']} steps each (within "
             f"{b['train_seconds']:.0f} s)" if by_epochs else
             f"equal wall time, {b['train_seconds']:.0f} s each (stopping at the end of the first "
-            f"{b['steps_per_epoch']}-step epoch past it)")
+            f"{b['steps_per_epoch']}-step epoch past it; every trained model keeps the weights of "
+            f"its epoch with the lowest validation loss, `tfkf.train`'s EarlyStopping)")
   lines = [f"## Retrieval quality against baselines: {titles}, {per_model} per trained model "
            f"({', '.join(QUALITY_NAMES[n] for n in trained)})", "",
            f"`{r.get('command', 'make bench-quality')}`", "",
