@@ -2,12 +2,16 @@
 
 ReadRecords -> ParseEvents (dead letters, positive filter) exactly as in
 `beam_pipelines.build`, on any runner (DirectRunner locally). The job writes
-into `out_dir`: events.jsonl (accepted events), dead_letter.jsonl, items.jsonl
-(item-file rows of the items this batch mentions) and counts.json (per file:
-rows_in = rows_accepted + rows_rejected + rows_filtered).
+into `out_dir`, through Beam's text sink (temporary files renamed into place
+when the job commits, so a retried bundle leaves no duplicate or partial file),
+JSON lines in shards: events-* (accepted events), dead_letter-*, items-*
+(item-file rows of the items this batch mentions) and counts-* (per file and
+count: rows_in = rows_accepted + rows_rejected + rows_filtered). No step
+gathers the events into one element.
 """
 
 import dataclasses
+import glob
 import json
 import os
 from typing import Dict, List, Optional, Sequence
@@ -29,14 +33,21 @@ class ParsedBatch:
   counts: Dict[str, Dict[str, int]]  # path -> {rows_in, rows_accepted, ...}
 
 
-def _write_outputs(_, out_dir, paths, events, dead, items, per_file):
-  counts = {p: {c: 0 for c in COUNTS} for p in paths}
-  for (path, name), n in per_file:
-    counts[path][name] = n
-  T.write_text(f"{out_dir}/events.jsonl", "".join(json.dumps(e) + "\n" for e in events))
-  T.write_text(f"{out_dir}/dead_letter.jsonl", T.dead_letters_jsonl(dead))
-  T.write_text(f"{out_dir}/items.jsonl", "".join(json.dumps(kv) + "\n" for kv in items))
-  T.write_text(f"{out_dir}/counts.json", json.dumps(counts, sort_keys=True))
+class _WriteJsonLines(beam.PTransform):
+  """Elements -> JSON lines in shards <out_dir>/<name>-SSSSS-of-NNNNN.jsonl (a Beam sink)."""
+
+  def __init__(self, out_dir: str, name: str):
+    super().__init__()
+    self.prefix = os.path.join(out_dir, name)
+
+  def expand(self, pcoll):
+    return (pcoll | "Json" >> beam.Map(lambda x: json.dumps(x, sort_keys=True))
+            | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl"))
+
+
+def _read_json_lines(out_dir: str, name: str) -> List:
+  paths = sorted(glob.glob(os.path.join(out_dir, f"{name}-*.jsonl")))
+  return [json.loads(line) for path in paths for line in open(path) if line.strip()]
 
 
 def add_parse_job(p: beam.Pipeline, paths: Sequence[str], format_name: str, out_dir: str,
@@ -53,8 +64,7 @@ def add_parse_job(p: beam.Pipeline, paths: Sequence[str], format_name: str, out_
       parsed[T.DEAD_LETTER] | "RejectedPerFile" >> beam.Map(lambda d: ((d["source"], "rows_rejected"), 1)),
       parsed[T.FILTERED] | "FilteredPerFile" >> beam.Map(lambda f: ((f[0], "rows_filtered"), 1)),
   ]
-  counts = (per_file | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombinePerKey(sum)
-            | "CountList" >> beam.combiners.ToList())
+  counts = per_file | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombinePerKey(sum)
   if item_features:
     # Side features only of the items this batch mentions: the item table may be large.
     table = (p | "ReadItems" >> T.ReadItemFeatures(item_features)).items
@@ -66,12 +76,9 @@ def add_parse_job(p: beam.Pipeline, paths: Sequence[str], format_name: str, out_
                  else []))
   else:
     items = p | "NoItems" >> beam.Create([])
-  as_list = lambda name, pcoll: beam.pvalue.AsSingleton(
-      pcoll | f"{name}List" >> beam.combiners.ToList())
-  (p | "Once" >> beam.Create([None])
-     | "Write" >> beam.Map(_write_outputs, out_dir, list(paths), as_list("Events", parsed.events),
-                           as_list("Dead", parsed[T.DEAD_LETTER]), as_list("ItemRows", items),
-                           beam.pvalue.AsSingleton(counts)))
+  for name, pcoll in (("events", parsed.events), ("dead_letter", parsed[T.DEAD_LETTER]),
+                      ("items", items), ("counts", counts)):
+    _ = pcoll | f"Write_{name}" >> _WriteJsonLines(out_dir, name)
 
 
 def parse_files(paths: Sequence[str], format_name: str, out_dir: str,
@@ -81,11 +88,14 @@ def parse_files(paths: Sequence[str], format_name: str, out_dir: str,
   options = PipelineOptions(["--runner=DirectRunner", *beam_args])
   with beam.Pipeline(options=options) as p:
     add_parse_job(p, paths, format_name, out_dir, item_features, **format_options)
-  read_lines = lambda name: [json.loads(l) for l in open(os.path.join(out_dir, name)) if l.strip()]
-  events = read_lines("events.jsonl")
+  events = _read_json_lines(out_dir, "events")
   for e in events:
     e["order"] = tuple(e["order"])
-  with open(os.path.join(out_dir, "counts.json")) as f:
-    counts = json.load(f)
-  return ParsedBatch(events, read_lines("dead_letter.jsonl"),
-                     {item: side for item, side in read_lines("items.jsonl")}, counts)
+  events.sort(key=lambda e: e["order"])  # file order, whatever the shards
+  counts = {path: {c: 0 for c in COUNTS} for path in paths}
+  for (path, name), n in _read_json_lines(out_dir, "counts"):
+    counts[path][name] = n
+  dead = sorted(_read_json_lines(out_dir, "dead_letter"),
+                key=lambda r: (r["source"], r["line"] or 0, r["reason"]))
+  return ParsedBatch(events, dead, {item: side for item, side in _read_json_lines(out_dir, "items")},
+                     counts)
