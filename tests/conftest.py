@@ -1,4 +1,6 @@
+import fcntl
 import os
+import shutil
 
 import pytest
 
@@ -22,5 +24,19 @@ def build_and_train(d, users: int, steps: int, batch_size: int) -> dict:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-  return build_and_train(tmp_path_factory.mktemp("trained"), users=1000, steps=160, batch_size=128)
+def trained(tmp_path_factory, worker_id):
+  """Built and trained once per test run, whichever xdist workers ask for it: the first one
+  builds it under a file lock in this run's directory that all workers share, the others
+  wait and reuse it (read only)."""
+  base = tmp_path_factory.getbasetemp()
+  shared = base if worker_id == "master" else base.parent
+  with open(shared / "trained.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    d = shared / "trained"
+    if not (d / "complete").exists():
+      shutil.rmtree(d, ignore_errors=True)
+      d.mkdir()
+      build_and_train(d, users=1000, steps=160, batch_size=128)
+      (d / "complete").touch()
+  return {"log": str(d / "raw" / "log.csv"), "items": str(d / "raw" / "items.csv"),
+          "data": str(d / "data"), "run": str(d / "run"), "dir": d}
