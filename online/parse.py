@@ -28,7 +28,7 @@ COUNTS = ("rows_in", "rows_accepted", "rows_rejected", "rows_filtered")
 @dataclasses.dataclass
 class ParsedBatch:
   events: List[Dict]                 # accepted events; "order" = (path, record number)
-  dead_letters: List[Dict]
+  dead_letters: List[Dict]           # in no particular order (T.dead_letters_jsonl sorts them)
   item_features: Dict[str, Dict]     # raw item id -> {"tag", "author", "duration_s"}
   counts: Dict[str, Dict[str, int]]  # path -> {rows_in, rows_accepted, ...}
 
@@ -95,7 +95,5 @@ def parse_files(paths: Sequence[str], format_name: str, out_dir: str,
   counts = {path: {c: 0 for c in COUNTS} for path in paths}
   for (path, name), n in _read_json_lines(out_dir, "counts"):
     counts[path][name] = n
-  dead = sorted(_read_json_lines(out_dir, "dead_letter"),
-                key=lambda r: (r["source"], r["line"] or 0, r["reason"]))
-  return ParsedBatch(events, dead, {item: side for item, side in _read_json_lines(out_dir, "items")},
-                     counts)
+  return ParsedBatch(events, _read_json_lines(out_dir, "dead_letter"),
+                     {item: side for item, side in _read_json_lines(out_dir, "items")}, counts)
