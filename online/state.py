@@ -82,7 +82,7 @@ class StreamState:
 
   @classmethod
   def read(cls, gen: str) -> "StreamState":
-    read_lines = lambda name: open(os.path.join(gen, data_files.vocab_path(name))).read().splitlines()
+    read_lines = lambda name: data_files.read_vocab(gen, name)
     with open(os.path.join(gen, data_files.CATALOG)) as f:
       rows = list(csv.DictReader(f))
     column = lambda name: np.array([int(r[name]) for r in rows], np.int64)

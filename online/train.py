@@ -117,8 +117,7 @@ def bootstrap(state_dir: StateDir, data_dir: str, model_dir: str) -> None:
   catalog = Catalog.load(data_dir)
   with tf.io.gfile.GFile(os.path.join(data_dir, data_files.CATALOG)) as f:
     counts = pd.read_csv(f, dtype={"item_id": str}, keep_default_na=False)["count"].to_numpy(np.int64)
-  vocab = lambda name: tf.io.gfile.GFile(
-      os.path.join(data_dir, data_files.vocab_path(name))).read().splitlines()
+  vocab = lambda name: data_files.read_vocab(data_dir, name)
   real = catalog.real_items
   state = StreamState(
       items=vocab("item"), tags=vocab("tag"), authors=vocab("author"),

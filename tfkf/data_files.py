@@ -28,6 +28,12 @@ def vocab_text(values: Iterable[str]) -> str:
   return "".join(f"{v}\n" for v in values)
 
 
+def read_vocab(data_dir: str, name: str):
+  """vocab/<name>.txt's raw values, line i having id i + NUM_RESERVED_IDS."""
+  with tf.io.gfile.GFile(os.path.join(data_dir, vocab_path(name))) as f:
+    return f.read().splitlines()
+
+
 def catalog_csv(rows: Iterable[Sequence]) -> str:
   """catalog.csv from rows in CATALOG_COLUMNS order (ids, counts, a float probability)."""
   out = io.StringIO()
