@@ -40,7 +40,7 @@ bench-report: venv
 
 # Training step and 1-user inference, 32/64/128/256 plain and 256 compressed, paper preset.
 bench-cost: venv
-	$(PY) -m benchmarks.train_cost --batch_size 128 --steps 8 --calls 50 --repeats 3
+	$(PY) -m benchmarks.train_cost --batch_size 128 --rounds 24 --calls 50 --repeats 3
 	$(PY) -m benchmarks.report
 
 # Sequence length, query tokens, layers, compression on ml-latest-small and synthetic: 34 runs,

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -51,3 +53,10 @@ def write(name: str, payload: dict, output: str = None) -> str:
     json.dump(record, f, indent=2, sort_keys=True)
     f.write("\n")
   return path
+
+
+def median_ci95(values, resamples: int = 10_000, seed: int = 0) -> list:
+  """[low, high]: the bootstrap 95% interval of the median of `values`."""
+  values = np.asarray(values)
+  medians = np.median(np.random.default_rng(seed).choice(values, (resamples, len(values))), axis=1)
+  return [float(x) for x in np.percentile(medians, [2.5, 97.5])]

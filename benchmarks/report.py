@@ -30,40 +30,49 @@ def _pipeline(r) -> list:
   ]
 
 
+def _ratio(paired: dict) -> str:
+  """A paired ratio to 64 plain (train_cost.paired_ratio): median [95% interval]."""
+  low, high = paired["ci95"]
+  return f"{paired['median']:.2f}× [{low:.2f}, {high:.2f}]"
+
+
 def _cost(r) -> list:
   c = json.loads(r["config"])
   lines = [
       "## Cost of long histories: training step and single-user inference (`make bench-cost`)", "",
       (f"Preset `{r['preset']}` (d {c['d_model']}, {c['num_layers']} layers, {c['num_heads']} heads, "
-      f"ffn {c['ffn_dim']}, k {c['num_query_tokens']}) in every variant; batch {r['batch_size']}, "
-      "every history full, input pipeline excluded. Median over "
-      f"{r['repeats']} interleaved rounds of {r['steps']} training steps and {r['calls']} "
-      "single-user calls of the traced user tower. Ratios are against 64 plain, measured in the "
-       "same run. Paper anchor: 256 plain ≈ 6×, 256 compressed ≈ 1.1× of 64 plain."), "",
+      f"ffn {c['ffn_dim']}, k {c['num_query_tokens']}) in every variant; every history full, "
+      "input pipeline excluded. The machine's speed drifts by tens of percent within minutes, so "
+      f"training steps run in rotation: {r['rounds']} rounds of one step of every variant and "
+      "mode in turn; a ratio to 64 plain is the median over rounds of the ratio within the round, "
+      "in brackets its bootstrap 95% interval. Inference: median over "
+      f"{r['repeats']} rounds of {r['calls']} single-user calls of the traced user tower. "
+      "Paper anchor: 256 plain ≈ 6×, 256 compressed ≈ 1.1× of 64 plain."), "",
       "![cost against sequence length](benchmarks/plots/cost.png)", "",
-      ("| variant | tokens | train step (s) | examples/s | 1-user inference (ms) | train ratio | "
-       "inference ratio | FLOPs ratio (train) | attention scores ratio | paper |"),
+      (f"| variant | tokens | train step (s), batch {r['batch_size']} | examples/s | "
+       "1-user inference (ms) | train ratio | inference ratio | FLOPs ratio (train) | "
+       "attention scores ratio | paper |"),
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for name, v in _cost_order(r):
     anchor = r["paper_anchor"].get(name)
     lines.append(
         f"| {name} | {v['sequence_tokens']} | {v['train_step_s']:.3f} | "
         f"{v['train_examples_per_s']:,.0f} | {v['infer_one_user_ms']:.2f} | "
-        f"{v['train_vs_64_plain']:.2f}× | {v['infer_vs_64_plain']:.2f}× | "
+        f"{_ratio(v['train_vs_64_plain'])} | {_ratio(v['infer_vs_64_plain'])} | "
         f"{v['flops_train_vs_64_plain']:.2f}× | {v['score_elements_vs_64_plain']:.2f}× | "
         f"{f'{anchor}×' if anchor else ''} |")
-  if all("modes" in v for v in r["variants"].values()):
-    lines += ["", (f"Training targets per second by training mode (batch {r['batch_size']} histories "
-                   f"for `last`, {r['every_event_batch_size']} for `every_event`: one target per "
-                   "latest uncompressed event, so 48 per compressed history, max_len per plain one); "
-                   "cost per target against 64 plain in the same mode:"), "",
-              "| variant | last: targets/s | last: cost/target | every_event: targets/s | "
-              "every_event: cost/target |", "|---|---:|---:|---:|---:|"]
-    for name, v in _cost_order(r):
-      last, every = v["modes"]["last"], v["modes"]["every_event"]
-      lines.append(f"| {name} | {last['targets_per_s']:,.0f} | "
-                   f"{last['cost_per_target_vs_64_plain']:.2f}× | {every['targets_per_s']:,.0f} | "
-                   f"{every['cost_per_target_vs_64_plain']:.2f}× |")
+  lines += ["", (f"Training targets per second by training mode (`last`: {r['batch_size']} histories, "
+                 f"one target each; `every_event`: {r['every_event_targets']} targets per step, one "
+                 "per latest uncompressed event: 16 compressed histories of 48, 12 of 64 plain, "
+                 "...); cost per target against 64 plain in the same mode:"), "",
+            "| variant | last: targets/s | last: cost/target | every_event: histories × targets | "
+            "every_event: targets/s | every_event: cost/target |", "|---|---:|---:|---:|---:|---:|"]
+  for name, v in _cost_order(r):
+    last, every = v["modes"]["last"], v["modes"]["every_event"]
+    lines.append(f"| {name} | {last['targets_per_s']:,.0f} | "
+                 f"{_ratio(last['cost_per_target_vs_64_plain'])} | {every['batch_size']} × "
+                 f"{every['targets_per_step'] // every['batch_size']} | "
+                 f"{every['targets_per_s']:,.0f} | {_ratio(every['cost_per_target_vs_64_plain'])} |")
   f = {name: v["flops"] for name, v in r["variants"].items()}
   share = lambda name, part: f[name][part] / f[name]["forward"]
   lines += ["", ("FLOPs model (`benchmarks/train_cost.py: flops`): token MLP over every event, the "
@@ -282,9 +291,10 @@ def plot_cost(r, path: str) -> None:
   for key, label, marker in (("train_vs_64_plain", "train step", "o"),
                              ("infer_vs_64_plain", "1-user inference", "s"),
                              ("flops_train_vs_64_plain", "FLOPs model", "x")):
-    line, = ax.plot([v["max_len"] for _, v in plain], [v[key] for _, v in plain],
+    value = lambda v: v[key]["median"] if isinstance(v[key], dict) else v[key]
+    line, = ax.plot([v["max_len"] for _, v in plain], [value(v) for _, v in plain],
                     marker=marker, linestyle="-", label=f"{label}, plain")
-    ax.plot([v["max_len"] for _, v in packed], [v[key] for _, v in packed], marker=marker,
+    ax.plot([v["max_len"] for _, v in packed], [value(v) for _, v in packed], marker=marker,
             linestyle="none", color=line.get_color(), markersize=11, fillstyle="none",
             label=f"{label}, compressed")
   anchor = r["paper_anchor"]

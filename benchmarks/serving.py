@@ -114,13 +114,6 @@ def in_process(signature, histories):
   return call
 
 
-def median_ci95(values, resamples: int = 10_000, seed: int = 0) -> list:
-  """[low, high]: the bootstrap 95% interval of the median of `values`."""
-  values = np.asarray(values)
-  medians = np.median(np.random.default_rng(seed).choice(values, (resamples, len(values))), axis=1)
-  return [float(x) for x in np.percentile(medians, [2.5, 97.5])]
-
-
 def floor(call, histories, seconds: float) -> dict:
   """`call` (in_process's), one user at a time, back to back for `seconds`."""
   latencies, deadline = [], time.perf_counter() + seconds
@@ -241,11 +234,11 @@ async def interleaved(call_floor, histories, url, bodies, bodies_file, grpc_port
       ratios = [a / b for a, b in zip(p50[server], p50[floor_name])]
       out[f"{server}_p50_over_{floor_name}_per_round"] = ratios
       out[f"{server}_overhead{suffix}_median"] = float(np.median(ratios)) - 1
-      out[f"{server}_overhead{suffix}_ci95"] = [x - 1 for x in median_ci95(ratios)]
+      out[f"{server}_overhead{suffix}_ci95"] = [x - 1 for x in common.median_ci95(ratios)]
   for server in ("rest", "grpc"):  # what serving.server adds to aiohttp and grpcio
     over_bare = [a / b for a, b in zip(p50[server], p50[f"{server}_bare"])]
     out[f"{server}_over_bare_median"] = float(np.median(over_bare)) - 1
-    out[f"{server}_over_bare_ci95"] = [x - 1 for x in median_ci95(over_bare)]
+    out[f"{server}_over_bare_ci95"] = [x - 1 for x in common.median_ci95(over_bare)]
   return out
 
 

@@ -2,18 +2,20 @@
 
 Variants with the same d, L, k (--preset, the paper's by default): plain
 histories of each of --lengths events, and --compressed_len events compressed
-with the paper's windows. Every history is full and the batch is held fixed in
-memory (input pipeline excluded). The variants run interleaved, --repeats
-rounds each; a round times --steps training steps in each training mode
-("last": one target per history; "every_event": one per latest uncompressed
-event, so 48 per compressed history and max_len per plain one) and --calls
-calls of the user tower on one history (a traced tf.function, as in the
-exported signature). Training targets/s per mode and the cost per target
-against 64 plain in the same mode are reported.
-Medians are reported with ratios to "64 plain" measured in the same run, beside
-a FLOPs model (`flops`) of the same work.
+with the paper's windows. Every history is full and each batch is held fixed in
+memory (input pipeline excluded). Each variant trains in two modes: "last" (one
+target per history, --batch_size histories) and "every_event" (one target per
+latest uncompressed event: 48 per compressed history, max_len per plain one;
+--every_event_targets targets per step whatever the variant, so every variant's
+in-batch softmax has as many candidates). The machine's speed drifts by tens
+of percent within minutes, so the training steps run in rotation: each of
+--rounds rounds times ONE step of every variant and mode in turn, and a ratio
+to "64 plain" is the median over rounds of the ratio within the round, with its
+bootstrap 95% interval. --repeats rounds of --calls calls of the user tower on
+one history (a traced tf.function, as in the exported signature) time
+inference. All beside a FLOPs model (`flops`) of the same work.
 
-  python -m benchmarks.train_cost --batch_size 128 --steps 8 --repeats 3
+  python -m benchmarks.train_cost --batch_size 128 --rounds 24 --repeats 3
 """
 
 import argparse
@@ -104,18 +106,6 @@ def layers_for_ratio(c: KuaiFormerConfig, ratio: float, batch_size: int) -> floa
           / (ratio * per["plain"]["backbone"] - per["compressed"]["backbone"]))
 
 
-class StepTimer(tf.keras.callbacks.Callback):
-  def __init__(self):
-    super().__init__()
-    self.times = []
-
-  def on_train_batch_begin(self, batch, logs=None):
-    self._start = time.perf_counter()
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.times.append(time.perf_counter() - self._start)
-
-
 def targets_per_example(config: KuaiFormerConfig) -> int:
   """Training targets of one full history: 1, or with every_event one per latest event."""
   if config.training_targets == "every_event":
@@ -131,26 +121,30 @@ class Trainer:
     self.model = KuaiFormer(config, catalog()).build_towers()
     self.model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
     self.model.optimizer.build(self.model.trainable_variables)
-    self.data = tf.data.Dataset.from_tensors(batch(config, batch_size)).repeat()
+    self.batches = iter(tf.data.Dataset.from_tensors(batch(config, batch_size)).repeat())
+    self.train_function = self.model.make_train_function()  # what model.fit runs per step
+    for _ in range(2):  # the trace, then the first run's allocations
+      self.step_s()
 
   @property
   def targets_per_step(self) -> int:
     return self.batch_size * targets_per_example(self.config)
 
-  def train_step_s(self, steps: int) -> float:
-    timer = StepTimer()
-    self.model.fit(self.data, steps_per_epoch=steps + 2, epochs=1, verbose=0, callbacks=[timer])
-    return statistics.median(timer.times[2:])  # the first steps of a fit include its set-up
+  def step_s(self) -> float:
+    start = time.perf_counter()
+    float(self.train_function(self.batches)["loss"])
+    return time.perf_counter() - start
 
 
 class Variant:
   """One history length: its trainers per training mode and its traced single-user call."""
 
-  def __init__(self, config: KuaiFormerConfig, batch_size: int, every_event_batch_size: int):
+  def __init__(self, config: KuaiFormerConfig, batch_size: int, every_event_targets: int):
     self.config = config
+    every_event = config.replace(training_targets="every_event")
     self.trainers = {"last": Trainer(config, batch_size),
-                     "every_event": Trainer(config.replace(training_targets="every_event"),
-                                            every_event_batch_size)}
+                     "every_event": Trainer(every_event, max(
+                         1, every_event_targets // targets_per_example(every_event)))}
     self.model = self.trainers["last"].model
     self.one = {k: v[:1] for k, v in batch(config, 1, seed=1).items()
                 if k != features.TARGET_ITEM}
@@ -166,49 +160,56 @@ class Variant:
     return statistics.median(latencies)
 
 
+def paired_ratio(values, base) -> dict:
+  """Median over rounds of values[r] / base[r], with its bootstrap 95% interval."""
+  ratios = [v / b for v, b in zip(values, base)]
+  return {"median": statistics.median(ratios), "ci95": common.median_ci95(ratios)}
+
+
 def run(args) -> dict:
   tf.keras.utils.set_random_seed(args.seed)
   preset = PRESETS[args.preset]
-  built = {name: Variant(c, args.batch_size, args.every_event_batch_size) for name, c in
+  built = {name: Variant(c, args.batch_size, args.every_event_targets) for name, c in
            variants(preset, args.lengths, args.compressed_len).items()}
-  rounds = {name: [] for name in built}
+  steps = {name: {mode: [] for mode in v.trainers} for name, v in built.items()}
+  for _ in range(args.rounds):
+    for name, v in built.items():
+      for mode, trainer in v.trainers.items():
+        steps[name][mode].append(trainer.step_s())
+  inference = {name: [] for name in built}
   for _ in range(args.repeats):
     for name, v in built.items():
-      rounds[name].append({"train_step_s": v.trainers["last"].train_step_s(args.steps),
-                           "every_event_train_step_s":
-                               v.trainers["every_event"].train_step_s(args.steps),
-                           "infer_one_user_s": v.infer_one_user_s(args.calls)})
+      inference[name].append(v.infer_one_user_s(args.calls))
+  per_target = {name: {mode: [s / v.trainers[mode].targets_per_step for s in times]
+                       for mode, times in steps[name].items()} for name, v in built.items()}
   results = {}
   for name, v in built.items():
-    median = lambda key: statistics.median(r[key] for r in rounds[name])
-    step = median("train_step_s")
-    modes = {mode: {"batch_size": t.batch_size, "targets_per_step": t.targets_per_step,
-                    "train_step_s": median("train_step_s" if mode == "last" else
-                                           "every_event_train_step_s")}
-             for mode, t in v.trainers.items()}
-    for m in modes.values():
-      m["targets_per_s"] = m["targets_per_step"] / m["train_step_s"]
+    modes = {}
+    for mode, t in v.trainers.items():
+      step = statistics.median(steps[name][mode])
+      modes[mode] = {"batch_size": t.batch_size, "targets_per_step": t.targets_per_step,
+                     "train_step_s": step, "targets_per_s": t.targets_per_step / step,
+                     "cost_per_target_vs_64_plain": paired_ratio(
+                         per_target[name][mode], per_target[BASELINE][mode]),
+                     "step_s_rounds": steps[name][mode]}
+    step = modes["last"]["train_step_s"]
     results[name] = {"max_len": v.config.max_len, "compressed": bool(v.config.compression_windows),
                      "sequence_tokens": v.config.num_sequence_tokens,
                      "flops": flops(v.config, args.batch_size), "train_step_s": step,
-                     "train_examples_per_s": args.batch_size / step,
-                     "modes": modes,
-                     "infer_one_user_ms": 1e3 * median("infer_one_user_s"),
-                     "rounds": rounds[name]}
+                     "train_examples_per_s": args.batch_size / step, "modes": modes,
+                     "infer_one_user_ms": 1e3 * statistics.median(inference[name]),
+                     "infer_one_user_s_rounds": inference[name],
+                     "infer_vs_64_plain": paired_ratio(inference[name], inference[BASELINE])}
   base = results[BASELINE]
   for r in results.values():
-    for mode, m in r["modes"].items():
-      m["cost_per_target_vs_64_plain"] = base["modes"][mode]["targets_per_s"] / m["targets_per_s"]
-    r["train_vs_64_plain"] = r["train_step_s"] / base["train_step_s"]
-    r["infer_vs_64_plain"] = r["infer_one_user_ms"] / base["infer_one_user_ms"]
+    r["train_vs_64_plain"] = r["modes"]["last"]["cost_per_target_vs_64_plain"]
     r["flops_train_vs_64_plain"] = r["flops"]["train_step"] / base["flops"]["train_step"]
     r["flops_forward_vs_64_plain"] = r["flops"]["forward"] / base["flops"]["forward"]
     r["score_elements_vs_64_plain"] = r["flops"]["score_elements"] / base["flops"]["score_elements"]
   compressed = preset.replace(max_len=256, compression_windows=features.COMPRESSION_WINDOWS)
   return {"seed": args.seed, "preset": args.preset, "batch_size": args.batch_size,
-          "every_event_batch_size": args.every_event_batch_size,
-          "steps": args.steps, "calls": args.calls, "repeats": args.repeats,
-          "config": preset.to_json(),
+          "every_event_targets": args.every_event_targets, "rounds": args.rounds,
+          "calls": args.calls, "repeats": args.repeats, "config": preset.to_json(),
           "versions": common.versions("tensorflow", "tf-keras", "tensorflow-recommenders"),
           "variants": results, "paper_anchor": PAPER_ANCHOR,
           "layers_for_paper_compressed_ratio": layers_for_ratio(
@@ -224,12 +225,13 @@ def main(argv=None):
   p.add_argument("--compressed_len", type=int, default=256,
                  help="compressed variant (paper windows); 0: none")
   p.add_argument("--batch_size", type=int, default=128)
-  p.add_argument("--every_event_batch_size", type=int, default=16,
-                 help="histories per step of every_event training (each has one target per "
-                      "latest event: 48 compressed, max_len plain)")
-  p.add_argument("--steps", type=int, default=8, help="timed training steps per round")
-  p.add_argument("--calls", type=int, default=50, help="timed single-user calls per round")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--every_event_targets", type=int, default=768,
+                 help="targets per step of every_event training: 16 compressed histories "
+                      "(48 latest events each), 12 of 64 plain, ...")
+  p.add_argument("--rounds", type=int, default=24,
+                 help="rounds of one timed training step of every variant and mode in turn")
+  p.add_argument("--calls", type=int, default=50, help="timed single-user calls per repeat")
+  p.add_argument("--repeats", type=int, default=3, help="rounds of --calls inference calls")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--output", default=None, help="default: benchmarks/results/cost.json")
   args = p.parse_args(argv)

@@ -31,24 +31,26 @@ def test_pipeline_benchmark_and_report(tmp_path):
 def test_cost_benchmark(tmp_path):
   out = tmp_path / "cost.json"
   cli.run("benchmarks.train_cost", "--preset=small", "--lengths=64", "--compressed_len=256",
-          "--batch_size=2", "--every_event_batch_size=2", "--steps=1", "--repeats=1", "--calls=2",
+          "--batch_size=2", "--every_event_targets=96", "--rounds=2", "--repeats=1", "--calls=2",
           f"--output={out}")
   result = json.loads(out.read_text())
   variants = result["variants"]
   assert set(variants) == {"64 plain", "256 compressed"}
   compressed = variants["256 compressed"]
   assert compressed["sequence_tokens"] == 2 + 5 + 48 + json.loads(result["config"])["num_query_tokens"]
-  assert variants["64 plain"]["train_vs_64_plain"] == 1 and compressed["train_step_s"] > 0
+  assert variants["64 plain"]["train_vs_64_plain"] == {"median": 1, "ci95": [1, 1]}
+  assert compressed["train_step_s"] > 0 and len(compressed["modes"]["last"]["step_s_rounds"]) == 2
   assert compressed["flops"]["compressor"] > 0 == variants["64 plain"]["flops"]["compressor"]
   assert compressed["flops_train_vs_64_plain"] > 1 and compressed["infer_one_user_ms"] > 0
   every = compressed["modes"]["every_event"]
   assert every["targets_per_step"] == 2 * 48 and compressed["modes"]["last"]["targets_per_step"] == 2
-  assert variants["64 plain"]["modes"]["every_event"]["targets_per_step"] == 2 * 64
+  assert variants["64 plain"]["modes"]["every_event"]["targets_per_step"] == 64  # 96 // 64 histories
   assert every["targets_per_s"] == pytest.approx(every["targets_per_step"] / every["train_step_s"])
   from benchmarks.report import plot_cost, render
   text = render([result])
   assert text.index("| 64 plain") < text.index("| 256 compressed") and "1.1×" in text
-  assert "| variant | last: targets/s | last: cost/target | every_event: targets/s |" in text
+  assert "| variant | last: targets/s | last: cost/target | every_event: histories × targets |" in text
+  assert "| 256 compressed |" in text and "| 2 × 48 |" in text
   plot_cost(result, str(tmp_path / "cost.png"))
   assert (tmp_path / "cost.png").stat().st_size > 0
 
@@ -196,7 +198,7 @@ def test_quality_benchmark_takes_a_users_own_log():
 
 
 def test_median_ci95_narrows_with_more_rounds_and_covers_the_median():
-  from benchmarks.serving import median_ci95
+  from benchmarks.common import median_ci95
   rng = np.random.default_rng(1)
   few, many = rng.normal(1.2, 0.1, 8), rng.normal(1.2, 0.1, 128)
   for values in (few, many):
