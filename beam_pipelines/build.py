@@ -12,16 +12,19 @@ dead_letter/, stats.txt.
 
 import argparse
 import sys
+from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import formats
+from beam_pipelines import formats, sinks
 from beam_pipelines import transforms as T
 from tfkf import data_files, features
 
 
 LAYOUT_TARGETS, LAYOUT_CHUNKS = "targets", "chunks"
+# Temporary files of the file sinks; deleted when the job has written everything.
+TEMP_DIR = ".beam-temp"
 
 
 class BuildOptions(PipelineOptions):
@@ -87,9 +90,13 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   catalog = item_vocab | "Catalog" >> beam.Map(
       T.build_catalog, beam.pvalue.AsDict(item_features), beam.pvalue.AsDict(durations))
 
-  history_lens = events | "Examples" >> T.WriteExampleShards(
+  temp = f"{out}/{TEMP_DIR}"
+  examples = events | "Examples" >> T.WriteExampleShards(
       out, opts.num_shards, item_index, opts.max_len, _stride(opts), opts.max_examples_per_user,
-      _split_fn(opts), chunks=opts.layout == LAYOUT_CHUNKS)
+      _split_fn(opts), chunks=opts.layout == LAYOUT_CHUNKS, temp_directory=temp)
+  all_dead = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+  dead_written = all_dead | "DeadLetters" >> T.WriteDeadLetters(
+      f"{out}/dead_letter", opts.num_shards, temp)
 
   count = lambda name, pcoll: pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
   counts = {
@@ -98,19 +105,34 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
       "rows_rejected": count("Rejected", parsed[T.DEAD_LETTER]),
       "rows_filtered": count("Filtered", parsed[T.FILTERED]),
       "users": count("Users", events | beam.Map(lambda e: e["user"]) | beam.Distinct()),
+      "dead_letters_total": count("DeadLetters", all_dead),
   }
-  # Derived from the writer's output: metadata.json is written after every shard.
-  example_stats = (history_lens
+  example_stats = (examples["history_lens"]
                    | "StatsPerSplit" >> beam.CombinePerKey(_HistoryStats())
                    | "StatsList" >> beam.combiners.ToList())
-  all_dead = (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
-              | "DeadList" >> beam.combiners.ToList())
   side = {name: beam.pvalue.AsSingleton(c) for name, c in counts.items()}
-  (p | "Once" >> beam.Create([None])
-     | "WriteArtifacts" >> beam.Map(
-         _write_artifacts, out, _flags(opts), provided_event_features(opts),
-         beam.pvalue.AsSingleton(catalog),
-         beam.pvalue.AsSingleton(example_stats), beam.pvalue.AsSingleton(all_dead), **side))
+  artifacts = (p | "Once" >> beam.Create([None])
+               | "Artifacts" >> beam.FlatMap(
+                   _artifacts, _flags(opts), provided_event_features(opts),
+                   beam.pvalue.AsSingleton(catalog), beam.pvalue.AsSingleton(example_stats),
+                   **side))
+  written = [examples["written"], dead_written]
+  for directory in ("", data_files.VOCAB_DIR):
+    name = directory.title() or "Root"
+    written.append(
+        artifacts
+        | f"In{name}" >> beam.Filter(lambda a, d=directory: a[0] == d and a[1] != data_files.METADATA)
+        | f"Name{name}" >> beam.Map(lambda a: a[1:]).with_output_types(Tuple[str, bytes])
+        | f"Write{name}" >> sinks.WriteFiles(f"{out}/{directory}".rstrip("/"), temp_directory=temp))
+  # metadata.json is written once every other file exists: its presence marks a complete output.
+  metadata_written = (
+      artifacts
+      | "OnlyMetadata" >> beam.Filter(lambda a: a[1] == data_files.METADATA)
+      | "AfterTheRest" >> beam.Map(lambda a, _: a[1:],
+                                   beam.pvalue.AsList(tuple(written) | "Written" >> beam.Flatten()))
+      .with_output_types(Tuple[str, bytes])
+      | "WriteMetadata" >> sinks.WriteFiles(out, temp_directory=temp))
+  _ = metadata_written | "DeleteTemporaries" >> sinks.DeleteTemporaries(temp)
 
 
 def provided_event_features(opts: BuildOptions):
@@ -165,23 +187,22 @@ def _flags(opts: BuildOptions) -> dict:
   return {n: getattr(opts, n) for n in names}
 
 
-def _write_artifacts(_, out, flags, event_features, catalog, example_stats, dead, **counts):
+def _artifacts(_, flags, event_features, catalog, example_stats, **counts):
+  """(directory, file name, bytes) of every file besides the examples and dead letters."""
   tag_vocab = T.vocab_of(r["tag"] for r in catalog)
   author_vocab = T.vocab_of(r["author"] for r in catalog)
   vocabularies = {"item": [r["item_id"] for r in catalog], "tag": tag_vocab, "author": author_vocab}
   for name, values in vocabularies.items():
-    T.write_text(f"{out}/{data_files.vocab_path(name)}", data_files.vocab_text(values))
-  T.write_text(f"{out}/{data_files.CATALOG}",
-               T.catalog_csv(catalog, T.vocab_ids(tag_vocab), T.vocab_ids(author_vocab)))
-  T.write_text(f"{out}/dead_letter/dead_letter.jsonl", T.dead_letters_jsonl(dead))
+    yield data_files.VOCAB_DIR, data_files.vocab_file(name), data_files.vocab_text(values).encode()
+  yield "", data_files.CATALOG, T.catalog_csv(
+      catalog, T.vocab_ids(tag_vocab), T.vocab_ids(author_vocab)).encode("utf-8")
   splits = {s: {"examples": 0, "mean_history_len": 0.0, "max_history_len": 0} for s in T.SPLITS}
   splits.update(dict(example_stats))
   metadata = data_files.metadata(
-      flags, event_features, {**counts, "items": len(catalog), "dead_letters_total": len(dead)},
+      flags, event_features, {**counts, "items": len(catalog)},
       {name: len(values) for name, values in vocabularies.items()}, splits)
-  T.write_text(f"{out}/stats.txt", _report(metadata))
-  # Written last: its presence marks a complete output directory.
-  T.write_text(f"{out}/{data_files.METADATA}", data_files.metadata_json(metadata))
+  yield "", "stats.txt", _report(metadata).encode("utf-8")
+  yield "", data_files.METADATA, data_files.metadata_json(metadata).encode("utf-8")
 
 
 def _report(m: dict) -> str:

@@ -2,32 +2,26 @@
 
 Read → Parse (dead letters, positive filter) → Vocabularies and catalog →
 Examples per user → deterministic TFRecord shards. Nothing here touches a local
-path directly: all I/O goes through `apache_beam.io.filesystems`.
+path directly: files are read through `fileio` and written through Beam's file
+sink (`sinks.WriteFiles`).
 """
 
 import collections
 import json
 import zlib
-from typing import Dict, Iterable, List, NamedTuple
+from typing import Dict, Iterable, List, NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
 import numpy as np
 
-from beam_pipelines import formats
+from beam_pipelines import formats, sinks
 from tfkf import data_files, features
 
 DEAD_LETTER = "dead_letter"
 FILTERED = "filtered"
 SPLITS = ("train", "valid", "test")
 EVENT_FIELDS = tuple(formats.event("", "", 0)) + ("order",)
-
-
-def write_text(path: str, text: str) -> None:
-  with FileSystems.create(path) as f:
-    f.write(text.encode("utf-8"))
 
 
 def stable_shard(key: str, num_shards: int) -> int:
@@ -310,36 +304,53 @@ def example_bytes(user: str, time: int, enc: Dict[str, list], start: int, target
 
 
 class WriteExampleShards(beam.PTransform):
-  """Events -> TFRecord shards of examples per split; emits (split, history length).
+  """Events -> TFRecord shards of examples per split.
 
   Users go to `num_shards` shards by a stable hash of their id. One worker
-  builds and writes a whole shard: its users in sorted order, each user's
-  examples in time order (see `user_examples`). Examples never cross a
-  shuffle, and the files are byte-identical whatever the runner or its
-  parallelism. Files: <output_dir>/<split>/part-SSSSS-of-NNNNN.tfrecord.
+  builds a whole shard: its users in sorted order, each user's examples in
+  time order (see `user_examples`). Examples never cross a shuffle, and the
+  files are byte-identical whatever the runner or its parallelism; they are
+  written through Beam's file sink (`sinks.WriteFiles`). Files:
+  <output_dir>/<split>/part-SSSSS-of-NNNNN.tfrecord, every split of every shard.
+  Output: {"history_lens": (split, history length) per example,
+  "written": each file's fileio.FileResult}.
   """
 
   def __init__(self, output_dir: str, num_shards: int, item_index, max_len: int, stride: int,
-               max_examples_per_user: int, split_fn=LeaveOneOut(), chunks: bool = False):
+               max_examples_per_user: int, split_fn=LeaveOneOut(), chunks: bool = False,
+               temp_directory: str = None):
     super().__init__()
     self.output_dir = output_dir
     self.num_shards = num_shards
     self.item_index = item_index
     self.example_args = (max_len, stride, max_examples_per_user, split_fn, chunks)
+    self.temp_directory = temp_directory
 
   def expand(self, events):
     n = self.num_shards
     # Events cross the shuffle as tuples in EVENT_FIELDS order: dict keys would be
     # encoded with every element.
-    return (events
-            | "KeyByShard" >> beam.Map(lambda e: (stable_shard(e["user"], n),
-                                                  tuple(e[k] for k in EVENT_FIELDS)))
-            | "GroupByShard" >> beam.GroupByKey()
-            | "BuildAndWrite" >> beam.FlatMap(self._shard,
-                                              beam.pvalue.AsSingleton(self.item_index)))
+    shards = (events
+              | "KeyByShard" >> beam.Map(lambda e: (stable_shard(e["user"], n),
+                                                    tuple(e[k] for k in EVENT_FIELDS)))
+              | "GroupByShard" >> beam.GroupByKey()
+              | "Build" >> beam.FlatMap(self._shard, beam.pvalue.AsSingleton(self.item_index))
+              .with_output_types(Tuple[str, int])  # the main output; files are tagged
+              .with_outputs(_SHARD_FILES, main="history_lens"))
+    written = []
+    for split in SPLITS:
+      written.append(
+          shards[_SHARD_FILES]
+          | f"Only{split.title()}" >> beam.Filter(lambda f, s=split: f[0] == s)
+          | f"Name{split.title()}" >> beam.Map(lambda f: f[1:]).with_output_types(
+              Tuple[str, List[bytes]])
+          | f"Write{split.title()}" >> sinks.WriteFiles(
+              f"{self.output_dir}/{split}", sinks.TFRecordFileSink, self.temp_directory))
+    return {"history_lens": shards.history_lens,
+            "written": tuple(written) | "AllWritten" >> beam.Flatten()}
 
-  def shard_path(self, split: str, shard: int) -> str:
-    return f"{self.output_dir}/{split}/part-{shard:05d}-of-{self.num_shards:05d}.tfrecord"
+  def shard_name(self, shard: int) -> str:
+    return f"part-{shard:05d}-of-{self.num_shards:05d}.tfrecord"
 
   def _shard(self, shard_events, item_index):
     shard, events = shard_events
@@ -353,9 +364,10 @@ class WriteExampleShards(beam.PTransform):
         payloads[ex.split].append(ex.payload)
         yield ex.split, ex.history_len
     for split, records in payloads.items():
-      with FileSystems.create(self.shard_path(split, shard)) as f:
-        for payload in records:
-          _TFRecordUtil.write_record(f, payload)
+      yield beam.pvalue.TaggedOutput(_SHARD_FILES, (split, self.shard_name(shard), records))
+
+
+_SHARD_FILES = "shard_files"
 
 
 def catalog_csv(rows: List[Dict], tag_ids: Dict[str, int], author_ids: Dict[str, int]) -> str:
@@ -365,6 +377,31 @@ def catalog_csv(rows: List[Dict], tag_ids: Dict[str, int], author_ids: Dict[str,
             author_ids.get(r["author"], features.OOV_ID), int(duration), r["count"],
             r["sampling_probability"])
   return data_files.catalog_csv(map(row, rows))
+
+
+class WriteDeadLetters(beam.PTransform):
+  """Dead letters -> <directory>/part-SSSSS-of-NNNNN.jsonl, by a stable hash of (source, line);
+  each shard sorted (`dead_letters_jsonl`), every shard written, empty or not. Emits each
+  file's fileio.FileResult."""
+
+  def __init__(self, directory: str, num_shards: int, temp_directory: str = None):
+    super().__init__()
+    self.directory = directory
+    self.num_shards = num_shards
+    self.temp_directory = temp_directory
+
+  def expand(self, dead_letters):
+    n = self.num_shards
+    every_shard = dead_letters.pipeline | "EveryShard" >> beam.Create([(i, None) for i in range(n)])
+    keyed = dead_letters | "KeyByShard" >> beam.Map(
+        lambda r: (stable_shard(f"{r['source']}:{r['line']}", n), r))
+    return ((keyed, every_shard) | "Flatten" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "ToFile" >> beam.MapTuple(lambda shard, records: (
+                f"part-{shard:05d}-of-{n:05d}.jsonl",
+                dead_letters_jsonl(r for r in records if r is not None).encode("utf-8")))
+            .with_output_types(Tuple[str, bytes])
+            | "Write" >> sinks.WriteFiles(self.directory, temp_directory=self.temp_directory))
 
 
 def dead_letters_jsonl(records: Iterable[Dict]) -> str:

@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 import pytest
 import tensorflow as tf
 
-from beam_pipelines import build, synthetic
+from beam_pipelines import build, sinks, synthetic
 from beam_pipelines import transforms as T
 from tfkf import features
 
@@ -118,8 +118,13 @@ def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_p
   data_rows = len(lines) - 1 - (lines[-1] == b"")  # header and the final newline are no rows
   assert c["rows_in"] == data_rows
   assert c["rows_in"] == c["rows_accepted"] + c["rows_rejected"] + c["rows_filtered"]
-  with open(tmp_path / "a" / "dead_letter" / "dead_letter.jsonl") as f:
-    dead = [json.loads(l) for l in f]
+  dead = []
+  for path in sorted(glob.glob(str(tmp_path / "a" / "dead_letter" / "part-*-of-00003.jsonl"))):
+    with open(path) as f:
+      shard = [json.loads(l) for l in f]
+    assert shard == sorted(shard, key=lambda r: (r["source"], r["line"], r["reason"]))
+    dead += shard
+  dead.sort(key=lambda r: r["line"])
   assert [(r["line"], r["reason"].split(":")[0]) for r in dead] == [
       (6 + 10 * i, reason) for i, reason in enumerate(CORRUPTIONS.values())]
   # Every valid positive row is in the output, intact: each user's test example
@@ -152,6 +157,46 @@ def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_p
   second = _digest(tmp_path / "a")
   assert first == second
   assert len([f for f in first if f.endswith(".tfrecord")]) == 9
+  assert len([f for f in first if f.startswith("dead_letter/")]) == 3
+  assert not os.path.exists(tmp_path / "a" / build.TEMP_DIR)  # no temporary file left behind
+
+
+class _CrashesMidFileOnce(sinks.TFRecordFileSink):
+  """Writes a file's first record, then fails its bundle, the first time only."""
+  marker = None  # a path: exists once the crash happened
+
+  def write(self, element):
+    if os.path.exists(self.marker):
+      return super().write(element)
+    super().write((element[0], element[1][:1]))
+    open(self.marker, "w").close()
+    raise RuntimeError("worker lost mid-file")
+
+
+def test_a_retried_write_bundle_leaves_no_duplicate_or_partial_file(tmp_path):
+  """The bundle-based DirectRunner retries a failed bundle, as a distributed runner would."""
+  _CrashesMidFileOnce.marker = str(tmp_path / "crashed")
+  files = {f"part-{i:05d}-of-00003.tfrecord": [f"{i}:{r}".encode() for r in range(3)]
+           for i in range(3)}
+  temp = str(tmp_path / "temp")
+  with beam.Pipeline(runner="BundleBasedDirectRunner") as p:
+    written = (p | beam.Create(sorted(files.items()))
+               | sinks.WriteFiles(str(tmp_path / "out"), _CrashesMidFileOnce, temp))
+    _ = written | sinks.DeleteTemporaries(temp)
+  assert os.path.exists(_CrashesMidFileOnce.marker)  # a bundle did fail part-way
+  assert sorted(os.listdir(tmp_path / "out")) == sorted(files)
+  for name, records in files.items():
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "out" / name))] == records
+  assert not os.path.exists(temp)  # the failed attempt's partial file went with it
+
+
+def test_tfrecord_frame_is_what_tensorflow_writes(tmp_path):
+  path = str(tmp_path / "tf.tfrecord")
+  with tf.io.TFRecordWriter(path) as w:
+    for record in (b"", b"a", b"x" * 1000):
+      w.write(record)
+  with open(path, "rb") as f:
+    assert f.read() == b"".join(sinks.tfrecord_frame(r) for r in (b"", b"a", b"x" * 1000))
 
 
 # -- properties ----------------------------------------------------------------
@@ -229,7 +274,7 @@ def test_write_example_shards_writes_every_split_of_every_shard(tmp_path):
     index = p | "Index" >> beam.Create([{str(i): i + 2 for i in range(5)}])
     lens = (p | beam.Create(events)
             | T.WriteExampleShards(str(tmp_path), 2, index, max_len=3, stride=1,
-                                   max_examples_per_user=100))
+                                   max_examples_per_user=100))["history_lens"]
     # a: train 1, 2, valid 3, test 4; b: train 1 (fewer than 3 events); c: train 1, valid 2, test 3
     assert_that(lens, equal_to([("train", 1), ("train", 2), ("valid", 3), ("test", 3),
                                 ("train", 1), ("train", 1), ("valid", 2), ("test", 3)]))

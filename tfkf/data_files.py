@@ -17,10 +17,15 @@ CATALOG = "catalog.csv"
 CATALOG_COLUMNS = ("index", "item_id", "tag", "author", "duration_bucket", "count",
                    "sampling_probability")
 VOCABULARIES = ("item", "tag", "author")
+VOCAB_DIR = "vocab"
+
+
+def vocab_file(name: str) -> str:
+  return f"{name}.txt"
 
 
 def vocab_path(name: str) -> str:
-  return os.path.join("vocab", f"{name}.txt")
+  return os.path.join(VOCAB_DIR, vocab_file(name))
 
 
 def vocab_text(values: Iterable[str]) -> str:
