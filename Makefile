@@ -1,4 +1,4 @@
-# Quickstart: `make demo`, `make test`. Both create .venv from requirements.txt if needed.
+# Quickstart: `make demo`, `make test`. Both create .venv from requirements*.txt if needed.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,12 +7,12 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 
-.PHONY: venv tools demo test clean
+.PHONY: venv tools demo test clean verify-portable
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -26,6 +26,11 @@ demo: venv
 
 test: venv tools
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# The build job on the portable runner with SDK workers in separate processes, importing
+# the pip-installed package, byte-identical to the DirectRunner's output (about a minute).
+verify-portable: venv
+	PY=$(PY) bash scripts/verify_portable.sh
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -11,11 +11,13 @@ dead_letter/, stats.txt.
 """
 
 import argparse
+import os
 import sys
 from typing import Tuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions, StandardOptions,
+                                                  WorkerOptions)
 
 from beam_pipelines import formats, sinks
 from beam_pipelines import transforms as T
@@ -25,6 +27,11 @@ from tfkf import data_files, features
 LAYOUT_TARGETS, LAYOUT_CHUNKS = "targets", "chunks"
 # Temporary files of the file sinks; deleted when the job has written everything.
 TEMP_DIR = ".beam-temp"
+# Runners whose workers run in this process or its children, importing this checkout.
+LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                 "InteractiveRunner", "FnApiRunner")
+PYPROJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "pyproject.toml")
 
 
 class BuildOptions(PipelineOptions):
@@ -236,6 +243,21 @@ def _all_option_classes():
   return [BuildOptions] + [c for c in seen if c is not BuildOptions]
 
 
+def staging_flags(argv) -> list:
+  """[--setup_file=<checkout>/pyproject.toml] when a remote runner's workers would otherwise
+  lack tfkf and beam_pipelines: Beam builds the package's sdist (`python -m build`) and its
+  workers pip-install it. Nothing when the runner is local, the job already stages code
+  (--setup_file, --extra_package) or names a worker image, or tfkf runs from an installed
+  package rather than a checkout (the workers' image must hold it then)."""
+  options = PipelineOptions(argv)
+  runner = options.view_as(StandardOptions).runner or "DirectRunner"
+  setup = options.view_as(SetupOptions)
+  if (runner.split(".")[-1] in LOCAL_RUNNERS or setup.setup_file or setup.extra_packages
+      or options.view_as(WorkerOptions).sdk_container_image or not os.path.exists(PYPROJECT)):
+    return []
+  return [f"--setup_file={PYPROJECT}"]
+
+
 def run(argv=None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   if "-h" in argv or "--help" in argv:
@@ -249,7 +271,7 @@ def run(argv=None) -> None:
     formats.format_options(opts), _split_fn(opts)
   except ValueError as e:
     raise SystemExit(f"beam_pipelines.build: {e}") from None
-  with beam.Pipeline(options=PipelineOptions(argv)) as p:
+  with beam.Pipeline(options=PipelineOptions(argv + staging_flags(argv))) as p:
     build(p, opts)
 
 

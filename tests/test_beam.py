@@ -161,6 +161,18 @@ def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_p
   assert not os.path.exists(tmp_path / "a" / build.TEMP_DIR)  # no temporary file left behind
 
 
+def test_remote_runners_stage_the_package_unless_the_job_already_ships_code():
+  setup = [f"--setup_file={build.PYPROJECT}"]
+  assert os.path.exists(build.PYPROJECT)
+  for runner in ("DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner"):
+    assert build.staging_flags([f"--runner={runner}"]) == setup
+  for argv in ([], ["--runner=DirectRunner"], ["--runner=BundleBasedDirectRunner"],
+               ["--runner=DataflowRunner", "--setup_file=/src/setup.py"],
+               ["--runner=FlinkRunner", "--extra_package=dist/tfkf-0.1.0.tar.gz"],
+               ["--runner=DataflowRunner", "--sdk_container_image=gcr.io/p/tfkf:1"]):
+    assert build.staging_flags(argv) == [], argv
+
+
 class _CrashesMidFileOnce(sinks.TFRecordFileSink):
   """Writes a file's first record, then fails its bundle, the first time only."""
   marker = None  # a path: exists once the crash happened

@@ -2,6 +2,11 @@
 
 import glob
 import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("tfkf", "beam_pipelines", "serving", "online", "benchmarks", "deploy")
@@ -11,7 +16,8 @@ def _targets():
   """Evaluates BUILD with stand-ins for the Bazel rules; returns {rule: [kwargs]}."""
   rules = {"py_library": [], "py_binary": [], "py_test": []}
   env = {name: (lambda kind: lambda **kw: rules[kind].append(kw))(name) for name in rules}
-  env.update(load=lambda *a: None, requirement=lambda name: f"@pypi//{name}", glob=lambda p: [],
+  env.update(load=lambda *a, **kw: None, requirement=lambda name: f"@pypi//{name}",
+             dev_requirement=lambda name: f"@pypi_dev//{name}", glob=lambda p: [],
              package=lambda **kw: None)
   with open(os.path.join(ROOT, "BUILD")) as f:
     exec(compile(f.read(), "BUILD", "exec"), env)
@@ -82,3 +88,47 @@ def test_no_library_module_imports_the_training_command_line():
   for path in set().union(*(_files(f"{p}/**/*.py") for p in ("tfkf", "beam_pipelines", "serving",
                                                               "online"))):
     assert "tfkf.train" not in set(_imported(path)), path
+
+
+def _pinned(requirements_file):
+  with open(os.path.join(ROOT, requirements_file)) as f:
+    return {line.split("==")[0].lower() for line in f if "==" in line and not line.startswith("#")}
+
+
+def test_every_bazel_requirement_is_pinned_in_its_hub():
+  used = {dep for kind in ("py_library", "py_binary", "py_test") for target in _targets()[kind]
+          for dep in target.get("deps", []) if dep.startswith("@")}
+  hubs = {"@pypi": _pinned("requirements.txt"), "@pypi_dev": _pinned("requirements-dev.txt")}
+  assert {dep for dep in used if dep.split("//")[1] not in hubs[dep.split("//")[0]]} == set()
+
+
+def test_pip_install_gives_the_library_packages_with_the_runtime_pins(tmp_path):
+  """`pip install .`: the wheel pip builds holds every module of the four library packages
+  and requires exactly requirements.txt; installed apart from the checkout, they import."""
+  library = ("tfkf", "beam_pipelines", "serving", "online")
+  source = tmp_path / "source"  # setuptools builds in the source tree: a copy of the checkout
+  source.mkdir()
+  for name in ("pyproject.toml", "requirements.txt", "README.md"):
+    shutil.copy(os.path.join(ROOT, name), source)
+  for name in library:
+    shutil.copytree(os.path.join(ROOT, name), source / name,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                  "--no-build-isolation", "--wheel-dir", str(tmp_path / "wheel"), str(source)],
+                 check=True, cwd=tmp_path)
+  wheel, = glob.glob(str(tmp_path / "wheel" / "tfkf-*.whl"))
+  with zipfile.ZipFile(wheel) as z:
+    modules = {n for n in z.namelist() if n.endswith(".py")}
+    metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+  assert modules == set().union(*(_files(f"{p}/**/*.py") for p in library))
+  requires = {re.split("[=<>;]", line.split(":", 1)[1].strip())[0].lower()
+              for line in metadata.splitlines() if line.startswith("Requires-Dist:")}
+  assert requires == _pinned("requirements.txt")
+  subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                  str(tmp_path / "site"), wheel], check=True, cwd=tmp_path)
+  imported = subprocess.run(
+      [sys.executable, "-c", "import beam_pipelines.build, online.train, serving.server, tfkf.model;"
+       "print(tfkf.model.__file__, beam_pipelines.build.__file__)"],
+      cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+      capture_output=True, text=True, check=True).stdout.split()
+  assert all(path.startswith(str(tmp_path / "site")) for path in imported)
