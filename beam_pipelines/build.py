@@ -123,23 +123,37 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
                    _artifacts, _flags(opts), provided_event_features(opts),
                    beam.pvalue.AsSingleton(catalog), beam.pvalue.AsSingleton(example_stats),
                    **side))
-  written = [examples["written"], dead_written]
-  for directory in ("", data_files.VOCAB_DIR):
-    name = directory.title() or "Root"
-    written.append(
-        artifacts
-        | f"In{name}" >> beam.Filter(lambda a, d=directory: a[0] == d and a[1] != data_files.METADATA)
-        | f"Name{name}" >> beam.Map(lambda a: a[1:]).with_output_types(Tuple[str, bytes])
-        | f"Write{name}" >> sinks.WriteFiles(f"{out}/{directory}".rstrip("/"), temp_directory=temp))
-  # metadata.json is written once every other file exists: its presence marks a complete output.
-  metadata_written = (
-      artifacts
-      | "OnlyMetadata" >> beam.Filter(lambda a: a[1] == data_files.METADATA)
-      | "AfterTheRest" >> beam.Map(lambda a, _: a[1:],
-                                   beam.pvalue.AsList(tuple(written) | "Written" >> beam.Flatten()))
-      .with_output_types(Tuple[str, bytes])
-      | "WriteMetadata" >> sinks.WriteFiles(out, temp_directory=temp))
-  _ = metadata_written | "DeleteTemporaries" >> sinks.DeleteTemporaries(temp)
+  _ = artifacts | "WriteArtifacts" >> WriteArtifacts(
+      out, temp, (examples["written"], dead_written))
+
+
+class WriteArtifacts(beam.PTransform):
+  """(directory, file name, bytes) -> files under `out`, metadata.json last: once every
+  other file, those of `written` (FileResults) included, exists, its presence marks a
+  complete output. Then the file sinks' temporary directory goes."""
+
+  def __init__(self, out: str, temp: str, written):
+    super().__init__()
+    self.out, self.temp, self.written = out, temp, list(written)
+
+  def expand(self, artifacts):
+    written = list(self.written)
+    for directory in ("", data_files.VOCAB_DIR):
+      name = directory.title() or "Root"
+      written.append(
+          artifacts
+          | f"In{name}" >> beam.Filter(
+              lambda a, d=directory: a[0] == d and a[1] != data_files.METADATA)
+          | f"Name{name}" >> beam.Map(lambda a: a[1:]).with_output_types(Tuple[str, bytes])
+          | f"Write{name}" >> sinks.WriteFiles(f"{self.out}/{directory}".rstrip("/"),
+                                               temp_directory=self.temp))
+    everything_else = beam.pvalue.AsList(tuple(written) | "Written" >> beam.Flatten())
+    return (artifacts
+            | "OnlyMetadata" >> beam.Filter(lambda a: a[1] == data_files.METADATA)
+            | "AfterTheRest" >> beam.Map(lambda a, _: a[1:], everything_else)
+            .with_output_types(Tuple[str, bytes])
+            | "WriteMetadata" >> sinks.WriteFiles(self.out, temp_directory=self.temp)
+            | "DeleteTemporaries" >> sinks.DeleteTemporaries(self.temp))
 
 
 def provided_event_features(opts: BuildOptions):
