@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make verify-portable: the build job on Beam's portable runner, its SDK workers separate
-# processes started from a directory without the checkout, importing the pip-installed
+# make verify-portable: the build job on Beam's portable runner, its SDK worker a separate
+# process started by a worker pool in a directory without the checkout, importing the pip-installed
 # package (pyproject.toml) — the closest this machine gets to a Flink/Spark/Dataflow
 # cluster. The job stages the package (--setup_file, python -m build) as it would for one.
 # Its outputs must be byte-identical to the DirectRunner's, in process and on 2 processes.
@@ -36,9 +36,9 @@ build() {
   ) > "$WORK/$1.sums"
 }
 build in_process --runner=DirectRunner
-build two_processes --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
+build two_processes --runner=DirectRunner --direct_running_mode=multi_processing
 build portable --runner=PortableRunner --job_endpoint=embed --environment_type=EXTERNAL \
-  --environment_config="localhost:$PORT" --sdk_worker_parallelism=2
+  --environment_config="localhost:$PORT"
 grep -q "Starting worker" "$WORK/pool.log" || { echo "no SDK worker was started"; exit 1; }
 diff "$WORK/in_process.sums" "$WORK/two_processes.sums"
 diff "$WORK/in_process.sums" "$WORK/portable.sums"
