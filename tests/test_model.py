@@ -191,15 +191,16 @@ def test_every_event_training_targets_the_next_item_after_each_real_latest_event
   batch[features.TARGET_ITEM] = np.array([7, 8], np.int64)
   batch[features.HISTORY_ITEM][0, -3] = features.OOV_ID  # seen in a history, never a target
   tail = features.uncompressed_len(config.max_len, config.compression_windows)
-  interests, targets = model._every_event_targets(batch, training=False)
+  interests, targets, rows = model._every_event_targets(batch, training=False)
   items = batch[features.HISTORY_ITEM][:, -tail:]
   expected = [list(items[0, 1:]) + [7], list(items[1, -4:]) + [8]]  # row 2: 5 real events
   expected = [t for t in expected[0] + expected[1] if t != features.OOV_ID]
   assert targets.numpy().tolist() == expected and len(expected) == tail + 5 - 1
   assert interests.shape == (tail + 5 - 1, config.num_query_tokens, config.d_model)
+  assert rows.numpy().tolist() == [0] * (len(expected) - 5) + [1] * 5  # row 1: 5 targets
   # num_targets: only an example's last n targets (the online trainer's examples).
   last_n = {**batch, features.NUM_TARGETS: np.array([3, features.ALL_TARGETS], np.int64)}
-  few_interests, few = model._every_event_targets(last_n, training=False)
+  few_interests, few, _ = model._every_event_targets(last_n, training=False)
   assert few.numpy().tolist() == [t for t in list(items[0, -2:]) + [7] if t != features.OOV_ID] + \
       expected[-5:]
   np.testing.assert_allclose(few_interests.numpy(), interests.numpy()[-len(few):], atol=1e-6)
@@ -207,6 +208,28 @@ def test_every_event_training_targets_the_next_item_after_each_real_latest_event
   data = tf.data.Dataset.from_tensors({k: tf.constant(v) for k, v in batch.items()}).repeat(3)
   losses = model.fit(data, epochs=1, verbose=0).history["loss"]
   assert np.isfinite(losses).all()
+
+
+def test_same_history_targets_are_no_negatives_of_each_other_when_masked():
+  from tfkf.model import same_history_mask
+  mask = same_history_mask(tf.constant([0, 0, 1, 1, 1]))
+  expected = np.array([[1, 0, 1, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0],
+                       [1, 1, 0, 0, 1]], bool)
+  np.testing.assert_array_equal(mask.numpy(), expected)
+  # With the same weights and batch, the masked loss drops each history's other targets
+  # from every softmax: lower than the unmasked one (fewer, and never smaller, terms).
+  config = PRESETS["small"].replace(training_targets="every_event", label_smoothing=0.0,
+                                    use_logq=False)
+  batch = {k: tf.constant(v) for k, v in histories(config, [64, 40], seed=8).items()}
+  batch[features.TARGET_ITEM] = tf.constant([7, 8], tf.int64)
+  model = model_for(config)
+  masked = model_for(config.replace(mask_same_history=True))
+  masked.set_weights(model.get_weights())
+  tf.keras.utils.set_random_seed(0)
+  plain_loss = float(model.compute_loss(batch, training=True))
+  tf.keras.utils.set_random_seed(0)
+  masked_loss = float(masked.compute_loss(batch, training=True))
+  assert masked_loss < plain_loss
 
 
 def test_histories_narrower_than_the_latest_events_give_the_interests_of_padded_ones():
@@ -228,8 +251,8 @@ def test_every_event_targets_of_a_trimmed_batch_are_those_of_the_padded_one():
   padded = histories(config, [2, 9, 5], seed=8)
   padded[features.TARGET_ITEM] = np.array([3, 4, 5], np.int64)
   trimmed = {k: (v[:, -9:] if v.ndim == 2 else v) for k, v in padded.items()}
-  interests, targets = model._every_event_targets(padded, training=False)
-  narrow_interests, narrow_targets = model._every_event_targets(trimmed, training=False)
+  interests, targets, _ = model._every_event_targets(padded, training=False)
+  narrow_interests, narrow_targets, _ = model._every_event_targets(trimmed, training=False)
   assert targets.numpy().tolist() == narrow_targets.numpy().tolist()
   assert len(targets) == 2 + 9 + 5
   np.testing.assert_allclose(narrow_interests.numpy(), interests.numpy(), atol=2e-5)

@@ -52,6 +52,9 @@ class KuaiFormerConfig(JsonConfig):
   # "every_event": k queries after each of the latest (uncompressed) events, each
   # predicting the next one, in one pass (UserTower.interests_at).
   training_targets: str = "last"
+  # every_event: a history's other targets of the pass are no in-batch negatives of its
+  # targets (tfrs Retrieval score_mask): they are items the same user chose.
+  mask_same_history: bool = False
 
   def __post_init__(self):
     features.uncompressed_len(self.max_len, self.compression_windows)

@@ -120,6 +120,15 @@ class UserTower(tf.keras.layers.Layer):
                tf.keras.layers.deserialize(config.pop("side_features")), **config)
 
 
+def same_history_mask(rows: tf.Tensor) -> tf.Tensor:
+  """tfrs Retrieval's score_mask [n, n] for targets of one pass: target j is no negative of
+  target i when both come from the same history (batch row), unless j == i. A user's other
+  targets are items that user chose (before or after the cut): in-batch negatives that
+  are positives. rows [n] -> [n, n] bool."""
+  n = tf.shape(rows)[0]
+  return tf.logical_or(tf.not_equal(rows[:, None], rows[None, :]), tf.eye(n, dtype=tf.bool))
+
+
 def _fit_length(ids: tf.Tensor, width) -> tf.Tensor:
   """[b, T] -> [b, width]: keep the latest `width` columns, left-pad with PAD_ID."""
   ids = tf.cast(ids[:, -width:], tf.int64)
@@ -157,14 +166,19 @@ class KuaiFormer(tfrs.Model):
 
   def compute_loss(self, inputs, training=False):
     # Validation scores the example's own target in both modes: that is the held-out one.
+    score_mask = None
     if self.config.training_targets == "every_event" and training:
-      interests, targets = self._every_event_targets(inputs, training)
+      interests, targets, rows = self._every_event_targets(inputs, training)
+      if self.config.mask_same_history:
+        score_mask = same_history_mask(rows)
     else:
       interests = self.user_tower(inputs, training=training)
       targets = tf.cast(inputs[features.TARGET_ITEM], tf.int64)
     mixed = self.config.mixed_negatives if training else 0
     num_items = self.side_features.num_items
     candidate_ids = with_uniform_negatives(targets, num_items, mixed) if mixed else targets
+    if score_mask is not None and mixed:
+      score_mask = tf.pad(score_mask, [[0, 0], [0, mixed]], constant_values=True)
     probability = None
     if self.config.use_logq:
       probability = tf.gather(self.sampling_probability, candidate_ids)
@@ -173,10 +187,12 @@ class KuaiFormer(tfrs.Model):
                                                  num_items - features.NUM_RESERVED_IDS)
     # tfrs Retrieval: candidate i is query i's positive, the extra candidates negatives for all.
     return self.task(interests, self.candidate_tower(candidate_ids),
-                     candidate_sampling_probability=probability, candidate_ids=candidate_ids)
+                     candidate_sampling_probability=probability, candidate_ids=candidate_ids,
+                     score_mask=score_mask)
 
   def _every_event_targets(self, inputs, training):
-    """(interests [n, k, d], next items [n]) after each real one of the latest events.
+    """(interests [n, k, d], next items [n], batch row of each [n]) after each real one of
+    the latest events.
 
     On a --layout=chunks build (docs/data_format.md) the examples of a user cover each
     of its training targets once. Out-of-vocabulary items are no targets, nor those
@@ -199,7 +215,9 @@ class KuaiFormer(tfrs.Model):
       from_end = tf.range(cuts_wanted - 1, -1, -1)                           # [cuts]
       wanted = tf.cast(inputs[features.NUM_TARGETS], tf.int32)[:, None]
       real = tf.logical_and(real, from_end[None, :] < wanted)
-    return tf.boolean_mask(interests, real), tf.boolean_mask(targets, real)
+    rows = tf.tile(tf.range(tf.shape(items)[0])[:, None], [1, cuts_wanted])
+    return (tf.boolean_mask(interests, real), tf.boolean_mask(targets, real),
+            tf.boolean_mask(rows, real))
 
   def build_towers(self) -> "KuaiFormer":
     """Creates every weight (on a dummy batch) so checkpoints restore eagerly."""
