@@ -211,7 +211,7 @@ def test_every_event_training_targets_the_next_item_after_each_real_latest_event
 
 
 def test_same_history_targets_are_no_negatives_of_each_other_when_masked():
-  from tfkf.model import same_history_mask
+  from tfkf.losses import same_history_mask
   mask = same_history_mask(tf.constant([0, 0, 1, 1, 1]))
   expected = np.array([[1, 0, 1, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0],
                        [1, 1, 0, 0, 1]], bool)

@@ -1,5 +1,6 @@
-"""The paper's smoothed in-batch softmax (logQ is applied by tfrs Retrieval), and the
-mixed negatives that can join the in-batch ones."""
+"""The paper's smoothed in-batch softmax (logQ is applied by tfrs Retrieval), the
+mixed negatives that can join the in-batch ones, and the same-history mask that
+removes a user's own targets from them."""
 
 import tensorflow as tf
 from tensorflow_recommenders.layers.loss import MIN_FLOAT
@@ -54,3 +55,12 @@ def mixed_sampling_probability(unigram: tf.Tensor, num_targets, count: int,
   probability unigram[i]) plus `count` uniform items: B p(i) + count / N expected draws,
   divided by B (a constant factor, which the softmax ignores)."""
   return unigram + count / (tf.cast(num_targets, unigram.dtype) * num_real_items)
+
+
+def same_history_mask(rows: tf.Tensor) -> tf.Tensor:
+  """tfrs Retrieval's score_mask [n, n] for targets of one pass: target j is no negative of
+  target i when both come from the same history (batch row), unless j == i. A user's other
+  targets are items that user chose (before or after the cut): in-batch negatives that
+  are positives. rows [n] -> [n, n] bool."""
+  n = tf.shape(rows)[0]
+  return tf.logical_or(tf.not_equal(rows[:, None], rows[None, :]), tf.eye(n, dtype=tf.bool))

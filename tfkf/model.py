@@ -7,7 +7,8 @@ from tfkf import features
 from tfkf import layers
 from tfkf.catalog import Catalog
 from tfkf.config import KuaiFormerConfig
-from tfkf.losses import SmoothedInBatchSoftmax, mixed_sampling_probability, with_uniform_negatives
+from tfkf.losses import (SmoothedInBatchSoftmax, mixed_sampling_probability, same_history_mask,
+                         with_uniform_negatives)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfkf")
@@ -118,15 +119,6 @@ class UserTower(tf.keras.layers.Layer):
     return cls(KuaiFormerConfig.from_json(config.pop("config")),
                tf.keras.layers.deserialize(config.pop("token_embedding")),
                tf.keras.layers.deserialize(config.pop("side_features")), **config)
-
-
-def same_history_mask(rows: tf.Tensor) -> tf.Tensor:
-  """tfrs Retrieval's score_mask [n, n] for targets of one pass: target j is no negative of
-  target i when both come from the same history (batch row), unless j == i. A user's other
-  targets are items that user chose (before or after the cut): in-batch negatives that
-  are positives. rows [n] -> [n, n] bool."""
-  n = tf.shape(rows)[0]
-  return tf.logical_or(tf.not_equal(rows[:, None], rows[None, :]), tf.eye(n, dtype=tf.bool))
 
 
 def _fit_length(ids: tf.Tensor, width) -> tf.Tensor:
