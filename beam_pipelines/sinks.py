@@ -30,20 +30,6 @@ def tfrecord_frame(record: bytes) -> bytes:
   return length + _masked_crc32c(length) + record + _masked_crc32c(record)
 
 
-class TFRecordFileSink(fileio.FileSink):
-  """Element (path, [serialized records]) -> one TFRecord file holding them in order."""
-
-  def open(self, fh):
-    self._fh = fh
-
-  def write(self, element: Tuple[str, Iterable[bytes]]):
-    for record in element[1]:
-      self._fh.write(tfrecord_frame(record))
-
-  def flush(self):
-    self._fh.flush()
-
-
 class BytesFileSink(fileio.FileSink):
   """Element (path, bytes) -> one file holding exactly those bytes."""
 
@@ -55,6 +41,14 @@ class BytesFileSink(fileio.FileSink):
 
   def flush(self):
     self._fh.flush()
+
+
+class TFRecordFileSink(BytesFileSink):
+  """Element (path, [serialized records]) -> one TFRecord file holding them in order."""
+
+  def write(self, element: Tuple[str, Iterable[bytes]]):
+    for record in element[1]:
+      self._fh.write(tfrecord_frame(record))
 
 
 def _named_by_destination(window, pane, shard_index, total_shards, compression, destination):
