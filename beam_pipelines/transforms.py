@@ -28,6 +28,11 @@ def stable_shard(key: str, num_shards: int) -> int:
   return zlib.crc32(key.encode("utf-8")) % num_shards
 
 
+def shard_file(shard: int, num_shards: int, suffix: str) -> str:
+  """part-SSSSS-of-NNNNN<suffix>: the name of every sharded output file."""
+  return f"part-{shard:05d}-of-{num_shards:05d}{suffix}"
+
+
 class ReadRecords(beam.PTransform):
   """GLOB -> (path, record number, raw bytes, header) for every data record.
 
@@ -349,9 +354,6 @@ class WriteExampleShards(beam.PTransform):
     return {"history_lens": shards.history_lens,
             "written": tuple(written) | "AllWritten" >> beam.Flatten()}
 
-  def shard_name(self, shard: int) -> str:
-    return f"part-{shard:05d}-of-{self.num_shards:05d}.tfrecord"
-
   def _shard(self, shard_events, item_index):
     shard, events = shard_events
     by_user = collections.defaultdict(list)
@@ -364,7 +366,8 @@ class WriteExampleShards(beam.PTransform):
         payloads[ex.split].append(ex.payload)
         yield ex.split, ex.history_len
     for split, records in payloads.items():
-      yield beam.pvalue.TaggedOutput(_SHARD_FILES, (split, self.shard_name(shard), records))
+      name = shard_file(shard, self.num_shards, ".tfrecord")
+      yield beam.pvalue.TaggedOutput(_SHARD_FILES, (split, name, records))
 
 
 _SHARD_FILES = "shard_files"
@@ -398,7 +401,7 @@ class WriteDeadLetters(beam.PTransform):
     return ((keyed, every_shard) | "Flatten" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
             | "ToFile" >> beam.MapTuple(lambda shard, records: (
-                f"part-{shard:05d}-of-{n:05d}.jsonl",
+                shard_file(shard, n, ".jsonl"),
                 dead_letters_jsonl(r for r in records if r is not None).encode("utf-8")))
             .with_output_types(Tuple[str, bytes])
             | "Write" >> sinks.WriteFiles(self.directory, temp_directory=self.temp_directory))

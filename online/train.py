@@ -294,7 +294,7 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
   else:  # Nothing to hold out in this batch: keep the last one for the export's check.
     shutil.copytree(os.path.join(prev_path, "test"), os.path.join(work, "test"))
   os.makedirs(os.path.join(work, "dead_letter"))
-  with open(os.path.join(work, "dead_letter", "part-00000-of-00001.jsonl"), "w") as f:
+  with open(os.path.join(work, "dead_letter", T.shard_file(0, 1, ".jsonl")), "w") as f:
     f.write(T.dead_letters_jsonl(parsed.dead_letters))
   shutil.rmtree(os.path.join(work, "parsed"))
   lens = stats["history_lens"]
