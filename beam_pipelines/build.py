@@ -105,15 +105,17 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   dead_written = all_dead | "DeadLetters" >> T.WriteDeadLetters(
       f"{out}/dead_letter", opts.num_shards, temp)
 
-  count = lambda name, pcoll: pcoll | f"Count{name}" >> beam.combiners.Count.Globally()
-  counts = {
-      "rows_in": count("RowsIn", lines),
-      "rows_accepted": count("Accepted", events),
-      "rows_rejected": count("Rejected", parsed[T.DEAD_LETTER]),
-      "rows_filtered": count("Filtered", parsed[T.FILTERED]),
-      "users": count("Users", events | beam.Map(lambda e: e["user"]) | beam.Distinct()),
-      "dead_letters_total": count("DeadLetters", all_dead),
+  counted = {
+      "rows_in": lines,
+      "rows_accepted": events,
+      "rows_rejected": parsed[T.DEAD_LETTER],
+      "rows_filtered": parsed[T.FILTERED],
+      "users": events | "Users" >> beam.Map(lambda e: e["user"]) | beam.Distinct(),
+      "dead_letters_total": all_dead,
+      "items": catalog | "CatalogRows" >> beam.FlatMap(lambda rows: rows),
   }
+  counts = {name: pcoll | f"Count_{name}" >> T.CountGlobally(name)
+            for name, pcoll in counted.items()}
   example_stats = (examples["history_lens"]
                    | "StatsPerSplit" >> beam.CombinePerKey(_HistoryStats())
                    | "StatsList" >> beam.combiners.ToList())
@@ -220,7 +222,7 @@ def _artifacts(_, flags, event_features, catalog, example_stats, **counts):
   splits = {s: {"examples": 0, "mean_history_len": 0.0, "max_history_len": 0} for s in T.SPLITS}
   splits.update(dict(example_stats))
   metadata = data_files.metadata(
-      flags, event_features, {**counts, "items": len(catalog)},
+      flags, event_features, counts,
       {name: len(values) for name, values in vocabularies.items()}, splits)
   yield "", "stats.txt", _report(metadata).encode("utf-8")
   yield "", data_files.METADATA, data_files.metadata_json(metadata).encode("utf-8")
@@ -272,7 +274,8 @@ def staging_flags(argv) -> list:
   return [f"--setup_file={PYPROJECT}"]
 
 
-def run(argv=None) -> None:
+def run(argv=None):
+  """Runs the build job; returns its PipelineResult (None for --help)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if "-h" in argv or "--help" in argv:
     _parser_of(*_all_option_classes()).print_help()
@@ -285,8 +288,11 @@ def run(argv=None) -> None:
     formats.format_options(opts), _split_fn(opts)
   except ValueError as e:
     raise SystemExit(f"beam_pipelines.build: {e}") from None
-  with beam.Pipeline(options=PipelineOptions(argv + staging_flags(argv))) as p:
-    build(p, opts)
+  p = beam.Pipeline(options=PipelineOptions(argv + staging_flags(argv)))
+  build(p, opts)
+  result = p.run()
+  result.wait_until_finish()
+  return result
 
 
 if __name__ == "__main__":

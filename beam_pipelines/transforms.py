@@ -21,6 +21,8 @@ from tfkf import data_files, features
 DEAD_LETTER = "dead_letter"
 FILTERED = "filtered"
 SPLITS = ("train", "valid", "test")
+# Beam Metrics namespace of the build's accounting (metadata.json "counts", examples per split).
+METRICS_NAMESPACE = "build"
 EVENT_FIELDS = tuple(formats.event("", "", 0)) + ("order",)
 
 
@@ -87,11 +89,6 @@ class ParseEvents(beam.PTransform):
 
 
 class _ParseFn(beam.DoFn):
-  """Also counts each row in Beam Metrics (rows_in = accepted + rejected + filtered), which a
-  runner's UI shows while the job runs; the build's metadata.json counts the same rows."""
-
-  ROWS = {name: beam.metrics.Metrics.counter("ParseEvents", name)
-          for name in ("rows_in", "rows_accepted", "rows_rejected", "rows_filtered")}
 
   def __init__(self, format_name: str, format_options: Dict):
     self.format_cls = formats.FORMATS[format_name]
@@ -99,20 +96,16 @@ class _ParseFn(beam.DoFn):
     self._parsers = {}
 
   def process(self, element):
-    self.ROWS["rows_in"].inc()
     path, number, raw, header = element
     try:
       parsed = self._parser(header).parse(raw)
     except (UnicodeDecodeError, formats.BadRow) as e:
       reason = "undecodable bytes (not UTF-8)" if isinstance(e, UnicodeDecodeError) else str(e)
-      self.ROWS["rows_rejected"].inc()
       yield beam.pvalue.TaggedOutput(DEAD_LETTER, _dead_letter(path, number, raw, reason))
       return
     if not parsed.positive:
-      self.ROWS["rows_filtered"].inc()
       yield beam.pvalue.TaggedOutput(FILTERED, (path, number))
       return
-    self.ROWS["rows_accepted"].inc()
     parsed.event["order"] = (path, number)
     yield parsed.event
 
@@ -155,6 +148,30 @@ class _ItemFile(formats.LineFormat):
 
 
 _item_records = _ItemFile.records
+
+
+class CountGlobally(beam.PTransform):
+  """PCollection -> one element, its size; also counted in the Beam Metrics counter
+  METRICS_NAMESPACE/`name`, which a runner's UI shows while the job runs."""
+
+  def __init__(self, name: str):
+    super().__init__()
+    self.name = name
+
+  def expand(self, pcoll):
+    return (pcoll
+            | "Meter" >> beam.ParDo(_MeterFn(self.name))
+            | "Count" >> beam.combiners.Count.Globally())
+
+
+class _MeterFn(beam.DoFn):
+
+  def __init__(self, name: str):
+    self.counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
+
+  def process(self, element):
+    self.counter.inc()
+    yield element
 
 
 class BuildVocabulary(beam.PTransform):
@@ -318,7 +335,7 @@ class WriteExampleShards(beam.PTransform):
   written through Beam's file sink (`sinks.WriteFiles`). Files:
   <output_dir>/<split>/part-SSSSS-of-NNNNN.tfrecord, every split of every shard.
   Output: {"history_lens": (split, history length) per example,
-  "written": each file's fileio.FileResult}.
+  "written": each file's fileio.FileResult}; Beam Metrics METRICS_NAMESPACE/examples_<split>.
   """
 
   def __init__(self, output_dir: str, num_shards: int, item_index, max_len: int, stride: int,
@@ -366,6 +383,7 @@ class WriteExampleShards(beam.PTransform):
         payloads[ex.split].append(ex.payload)
         yield ex.split, ex.history_len
     for split, records in payloads.items():
+      beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"examples_{split}").inc(len(records))
       name = shard_file(shard, self.num_shards, ".tfrecord")
       yield beam.pvalue.TaggedOutput(_SHARD_FILES, (split, name, records))
 

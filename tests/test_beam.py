@@ -53,14 +53,7 @@ def test_parse_events_routes_every_row_to_exactly_one_output():
   assert_that(out[T.DEAD_LETTER] | beam.Map(lambda d: (d["line"], d["reason"].split(":")[0])),
               equal_to([(4 + i, reason) for i, reason in enumerate(CORRUPTIONS.values())]),
               label="dead letters")
-  result = p.run()
-  result.wait_until_finish()
-  # The same accounting as Beam Metrics counters, for a runner's UI.
-  counters = collections.Counter()
-  for c in result.metrics().query(MetricsFilter().with_namespace("ParseEvents"))["counters"]:
-    counters[c.key.metric.name] += c.committed
-  assert counters == {"rows_in": len(rows), "rows_accepted": 1, "rows_filtered": 1,
-                      "rows_rejected": len(CORRUPTIONS)}
+  p.run().wait_until_finish()
 
 
 def test_vocabulary_orders_by_count_then_value_and_drops_rare_values():
@@ -99,11 +92,15 @@ def corrupted_log(tmp_path_factory):
 
 
 def _build(d, out, *runner_flags):
-  build.run(["--runner=DirectRunner", *runner_flags, f"--input={d / 'log.csv'}",
+  """(metadata.json, the job's Beam Metrics counters)."""
+  result = build.run(["--runner=DirectRunner", *runner_flags, f"--input={d / 'log.csv'}",
              "--format=kuairand", f"--item_features={d / 'items.csv'}", f"--output_dir={out}",
              "--num_shards=3"])
+  counters = collections.Counter()
+  for c in result.metrics().query(MetricsFilter().with_namespace(T.METRICS_NAMESPACE))["counters"]:
+    counters[c.key.metric.name] += c.committed
   with open(os.path.join(out, "metadata.json")) as f:
-    return json.load(f)
+    return json.load(f), counters
 
 
 def _digest(out):
@@ -113,8 +110,10 @@ def _digest(out):
 
 def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_path):
   d, lines = corrupted_log
-  meta = _build(d, tmp_path / "a")
+  meta, counters = _build(d, tmp_path / "a")
   c = meta["counts"]
+  # The same accounting as Beam Metrics counters, which a runner's UI shows.
+  assert counters == {**c, **{f"examples_{s}": meta["splits"][s]["examples"] for s in T.SPLITS}}
   data_rows = len(lines) - 1 - (lines[-1] == b"")  # header and the final newline are no rows
   assert c["rows_in"] == data_rows
   assert c["rows_in"] == c["rows_accepted"] + c["rows_rejected"] + c["rows_filtered"]
