@@ -94,13 +94,14 @@ def build(p: beam.Pipeline, opts: BuildOptions) -> None:
   durations = (events | "Durations" >> beam.FlatMap(
       lambda e: [(e["item"], e["duration_s"])] if e["duration_s"] else [])
                | "MaxDuration" >> beam.CombinePerKey(max))
-  catalog = item_vocab | "Catalog" >> beam.Map(
-      T.build_catalog, beam.pvalue.AsDict(item_features), beam.pvalue.AsDict(durations))
 
   temp = f"{out}/{TEMP_DIR}"
   examples = events | "Examples" >> T.WriteExampleShards(
       out, opts.num_shards, item_index, opts.max_len, _stride(opts), opts.max_examples_per_user,
       _split_fn(opts), chunks=opts.layout == LAYOUT_CHUNKS, temp_directory=temp)
+  catalog = item_vocab | "Catalog" >> beam.Map(
+      T.build_catalog, beam.pvalue.AsDict(item_features), beam.pvalue.AsDict(durations),
+      beam.pvalue.AsDict(examples["training_counts"]))
   all_dead = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
   dead_written = all_dead | "DeadLetters" >> T.WriteDeadLetters(
       f"{out}/dead_letter", opts.num_shards, temp)

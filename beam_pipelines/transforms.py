@@ -204,11 +204,16 @@ def vocab_ids(values: Iterable) -> Dict:
   return {v: i + features.NUM_RESERVED_IDS for i, v in enumerate(values)}
 
 
-def build_catalog(item_vocab, item_features, event_durations) -> List[Dict]:
-  """Catalog rows for every vocabulary item, in id order."""
-  total = float(sum(count for _, count in item_vocab)) or 1.0
+def build_catalog(item_vocab, item_features, event_durations, training_counts) -> List[Dict]:
+  """Catalog rows for every vocabulary item, in id order.
+
+  count: the item's events outside the held-out splits (`training_counts`), so that logQ's
+  sampling probability never counts a valid or test target; an item seen only there has 0.
+  """
+  counts = [training_counts.get(item, 0) for item, _ in item_vocab]
+  total = float(sum(counts)) or 1.0
   rows = []
-  for i, (item, count) in enumerate(item_vocab):
+  for i, ((item, _), count) in enumerate(zip(item_vocab, counts)):
     side = item_features.get(item, {})
     duration = side.get("duration_s") or event_durations.get(item)
     rows.append({
@@ -335,6 +340,7 @@ class WriteExampleShards(beam.PTransform):
   written through Beam's file sink (`sinks.WriteFiles`). Files:
   <output_dir>/<split>/part-SSSSS-of-NNNNN.tfrecord, every split of every shard.
   Output: {"history_lens": (split, history length) per example,
+  "training_counts": (raw item id, its events in the train split),
   "written": each file's fileio.FileResult}; Beam Metrics METRICS_NAMESPACE/examples_<split>.
   """
 
@@ -358,7 +364,7 @@ class WriteExampleShards(beam.PTransform):
               | "GroupByShard" >> beam.GroupByKey()
               | "Build" >> beam.FlatMap(self._shard, beam.pvalue.AsSingleton(self.item_index))
               .with_output_types(Tuple[str, int])  # the main output; files are tagged
-              .with_outputs(_SHARD_FILES, main="history_lens"))
+              .with_outputs(_SHARD_FILES, _TRAINING_COUNTS, main="history_lens"))
     written = []
     for split in SPLITS:
       written.append(
@@ -369,6 +375,7 @@ class WriteExampleShards(beam.PTransform):
           | f"Write{split.title()}" >> sinks.WriteFiles(
               f"{self.output_dir}/{split}", sinks.TFRecordFileSink, self.temp_directory))
     return {"history_lens": shards.history_lens,
+            "training_counts": shards[_TRAINING_COUNTS] | "SumCounts" >> beam.CombinePerKey(sum),
             "written": tuple(written) | "AllWritten" >> beam.Flatten()}
 
   def _shard(self, shard_events, item_index):
@@ -378,10 +385,15 @@ class WriteExampleShards(beam.PTransform):
       e = dict(zip(EVENT_FIELDS, row))
       by_user[e["user"]].append(e)
     payloads = {split: [] for split in SPLITS}
+    training_counts = collections.Counter()
+    split_fn = self.example_args[3]
     for user in sorted(by_user):
       for ex in user_examples((user, by_user[user]), item_index, *self.example_args):
         payloads[ex.split].append(ex.payload)
         yield ex.split, ex.history_len
+      training_counts.update(training_items(by_user[user], split_fn))
+    for item, count in sorted(training_counts.items()):
+      yield beam.pvalue.TaggedOutput(_TRAINING_COUNTS, (item, count))
     for split, records in payloads.items():
       beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"examples_{split}").inc(len(records))
       name = shard_file(shard, self.num_shards, ".tfrecord")
@@ -389,6 +401,13 @@ class WriteExampleShards(beam.PTransform):
 
 
 _SHARD_FILES = "shard_files"
+_TRAINING_COUNTS = "training_counts"
+
+
+def training_items(events: List[Dict], split_fn) -> List[str]:
+  """Items of a user's events that `split_fn` keeps in the train split (no held-out target)."""
+  events = sorted(events, key=lambda e: (e["time"], e["order"]))
+  return [e["item"] for e, split in zip(events, split_fn(events)) if split == "train"]
 
 
 def catalog_csv(rows: List[Dict], tag_ids: Dict[str, int], author_ids: Dict[str, int]) -> str:

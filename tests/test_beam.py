@@ -1,6 +1,7 @@
 """The build job: transforms in TestPipeline, and the whole job on a corrupted log."""
 
 import collections
+import csv
 import glob
 import hashlib
 import json
@@ -149,6 +150,14 @@ def test_build_accounts_for_every_row_and_is_byte_identical(corrupted_log, tmp_p
                     + list(ex[features.TARGET_ITEM].int64_list.value))
   assert seen == {u: [index[item] for _, _, item in sorted(events)] for u, events in expected.items()}
   assert meta["splits"]["test"]["examples"] == meta["splits"]["valid"]["examples"] == c["users"]
+  # catalog.csv counts (logQ's sampling probability) hold no valid or test target.
+  training = collections.Counter(item for events in expected.values()
+                                 for _, _, item in sorted(events)[:-2 if len(events) >= 3 else None])
+  with open(tmp_path / "a" / "catalog.csv") as f:
+    catalog = list(csv.DictReader(f))
+  assert {r["item_id"]: int(r["count"]) for r in catalog} == {
+      item: training[item] for item in index}
+  assert sum(float(r["sampling_probability"]) for r in catalog) == pytest.approx(1.0)
   first = _digest(tmp_path / "a")
   shutil.rmtree(tmp_path / "a")
   # Same input and flags, another execution mode: 2 worker processes.
