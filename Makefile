@@ -51,7 +51,8 @@ bench-cost: venv
 # Sequence length, query tokens, layers, compression on ml-latest-small and synthetic: 34 runs,
 # 43 min measured on 2 cores shared with other jobs.
 bench-ablation: venv
-	$(PY) -m benchmarks.ablation --epochs 3 --steps 100 --batch_size 64 --seeds 0
+	$(PY) -m benchmarks.ablation --datasets ml,games --train_seconds 120 --steps 50 \
+	    --validation_examples 2048 --eval_examples 10000 --batch_size 64 --seeds 0
 	$(PY) -m benchmarks.report
 
 bench-serving: venv tools
@@ -86,6 +87,9 @@ bench-sasrec: venv
 # Ablation points again with 3x the steps: do the disagreements come from the budget?
 bench-ablation-budget: venv
 	$(PY) -m benchmarks.ablation --datasets synthetic --max_lens 8,64 --query_tokens 1,7 \
-	    --layers 1,5 --compressed_len 0 --epochs 3 --steps 300 --batch_size 64 --seeds 0 \
-	    --compare_to benchmarks/results/ablation.json
+	    --layers 1,5 --compressed_len 0 --training_targets last --epochs 3 --steps 100 \
+	    --batch_size 64 --seeds 0 --output /tmp/tfkf-ablation-300-steps.json
+	$(PY) -m benchmarks.ablation --datasets synthetic --max_lens 8,64 --query_tokens 1,7 \
+	    --layers 1,5 --compressed_len 0 --training_targets last --epochs 3 --steps 300 \
+	    --batch_size 64 --seeds 0 --compare_to /tmp/tfkf-ablation-300-steps.json
 	$(PY) -m benchmarks.report

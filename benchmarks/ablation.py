@@ -8,19 +8,28 @@ One base point (preset small: d 64, 2 heads, ffn 128; --base_len events plain,
   num_layers        --layers
   compression       off / on at --compressed_len events (--compression_windows)
 
-Data sets: ml-latest-small (the build's --format=movielens: long histories) and
-the planted synthetic short-video log (beam_pipelines.synthetic, with longer
-histories than its defaults so that 256 events exist). Each is built once at
-the longest length and cached in --cache_dir; the reader keeps the latest
-max_len events of each history. Every distinct config trains for the same
-budget (two worker processes on 2 cores), then records:
+Data sets: the two shared logs of bench-quality (`ml`: ml-latest-small, each user's
+last 10 events held out; `games`: SASRec Amazon Games, leave-one-out), ml-latest-small
+leave-one-out (`movielens`) and the planted synthetic short-video log (`synthetic`,
+beam_pipelines.synthetic, with longer histories than its defaults so that 256 events
+exist). Each is built at the longest length and cached in --cache_dir; the reader keeps
+the latest max_len events of each history.
+
+Training mode (--training_targets): `every_event` (the sequence-level training of the
+cpu preset) trains each point on a --layout=chunks build whose chunks are its own
+uncompressed latest events (one build per distinct length; their valid and test splits
+are the same examples), about --targets_per_batch targets per batch; `last` (the
+paper's one target per example) on the per-target build. Every distinct config gets
+the same budget, --train_seconds of wall time (or, at 0, --epochs x --steps), two
+worker processes on 2 cores, then records:
 
   * validation in-batch accuracy at the fixed --batch_size (the paper's metric),
   * full-ranking HR@{50,100,500} on the test split (tfkf.evaluate's protocol,
     history items excluded),
   * parameter counts (total, and the transformer without the embedding tables).
 
-  python -m benchmarks.ablation --epochs 3 --steps 100 --batch_size 64 --seeds 0
+  python -m benchmarks.ablation --datasets ml,games --train_seconds 120 --steps 50 \
+      --validation_examples 2048 --batch_size 64 --seeds 0
 
 With --compare_to=<an earlier ablation.json> it is a budget check instead: the points
 run here (usually a subset, with more steps) are set beside the same points of the
@@ -38,7 +47,8 @@ import statistics
 import tempfile
 import time
 
-from benchmarks import common
+from benchmarks import common, quality
+from benchmarks.quality import UNLIMITED_EPOCHS
 
 ML_DIR = os.path.join(os.path.dirname(common.ROOT), "shared", "data", "movielens_latest_small")
 # = tfkf.features.COMPRESSION_WINDOWS, copied so the parent process never loads TensorFlow.
@@ -51,8 +61,14 @@ PAPER = {"max_len": {"8": 0.325, "64": 0.417, "256": 0.441},
 HR_CUTOFFS = (50, 100, 500)
 
 
-def build_data(name: str, args) -> str:
-  """The built data set `name` (cached by its build flags): its data_dir."""
+def build_data(name: str, args, chunk_len: int = 0) -> str:
+  """The built data set `name` (cached by its build flags): its data_dir. chunk_len > 0: the
+  --layout=chunks build of that many targets per example."""
+  if name in quality.DATASETS:
+    spec = quality.DATASETS[name]
+    suffix = f"chunks{chunk_len}" if chunk_len else "prefix"
+    out = os.path.join(args.cache_dir, name, suffix)
+    return quality.build(spec, out, args.build_len, *quality.build_flags(suffix, spec))["dir"]
   if name == "movielens":
     raw = {"ratings": args.movielens_ratings, "movies": args.movielens_movies}
     gen = None
@@ -62,6 +78,8 @@ def build_data(name: str, args) -> str:
            f"--min_events={args.min_events}", f"--max_events={args.max_events}"]
     build = ["--format=kuairand", f"--max_examples_per_user={args.max_examples_per_user}"]
   build += ["--runner=DirectRunner", f"--max_len={args.build_len}"]
+  if chunk_len:
+    build += ["--layout=chunks", f"--chunk_len={chunk_len}"]
   key = hashlib.sha1(json.dumps([name, gen, build]).encode()).hexdigest()[:12]
   root = os.path.join(args.cache_dir, f"{name}-{key}")
   data_dir = os.path.join(root, "data")
@@ -88,6 +106,12 @@ def points(args) -> dict:
   return axes
 
 
+def latest_events(overrides: dict) -> int:
+  """= KuaiFormerConfig.num_latest_events (here without loading TensorFlow): every_event's
+  targets per history, the chunk length of the point's build."""
+  return overrides["max_len"] - sum(overrides["compression_windows"])
+
+
 def train_point(data_dir: str, model_dir: str, overrides: dict, seed: int, budget: dict) -> dict:
   """Trains one config (in a worker process) and measures it."""
   import tensorflow as tf
@@ -97,12 +121,18 @@ def train_point(data_dir: str, model_dir: str, overrides: dict, seed: int, budge
   from tfkf.checkpoint import load_trained
   tf.keras.backend.clear_session()
   start = time.perf_counter()
+  overrides = {**overrides, "training_targets": budget["training_targets"]}
+  validation = budget["validation_examples"]
   history = train.train(train.parse_args([
       f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--preset=small",
       f"--config_overrides={json.dumps(overrides)}", f"--epochs={budget['epochs']}",
       f"--steps_per_epoch={budget['steps_per_epoch']}", f"--batch_size={budget['batch_size']}",
-      f"--seed={seed}", "--patience=1000", "--verbose=0"]))
+      f"--targets_per_batch={budget['targets_per_batch']}",
+      f"--max_train_seconds={budget['train_seconds']}",
+      *([f"--validation_steps={-(-validation // budget['batch_size'])}"] if validation else []),
+      f"--seed={seed}", "--patience=1000000", "--verbose=0"]))
   train_s = time.perf_counter() - start
+  best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
   model = load_trained(model_dir, Catalog.load(data_dir))
   c = model.config
   ranking = evaluate.evaluate(evaluate.model_scorer(model), data_dir, "test", c.max_len,
@@ -111,8 +141,10 @@ def train_point(data_dir: str, model_dir: str, overrides: dict, seed: int, budge
   backbone = [*tower.blocks, tower.query_tokens, tower.final_norm]
   backbone += [tower.compressor] if tower.compressor is not None else []
   shutil.rmtree(model_dir, ignore_errors=True)
-  return {"val_in_batch_accuracy": history["val_in_batch_accuracy"][-1],
-          "val_loss": history["val_loss"][-1], "train_s": train_s,
+  # The kept weights are those of the lowest validation loss (EarlyStopping restores them).
+  return {"val_in_batch_accuracy": history["val_in_batch_accuracy"][best],
+          "val_loss": history["val_loss"][best], "train_s": train_s,
+          "steps": len(history["val_loss"]) * budget["steps_per_epoch"],
           **{f"hr@{k}": ranking[f"hr@{k}"] for k in HR_CUTOFFS}, "test_examples": ranking["examples"],
           "params_total": int(model.count_params()),
           "params_transformer": int(sum(layer.count_params() for layer in backbone)),
@@ -125,20 +157,28 @@ def _cost(overrides: dict) -> int:
 
 
 def run(args) -> dict:
-  budget = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch_size,
-            "eval_examples": args.eval_examples}
+  every_event = args.training_targets == "every_event"
+  budget = {"epochs": UNLIMITED_EPOCHS if args.train_seconds else args.epochs,
+            "steps_per_epoch": args.steps, "batch_size": args.batch_size,
+            "train_seconds": args.train_seconds, "training_targets": args.training_targets,
+            "targets_per_batch": args.targets_per_batch,
+            "validation_examples": args.validation_examples, "eval_examples": args.eval_examples}
   axes = points(args)
   unique = {json.dumps(o, sort_keys=True): o for axis in axes.values() for o in axis.values()}
+  chunk_len = lambda key: latest_events(unique[key]) if every_event else 0
   datasets, jobs = {}, []
   for name in args.datasets:
     start = time.perf_counter()
+    data_dirs = {n: build_data(name, args, n) for n in sorted({chunk_len(k) for k in unique})}
+    # The summary's data: the per-target build (its splits are every build's valid and test).
     data_dir = build_data(name, args)
     with open(os.path.join(data_dir, "metadata.json")) as f:
       meta = json.load(f)
     datasets[name] = {"build_or_cache_s": time.perf_counter() - start, "data_dir": data_dir,
                       "items": meta["counts"]["items"], "splits": meta["splits"],
-                      "build_flags": meta["flags"]}
-    jobs += [(name, key, seed, data_dir) for key in unique for seed in args.seeds]
+                      "build_flags": meta["flags"],
+                      "train_builds": {str(n): d for n, d in data_dirs.items()}}
+    jobs += [(name, key, seed, data_dirs[chunk_len(key)]) for key in unique for seed in args.seeds]
   jobs.sort(key=lambda j: -_cost(unique[j[1]]))
   spawn = multiprocessing.get_context("spawn")  # fresh TensorFlow per worker, not a fork
   with (tempfile.TemporaryDirectory(prefix="bench-ablation-") as work,
@@ -165,7 +205,8 @@ def _summary(runs: list, overrides: dict) -> dict:
   """Per-seed lists, their medians, and what does not depend on the seed."""
   out = {"config": overrides, **{k: runs[0][k] for k in
                                  ("params_total", "params_transformer", "sequence_tokens")}}
-  for metric in ("val_in_batch_accuracy", "val_loss", "train_s", *(f"hr@{k}" for k in HR_CUTOFFS)):
+  for metric in ("val_in_batch_accuracy", "val_loss", "train_s", "steps",
+                 *(f"hr@{k}" for k in HR_CUTOFFS)):
     values = [r[metric] for r in runs]
     out[metric] = values
     out[f"median_{metric}"] = statistics.median(values)
@@ -179,7 +220,8 @@ def _ints(text: str) -> list:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--datasets", type=lambda s: s.split(","), default=["movielens", "synthetic"])
+  p.add_argument("--datasets", type=lambda s: s.split(","), default=["ml", "games"],
+                 help=f"of {sorted(quality.DATASETS)}, movielens, synthetic")
   p.add_argument("--max_lens", type=_ints, default=[8, 16, 32, 64, 128, 256])
   p.add_argument("--query_tokens", type=_ints, default=[1, 2, 3, 4, 5, 6, 7])
   p.add_argument("--layers", type=_ints, default=[1, 2, 3, 4, 5])
@@ -189,9 +231,16 @@ def main(argv=None):
   p.add_argument("--base_layers", type=int, default=2)
   p.add_argument("--base_query_tokens", type=int, default=4)
   p.add_argument("--seeds", type=_ints, default=[0])
+  p.add_argument("--training_targets", choices=["every_event", "last"], default="every_event")
+  p.add_argument("--targets_per_batch", type=int, default=2048, help="every_event")
+  p.add_argument("--train_seconds", type=float, default=0,
+                 help="wall-clock budget per point (0: --epochs x --steps)")
   p.add_argument("--epochs", type=int, default=3)
   p.add_argument("--steps", type=int, default=100, help="steps per epoch")
-  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--batch_size", type=int, default=64,
+                 help="validation batches (in-batch accuracy); last: training batches too")
+  p.add_argument("--validation_examples", type=int, default=0,
+                 help="valid examples per validation (0: the whole split)")
   p.add_argument("--eval_examples", type=int, default=None, help="cap on test examples ranked")
   p.add_argument("--parallel", type=int, default=2, help="worker processes")
   p.add_argument("--movielens_ratings", default=os.path.join(ML_DIR, "ratings.csv"))

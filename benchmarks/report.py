@@ -134,9 +134,8 @@ def _ablation(r) -> list:
            "",
            (f"Preset `{r['preset']}` (d 64, 2 heads, ffn 128, dropout 0); base point "
            f"{base['max_len']} events plain, k {base['num_query_tokens']}, "
-           f"L {base['num_layers']}; each axis varies one field from it. Equal budget for "
-           f"every point: {b['epochs']} × {b['steps_per_epoch']} steps at batch "
-           f"{b['batch_size']}; seeds {r['seeds']}. In-batch accuracy: validation split, fixed "
+           f"L {base['num_layers']}; each axis varies one field from it. {_ablation_budget_text(b)}; "
+           f"seeds {r['seeds']}. In-batch accuracy: validation split, fixed "
            f"batch {b['batch_size']} (the paper's metric; the paper's own batch size is not in our "
            "notes, so compare trends, not levels). HR@K: full ranking of the test split, history "
            "items excluded. Paper numbers are the ones known (DESIGN.md §1); blank where unknown."),
@@ -149,8 +148,8 @@ def _ablation(r) -> list:
               f"{s['train']['mean_history_len']:.0f} events (build max_len "
               f"{d['build_flags']['max_len']})."), "",
               ("| axis | value | params (transformer / total) | tokens | in-batch acc | paper | "
-               "HR@50 | HR@100 | HR@500 | train (s) |"),
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               "HR@50 | HR@100 | HR@500 | train (s) | steps |"),
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for axis in [a for a in AXIS_TITLES if a in d["axes"]]:
       values, paper = d["axes"][axis], r["paper"].get(axis)
       for value in _axis_values(axis, values):
@@ -162,9 +161,11 @@ def _ablation(r) -> list:
         lines.append(
             f"| {axis} | {value} | {v['params_transformer']:,} / {v['params_total']:,} | "
             f"{v['sequence_tokens']} | {acc} | {known} | {v['median_hr@50']:.3f} | "
-            f"{v['median_hr@100']:.3f} | {v['median_hr@500']:.3f} | {v['median_train_s']:.0f} |")
+            f"{v['median_hr@100']:.3f} | {v['median_hr@500']:.3f} | {v['median_train_s']:.0f} | "
+            f"{v.get('median_steps', _steps(b)):,.0f} |")
     # Validation batches are full (drop_remainder), so that many examples are scored.
-    n = s["valid"]["examples"] // b["batch_size"] * b["batch_size"]
+    n = min(s["valid"]["examples"], b.get("validation_examples") or s["valid"]["examples"])
+    n = n // b["batch_size"] * b["batch_size"]
     p = statistics.median(v["median_val_in_batch_accuracy"] for axis in d["axes"].values()
                           for v in axis.values())
     se = math.sqrt(p * (1 - p) / n)
@@ -174,6 +175,17 @@ def _ablation(r) -> list:
               f"Trends beside the paper's ({name}; a change under 2 standard errors is noise):", "",
               *_trends(d, r["paper"], se), ""]
   return lines + [f"Paper on query tokens: {r['paper']['num_query_tokens']}.", ""]
+
+
+def _ablation_budget_text(b) -> str:
+  if b.get("training_targets", "last") == "last":
+    mode = f"the paper's one target per example, batch {b['batch_size']}"
+  else:
+    mode = (f"every_event training (about {b['targets_per_batch']:,} targets per batch, each "
+            "point on a chunk build of its own latest events)")
+  amount = (f"{b['train_seconds']:.0f} s of wall time" if b.get("train_seconds")
+            else f"{b['epochs']} × {b['steps_per_epoch']} steps")
+  return f"Equal budget for every point: {amount}, {mode}"
 
 
 def _trends(d, paper, se: float) -> list:

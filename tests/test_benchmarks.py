@@ -65,6 +65,9 @@ def test_ablation_benchmark(tmp_path):
   result = json.loads(out.read_text())
   axes = result["datasets"]["synthetic"]["axes"]
   assert set(axes) == {"max_len", "num_query_tokens", "num_layers", "compression"}
+  # every_event (the default): each point trains on chunks of its own uncompressed latest events.
+  assert result["budget"]["training_targets"] == "every_event"
+  assert set(result["datasets"]["synthetic"]["train_builds"]) == {"8", "4"}
   base = axes["max_len"]["8"]
   # The base point is trained once and shared by every axis.
   assert base == axes["num_layers"]["1"] == axes["num_query_tokens"]["2"] == axes["compression"]["off"]
