@@ -105,16 +105,15 @@ AXIS_TITLES = {"max_len": "Sequence length (plain)", "num_query_tokens": "Query 
 # Why an axis may not follow the paper here; printed beside any axis that does not agree.
 # The common cause, the budget, is put to the test by the budget check section.
 LIKELY_CAUSES = {
-    "max_len": ("every point gets the same few steps (well under one epoch), and a model this early "
-                "in training leans on the latest events, which every length has; on synthetic, the "
-                "generator switches the current interest with probability 0.25 per event, so events "
-                "more than a few back say little about the next one. The paper trains on billions "
-                "of events."),
+    "max_len": ("at an equal short budget a longer history costs more per step, so it gets fewer "
+                "steps (see the steps column), and a model early in training leans on the latest "
+                "events, which every length has. The paper trains on billions of events."),
     "num_query_tokens": ("every extra query token is one more interest vector to learn from the "
-                         "same few steps, and the max-sim loss trains only the best-matching one per "
-                         "example; synthetic users hold 2-4 interests."),
-    "num_layers": ("a deeper stack has more weights to fit from the same few steps and learns "
-                   "more slowly at first; the paper's deeper models were trained to convergence."),
+                         "same short budget (and, at equal wall time, fewer steps), and the max-sim "
+                         "loss trains only the best-matching one per target."),
+    "num_layers": ("a deeper stack has more weights to fit, costs more per step (fewer steps at "
+                   "equal wall time) and learns more slowly at first; the paper's deeper models "
+                   "were trained to convergence."),
     "compression": ("both 256-event variants are far from trained at this budget, where the "
                     "compressed one (about a quarter of the tokens) learns faster per step."),
 }
@@ -134,7 +133,8 @@ def _ablation(r) -> list:
            "",
            (f"Preset `{r['preset']}` (d 64, 2 heads, ffn 128, dropout 0); base point "
            f"{base['max_len']} events plain, k {base['num_query_tokens']}, "
-           f"L {base['num_layers']}; each axis varies one field from it. {_ablation_budget_text(b)}; "
+           f"L {base['num_layers']}; each axis varies one field from it. Equal budget for every point: "
+           f"{_ablation_budget_text(b)}; "
            f"seeds {r['seeds']}. In-batch accuracy: validation split, fixed "
            f"batch {b['batch_size']} (the paper's metric; the paper's own batch size is not in our "
            "notes, so compare trends, not levels). HR@K: full ranking of the test split, history "
@@ -185,7 +185,7 @@ def _ablation_budget_text(b) -> str:
             "point on a chunk build of its own latest events)")
   amount = (f"{b['train_seconds']:.0f} s of wall time" if b.get("train_seconds")
             else f"{b['epochs']} × {b['steps_per_epoch']} steps")
-  return f"Equal budget for every point: {amount}, {mode}"
+  return f"{amount}, {mode}"
 
 
 def _trends(d, paper, se: float) -> list:
@@ -221,10 +221,10 @@ def _ablation_budget(r) -> list:
   before, after = r["compared_to"]["budget"], r["budget"]
   lines = [f"## Ablation budget check: {_steps(after)} steps instead of {_steps(before)} "
            "(`make bench-ablation-budget`)", "",
-           (f"The same points as the ablation grid above (same data, preset, batch {after['batch_size']}, "
-            f"seeds {r['seeds']}), trained {_steps(after) / _steps(before):g}× as long. If the "
-            "disagreements above come from the tiny budget, the first-to-last change of each axis "
-            "moves toward the paper's sign here."), ""]
+           (f"Points of a step-budgeted grid ({_ablation_budget_text(before)}; preset "
+            f"{r['preset']}, seeds {r['seeds']}) trained {_steps(after) / _steps(before):g}× as "
+            "long. If its disagreements with the paper come from the tiny budget, the first-to-last "
+            "change of each axis moves toward the paper's sign here."), ""]
   for name, d in r["datasets"].items():
     earlier = r["compared_to"]["datasets"][name]
     lines += [f"### {name}", "", f"| axis | value | in-batch acc at {_steps(before)} steps | "
