@@ -270,6 +270,11 @@ class TimeSplit:
             ("valid" if e["time"] < self.split_time else "test") for e in events]
 
 
+def time_ordered(events: List[Dict]) -> List[Dict]:
+  """A user's events in time order, ties in log order (source file, line)."""
+  return sorted(events, key=lambda e: (e["time"], e["order"]))
+
+
 def encode_events(events: List[Dict], item_index: Dict[str, int]) -> Dict[str, np.ndarray]:
   """Sorted events -> id and bucket arrays, through tfkf.features."""
   encoded = {"item": np.array([item_index.get(e["item"], features.OOV_ID) for e in events], np.int64)}
@@ -296,7 +301,7 @@ def user_examples(user_events, item_index, max_len, stride, max_examples_per_use
   chunk's other targets are not.
   """
   user, events = user_events
-  events = sorted(events, key=lambda e: (e["time"], e["order"]))
+  events = time_ordered(events)
   # Python lists: slicing them and filling protos is far faster than from NumPy scalars.
   enc = {name: values.tolist() for name, values in encode_events(events, item_index).items()}
   splits = split_fn(events)
@@ -351,6 +356,7 @@ class WriteExampleShards(beam.PTransform):
     self.output_dir = output_dir
     self.num_shards = num_shards
     self.item_index = item_index
+    self.split_fn = split_fn
     self.example_args = (max_len, stride, max_examples_per_user, split_fn, chunks)
     self.temp_directory = temp_directory
 
@@ -386,12 +392,12 @@ class WriteExampleShards(beam.PTransform):
       by_user[e["user"]].append(e)
     payloads = {split: [] for split in SPLITS}
     training_counts = collections.Counter()
-    split_fn = self.example_args[3]
     for user in sorted(by_user):
-      for ex in user_examples((user, by_user[user]), item_index, *self.example_args):
+      events = time_ordered(by_user[user])  # sorted once: the two sorts below are then linear
+      for ex in user_examples((user, events), item_index, *self.example_args):
         payloads[ex.split].append(ex.payload)
         yield ex.split, ex.history_len
-      training_counts.update(training_items(by_user[user], split_fn))
+      training_counts.update(training_items(events, self.split_fn))
     for item, count in sorted(training_counts.items()):
       yield beam.pvalue.TaggedOutput(_TRAINING_COUNTS, (item, count))
     for split, records in payloads.items():
@@ -406,7 +412,7 @@ _TRAINING_COUNTS = "training_counts"
 
 def training_items(events: List[Dict], split_fn) -> List[str]:
   """Items of a user's events that `split_fn` keeps in the train split (no held-out target)."""
-  events = sorted(events, key=lambda e: (e["time"], e["order"]))
+  events = time_ordered(events)
   return [e["item"] for e, split in zip(events, split_fn(events)) if split == "train"]
 
 

@@ -214,7 +214,7 @@ def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len
   stats = {"examples": 0, "targets": 0, "first_events": 0, "history_lens": []}
   empty = {k: np.zeros(0, np.int64) for k in HISTORY_KEYS}
   for user in sorted(by_user):
-    user_events = sorted(by_user[user], key=lambda e: (e["time"], e["order"]))
+    user_events = T.time_ordered(by_user[user])
     old = state.histories.get(user, empty)
     new = T.encode_events(user_events, item_index)
     enc = {k: old[k].tolist() + new[k].tolist() for k in HISTORY_KEYS}

@@ -90,9 +90,13 @@ def test_ablation_benchmark(tmp_path):
   assert f"| compression | on | {acc} | {acc} | 0.445 |" in render([check])
   with pytest.raises(SystemExit, match="no synthetic point num_layers=5"):
     earlier_points(result, {"datasets": {"synthetic": {"axes": {"num_layers": {"5": {}}}}}})
-  from benchmarks.ablation import PAPER_WINDOWS
+  from benchmarks.ablation import PAPER_WINDOWS, latest_events
+  from tfkf.config import PRESETS
   from tfkf.features import COMPRESSION_WINDOWS
   assert PAPER_WINDOWS == COMPRESSION_WINDOWS  # the copy the benchmark's default uses
+  for point in (base["config"], on["config"]):  # its TensorFlow-free copy of num_latest_events
+    assert latest_events(point) == PRESETS["small"].replace(
+        **{**point, "compression_windows": tuple(point["compression_windows"])}).num_latest_events
 
 
 def test_serving_benchmark(briefly_trained, tmp_path):
