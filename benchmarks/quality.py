@@ -115,14 +115,20 @@ def build(spec, out: str, max_len: int, *extra: str) -> dict:
           "users": meta["counts"]["users"], "events": meta["counts"]["rows_accepted"]}
 
 
-def train(data_dir: str, model_dir: str, flags, args, curve_dir: str = None) -> dict:
-  """Runs tfkf.train; with curve_dir, a learning curve on the valid split of that build."""
+def train_command(data_dir: str, model_dir: str, flags, args, curve_dir: str = None) -> list:
+  """tfkf.train's arguments (after the interpreter); with curve_dir, a learning curve on the
+  valid split of that build."""
   curve = ([f"--curve_data_dir={curve_dir}", f"--curve_examples={args.curve_examples}",
             f"--curve_every_seconds={args.curve_every_seconds}"] if curve_dir else [])
-  cmd = [sys.executable, "-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-         *flags, f"--epochs={args.max_epochs}", f"--steps_per_epoch={args.steps_per_epoch}",
-         f"--validation_steps={args.validation_steps}", f"--max_train_seconds={args.train_seconds}",
-         "--patience=1000000", f"--seed={args.seed}", "--verbose=2", *curve]
+  return ["-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}", *flags,
+          f"--epochs={args.max_epochs}", f"--steps_per_epoch={args.steps_per_epoch}",
+          f"--validation_steps={args.validation_steps}", f"--max_train_seconds={args.train_seconds}",
+          "--patience=1000000", f"--seed={args.seed}", "--verbose=2", *curve]
+
+
+def train(data_dir: str, model_dir: str, flags, args, curve_dir: str = None) -> dict:
+  """Runs tfkf.train (train_command)."""
+  cmd = [sys.executable, *train_command(data_dir, model_dir, flags, args, curve_dir)]
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
          "PYTHONPATH": common.ROOT}
   start = time.perf_counter()
@@ -168,6 +174,39 @@ def add_intervals(results: dict, ranks: dict, users, args) -> dict:
           for other, theirs in values.items() if ours and other != "kuaiformer"}
 
 
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+TRAINING_RECORD = ("train_seconds", "epochs", "steps", "final_loss", "final_val_loss", "command",
+                   "learning_curve")
+
+
+def reused_record(key: str, name: str, model_dir: str, command: list, builds: dict,
+                  args) -> dict:
+  """The training record of `name` in --reuse_from, whose saved run is evaluated again
+  instead of trained: the same tfkf.train `command` (budget, flags, run dir), the same
+  builds, and the run dir still holds that run (its learning curve is the record's)."""
+  previous = read_json(args.reuse_from)
+  where = f"--reuse={name}: {args.reuse_from}"
+  dataset = previous["datasets"].get(key)
+  if not dataset or name not in dataset["models"]:
+    raise SystemExit(f"{where} has no {name} run on {key}")
+  record = dataset["models"][name]
+  if record["command"] != " ".join(command):
+    raise SystemExit(f"{where} was trained by another command:\n{record['command']}\n"
+                     f"this run's:\n{' '.join(command)}")
+  used = (record["train_data"], "prefix")  # its training data, and every model's test split
+  if [dataset["builds"].get(data) for data in used] != [builds[data] for data in used]:
+    raise SystemExit(f"{where} was measured on other builds than this run's")
+  curve = os.path.join(model_dir, "learning_curve.json")
+  if not os.path.exists(curve) or read_json(curve) != record["learning_curve"]:
+    raise SystemExit(f"{where}: {model_dir} no longer holds that run")
+  return {**{k: record[k] for k in TRAINING_RECORD},
+          "reused_from": {"path": args.reuse_from, "date": previous["date"]}}
+
+
 def run_dataset(key: str, args) -> dict:
   import tfkf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
   from tfkf import evaluate
@@ -203,8 +242,12 @@ def run_dataset(key: str, args) -> dict:
   for name, (data, flags) in trained.items():
     data_dir = builds[data]["dir"]
     model_dir = os.path.join(work, "runs", name)
-    shutil.rmtree(model_dir, ignore_errors=True)  # a backup/ left there would resume, not train
-    fitted = train(data_dir, model_dir, flags, args, curve_dir=eval_dir)
+    if name in args.reuse:
+      command = train_command(data_dir, model_dir, flags, args, curve_dir=eval_dir)
+      fitted = reused_record(key, name, model_dir, command, builds, args)
+    else:
+      shutil.rmtree(model_dir, ignore_errors=True)  # a backup/ left there would resume, not train
+      fitted = train(data_dir, model_dir, flags, args, curve_dir=eval_dir)
     model = load_trained(model_dir, catalog)
     metrics, ranks[name] = evaluate_all(evaluate.model_scorer(model), eval_dir,
                                         model.config.max_len, negatives, args,
@@ -264,7 +307,13 @@ def parse_args(argv=None):
                  help="KEY=PATH: another log for a shared data set (the smoke test's tiny one)")
   p.add_argument("--models", type=lambda s: s.split(","),
                  default=["kuaiformer", "sasrec_bce", "sasrec_in_batch"], help="trained models")
-  p.add_argument("--work_dir", default="/tmp/bench-quality", help="builds are cached here")
+  p.add_argument("--reuse", type=lambda s: s.split(","), default=[],
+                 help="models of --models evaluated from their saved run in --work_dir instead "
+                      "of trained again (e.g. the baselines, when only KuaiFormer changed)")
+  p.add_argument("--reuse_from", default=None,
+                 help="with --reuse: the results JSON that recorded those runs")
+  p.add_argument("--work_dir", default="/tmp/bench-quality",
+                 help="builds are cached here, trained runs kept in <data set>/runs")
   p.add_argument("--max_len", type=int, default=256, help="the prefix build and KuaiFormer")
   p.add_argument("--train_seconds", type=float, default=360)
   p.add_argument("--max_epochs", type=int, default=UNLIMITED_EPOCHS,
@@ -306,6 +355,8 @@ def parse_args(argv=None):
                            "sasrec_max_len": args.sasrec_max_len}
     args.datasets = (args.datasets or []) + [args.name]
   args.datasets = args.datasets or ["games", "ml"]
+  if args.reuse and not args.reuse_from:
+    p.error("--reuse needs --reuse_from")
   return args
 
 

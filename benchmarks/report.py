@@ -620,6 +620,11 @@ def _quality(r) -> list:
           f"{m['sampled']['ndcg@10']:.4f} | {cell('full', 'hr@10')} | {cell('full', 'hr@50')} | "
           f"{cell('full', 'hr@100')} | {cell('full', 'hr@500')} | {cell('full', 'ndcg@10')} | "
           f"{m['full']['mrr']:.4f} | {params} | {seconds} | {steps} |")
+    reused = [f"{QUALITY_NAMES.get(n, n)} ({m['reused_from']['date'][:10]})"
+              for n, m in d["models"].items() if "reused_from" in m]
+    if reused:
+      lines += ["", "Evaluated from the saved run of an earlier invocation with the same builds "
+                    "and budget (`--reuse`), not trained again: " + ", ".join(reused) + "."]
     if d.get("kuaiformer_minus"):
       lines += ["", "KuaiFormer minus each model, paired over the same test examples, with its "
                     "95% interval: " + "; ".join(

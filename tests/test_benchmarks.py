@@ -156,12 +156,13 @@ def test_quality_benchmark(tmp_path):
   log = tmp_path / "tiny.txt"  # sasrec format: 60 users, 4-9 events each, line order is time
   log.write_text("".join(f"{u} {i}\n" for u in range(60) for i in rng.integers(1, 80, rng.integers(4, 10))))
   out = tmp_path / "quality.json"
-  cli.run("benchmarks.quality", "--datasets=games", f"--override_input=games={log}",
-          f"--work_dir={tmp_path / 'work'}", "--models=kuaiformer", "--max_len=16",
-          '--kuaiformer_overrides={"d_model": 16, "num_heads": 1, "num_layers": 1, "ffn_dim": 16, '
-          '"compression_windows": [8], "num_query_tokens": 2}', "--max_epochs=1",
-          "--steps_per_epoch=2", "--validation_steps=1", "--train_seconds=0",
-          "--kuaiformer_batch_size=16", "--num_negatives=10", f"--output={out}")
+  flags = ["--datasets=games", f"--override_input=games={log}", f"--work_dir={tmp_path / 'work'}",
+           "--models=kuaiformer", "--max_len=16",
+           '--kuaiformer_overrides={"d_model": 16, "num_heads": 1, "num_layers": 1, '
+           '"ffn_dim": 16, "compression_windows": [8], "num_query_tokens": 2}',
+           "--max_epochs=1", "--steps_per_epoch=2", "--validation_steps=1",
+           "--train_seconds=0", "--kuaiformer_batch_size=16", "--num_negatives=10"]
+  cli.run("benchmarks.quality", *flags, f"--output={out}")
   result = json.loads(out.read_text())
   models = result["datasets"]["games"]["models"]
   assert set(models) == {"most_popular", "item_knn", "kuaiformer"}
@@ -190,6 +191,14 @@ def test_quality_benchmark(tmp_path):
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
   assert "![learning curves](benchmarks/plots/learning_curve_games.png)" in text
   assert "KuaiFormer minus each model, paired" in text and "95% bootstrap interval" in text
+  # --reuse: the saved run evaluated again, not trained: the same ranks, the same record.
+  again = tmp_path / "again.json"
+  cli.run("benchmarks.quality", *flags, "--reuse=kuaiformer", f"--reuse_from={out}",
+          f"--output={again}")
+  reused = json.loads(again.read_text())["datasets"]["games"]["models"]["kuaiformer"]
+  assert reused["full"] == trained["full"] and reused["command"] == trained["command"]
+  assert reused["reused_from"] == {"path": str(out), "date": result["date"]}
+  assert "not trained again: KuaiFormer" in render([json.loads(again.read_text())])
 
 
 def test_quality_benchmark_takes_a_users_own_log():

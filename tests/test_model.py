@@ -55,6 +55,19 @@ def test_more_left_padding_leaves_the_interests_unchanged():
   np.testing.assert_allclose(wide(longer).numpy(), model(short).numpy(), atol=1e-5)
 
 
+def test_embedding_dropout_drops_history_tokens_while_training_only():
+  config = PRESETS["small"].replace(compression_windows=(), max_len=24, embedding_dropout=0.5,
+                                    event_feature_dropout=0.0)
+  model = model_for(config)
+  batch = histories(config, [24, 24])
+  kept, _ = model.user_tower.events(batch)
+  dropped, _ = model.user_tower.events(batch, training=True)
+  np.testing.assert_allclose(model.user_tower.events(batch)[0].numpy(), kept.numpy())
+  zero = dropped.numpy() == 0
+  assert 0.4 < zero.mean() < 0.6  # inverted dropout: the others are scaled by 1 / (1 - 0.5)
+  np.testing.assert_allclose(dropped.numpy()[~zero], 2 * kept.numpy()[~zero], rtol=1e-5)
+
+
 def test_an_all_padding_compression_window_contributes_nothing():
   base = PRESETS["small"].replace(max_len=40, compression_windows=(8,))
   more_windows = base.replace(max_len=56, compression_windows=(8, 8, 8))

@@ -27,7 +27,10 @@ class KuaiFormerConfig(JsonConfig):
   num_heads: int = 4
   num_layers: int = 4
   ffn_dim: int = 512
-  dropout: float = 0.1
+  dropout: float = 0.1                # attention weights and residual branches
+  # Dropout on the history's event tokens before compression and the transformer (SASRec's
+  # embedding dropout); the candidate tower's item embeddings are not dropped.
+  embedding_dropout: float = 0.0
   feature_dim: int = 16              # width of each side-feature embedding
   max_len: int = features.MAX_LEN
   compression_windows: Tuple[int, ...] = features.COMPRESSION_WINDOWS  # () = no compression

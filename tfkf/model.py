@@ -35,6 +35,7 @@ class UserTower(tf.keras.layers.Layer):
     self.blocks = [layers.TransformerBlock(c.num_heads, c.ffn_dim, c.dropout, name=f"block_{i}")
                    for i in range(c.num_layers)]
     self.final_norm = layers.RMSNorm(name="final_norm")
+    self.embedding_dropout = tf.keras.layers.Dropout(c.embedding_dropout)
 
   def events(self, inputs, training=False):
     """(tokens [b, S, d], valid [b, S]): the compressed windows, then the latest events as they are.
@@ -61,7 +62,9 @@ class UserTower(tf.keras.layers.Layer):
     per_event = {"item": items, **self.side_features(items)}
     for name in self.config.event_features:
       per_event[name] = _fit_length(inputs[features.history_key(name)], width)
-    return self.token_embedding(per_event, training=training), tf.not_equal(items, features.PAD_ID)
+    tokens = self.embedding_dropout(self.token_embedding(per_event, training=training),
+                                    training=training)
+    return tokens, tf.not_equal(items, features.PAD_ID)
 
   def _compressed(self, inputs, training):
     tokens, valid = self._embed(inputs, self.config.max_len, training)
