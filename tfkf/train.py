@@ -11,6 +11,7 @@ kind ("model": "sasrec"); without that key it is a KuaiFormerConfig.
 """
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -25,12 +26,40 @@ from tfkf.catalog import Catalog
 from tfkf.checkpoint import (CONFIG_FILE, KUAIFORMER, MODELS, WEIGHTS, build_model, config_json,
                              kind_of)
 
-def strategy_from(name: str) -> tf.distribute.Strategy:
+def strategy_from(name: str, min_shard_bytes: int = 256 << 10) -> tf.distribute.Strategy:
+  if name == "parameter_server":
+    return parameter_server_strategy(min_shard_bytes)
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
   if name == "multi_worker":  # Cluster from TF_CONFIG.
     return tf.distribute.MultiWorkerMirroredStrategy()
   return tf.distribute.get_strategy()
+
+
+def parameter_server_strategy(min_shard_bytes: int) -> tf.distribute.ParameterServerStrategy:
+  """The cluster of TF_CONFIG: the chief coordinates model.fit; a worker or ps task serves
+  the cluster here until it is killed (TensorFlow's parameter-server training has no end
+  for them). A variable larger than min_shard_bytes (an embedding table) is split over the
+  ps tasks in parts of about that size (MinSizePartitioner); smaller ones go whole, round-robin."""
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  if resolver.task_type in ("worker", "ps"):
+    tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                         task_index=resolver.task_id, protocol=resolver.rpc_layer or "grpc",
+                         start=True).join()
+  shards = resolver.cluster_spec().num_tasks("ps")
+  partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+      min_shard_bytes=min_shard_bytes, max_shards=shards)
+  return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def shard_placement(model: tf.keras.Model) -> dict:
+  """{variable: [the device of each of its parts]} of the variables split over the ps tasks."""
+  parts = collections.defaultdict(list)
+  for weight in model.weights:
+    name, split, _ = weight.name.rpartition("/part_")
+    if split:
+      parts[name].append(weight.device)
+  return dict(parts)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -176,7 +205,7 @@ def train(args) -> dict:
   provided = meta["event_features"]
   config = config.replace(event_features=tuple(f for f in config.event_features if f in provided))
   catalog = Catalog.load(args.data_dir)
-  strategy = strategy_from(args.strategy)
+  strategy = strategy_from(args.strategy, args.min_shard_bytes)
   out = writable_dir(args.model_dir, strategy)
   tf.io.gfile.makedirs(out)
   with tf.io.gfile.GFile(os.path.join(out, CONFIG_FILE), "w") as f:
@@ -209,6 +238,8 @@ def train(args) -> dict:
   if args.lr_schedule == "warmup_cosine":
     callbacks.append(WarmupCosine(args.learning_rate, args.warmup_steps,
                                   args.epochs * args.steps_per_epoch, budget))
+  if isinstance(strategy, tf.distribute.ParameterServerStrategy):
+    print(json.dumps({"sharded_variables": shard_placement(model)}), flush=True)
   history = model.fit(read("train", repeat=True, **bucketing(config, args)), epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch,
                       validation_data=read("valid", shuffle=False),
@@ -253,7 +284,10 @@ def parse_args(argv=None):
   p.add_argument("--curve_examples", type=int, default=2000, help="valid examples per point")
   p.add_argument("--curve_every_seconds", type=float, default=0,
                  help="training seconds between points (0: every epoch)")
-  p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker"], default="default")
+  p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker", "parameter_server"],
+                 default="default", help="multi_worker, parameter_server: the cluster of TF_CONFIG")
+  p.add_argument("--min_shard_bytes", type=int, default=256 << 10,
+                 help="parameter_server: variables larger than this are split over the ps tasks")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                  help="1: the Keras progress bar; 2: one line per epoch (for log files)")
