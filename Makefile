@@ -25,7 +25,7 @@ demo: venv
 	PY=$(PY) bash scripts/demo.sh
 
 test: venv tools
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 # The build job on the portable runner with SDK workers in separate processes, importing
 # the pip-installed package, byte-identical to the DirectRunner's output (about a minute).

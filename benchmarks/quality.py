@@ -120,6 +120,8 @@ def train_command(data_dir: str, model_dir: str, flags, args, curve_dir: str = N
   valid split of that build."""
   curve = ([f"--curve_data_dir={curve_dir}", f"--curve_examples={args.curve_examples}",
             f"--curve_every_seconds={args.curve_every_seconds}"] if curve_dir else [])
+  if args.select_by != "val_loss":  # (the default is left out: earlier records' commands hold)
+    curve.append(f"--select_by={args.select_by}")
   return ["-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}", *flags,
           f"--epochs={args.max_epochs}", f"--steps_per_epoch={args.steps_per_epoch}",
           f"--validation_steps={args.validation_steps}", f"--max_train_seconds={args.train_seconds}",
@@ -287,7 +289,7 @@ def run(args) -> dict:
                      "kuaiformer_targets_per_batch": args.kuaiformer_targets_per_batch,
                      "kuaiformer_learning_rate": args.kuaiformer_learning_rate,
                      "kuaiformer_lr_schedule": args.kuaiformer_lr_schedule,
-                     "curve_examples": args.curve_examples},
+                     "curve_examples": args.curve_examples, "select_by": args.select_by},
           "datasets": {key: run_dataset(key, args) for key in args.datasets}}
 
 
@@ -333,6 +335,9 @@ def parse_args(argv=None):
   p.add_argument("--kuaiformer_overrides", default="{}", help="JSON changes to that preset")
   p.add_argument("--curve_examples", type=int, default=2000,
                  help="valid examples per point of the learning curves")
+  p.add_argument("--select_by", default="val_loss",
+                 help="tfkf.train --select_by of every trained model: val_loss, or a metric of "
+                      "its learning curve (valid split), e.g. hr@100 with --curve_every_seconds=0")
   p.add_argument("--curve_every_seconds", type=float, default=60,
                  help="training seconds between points of the learning curves")
   p.add_argument("--num_neighbors", type=int, default=100)

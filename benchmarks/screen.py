@@ -29,23 +29,29 @@ def train_flags(spec: dict, args) -> list:
   return [f"--{k}={v}" for k, v in flags.items()]
 
 
-def run_variant(name: str, spec: dict, repeat: int, args) -> dict:
+def valid_metrics(model_dir: str, args) -> dict:
+  """{"valid": full-catalog metrics, "valid_sampled": the sampled protocol's} of a trained run."""
   import tfkf  # noqa: F401
   from tfkf import evaluate
   from tfkf.catalog import Catalog
   from tfkf.checkpoint import load_trained
 
-  model_dir = os.path.join(args.work_dir, f"{name}-{repeat}")
-  fitted = train(args.data_dir, model_dir, train_flags(spec, args), args,
-                 curve_dir=args.eval_dir if args.curve_examples else None)
   model = load_trained(model_dir, Catalog.load(args.eval_dir))
   negatives = evaluate.sampled_negatives(args.eval_dir, "valid", args.num_negatives, args.seed)
   metrics = evaluate.evaluate_protocols(evaluate.model_scorer(model), args.eval_dir, "valid",
                                         model.config.max_len, model.config.event_features,
                                         max_examples=args.max_examples, negatives=negatives)
+  return {"valid": metrics["full"], "valid_sampled": metrics["sampled"]}
+
+
+def run_variant(name: str, spec: dict, repeat: int, args) -> dict:
+  model_dir = os.path.join(args.work_dir, f"{name}-{repeat}")
+  fitted = train(args.data_dir, model_dir, train_flags(spec, args), args,
+                 curve_dir=args.eval_dir if args.curve_examples else None)
+  metrics = valid_metrics(model_dir, args)
   print(json.dumps({name: {p: {k: round(v, 4) for k, v in m.items()} for p, m in metrics.items()},
                     "steps": fitted["steps"]}), flush=True)
-  return {**fitted, "valid": metrics["full"], "valid_sampled": metrics["sampled"], "repeat": repeat}
+  return {**fitted, **metrics, "repeat": repeat}
 
 
 def summary(runs: list, protocol: str = "valid") -> dict:
@@ -60,7 +66,10 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data_dir", required=True, help="the build the variants train on")
   p.add_argument("--eval_dir", required=True, help="a build with the same item ids; its valid split")
-  p.add_argument("--variant", action="append", required=True, help="NAME=JSON of tfkf.train flags")
+  p.add_argument("--variant", action="append", default=[], help="NAME=JSON of tfkf.train flags")
+  p.add_argument("--reference", action="append", default=[],
+                 help="NAME=MODEL_DIR: a run trained elsewhere (e.g. a baseline of a quality "
+                      "run on the same item ids), evaluated the same way, not trained")
   p.add_argument("--base_overrides", default=json.dumps(
       {"d_model": 64, "num_heads": 2, "num_layers": 2, "ffn_dim": 256}))
   p.add_argument("--train_seconds", type=float, default=120)
@@ -75,6 +84,8 @@ def parse_args(argv=None):
                  help="a learning curve on this many valid examples (0: none)")
   p.add_argument("--curve_every_seconds", type=float, default=60,
                  help="training seconds between points of the learning curves")
+  p.add_argument("--select_by", default="val_loss",
+                 help="tfkf.train --select_by: val_loss, or a learning-curve metric (e.g. hr@100)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--work_dir", default="/tmp/bench-screen")
   p.add_argument("--output", required=True)
@@ -85,6 +96,10 @@ def main(argv=None):
   args = parse_args(argv)
   variants = dict(v.split("=", 1) for v in args.variant)
   variants = {name: json.loads(spec) for name, spec in variants.items()}
+  references = dict(r.split("=", 1) for r in args.reference)
+  if not variants and not references:
+    raise SystemExit("benchmarks.screen: give a --variant to train or a --reference to evaluate")
+  references = {name: {"model_dir": d, **valid_metrics(d, args)} for name, d in references.items()}
   runs = {name: [] for name in variants}
   for repeat in range(args.repeats):
     for name, spec in variants.items():
@@ -92,7 +107,8 @@ def main(argv=None):
   command = "python -m benchmarks.screen " + " ".join(sys.argv[1:] if argv is None else argv)
   payload = {"command": command, "data_dir": args.data_dir, "eval_dir": args.eval_dir,
              "split": "valid", "max_examples": args.max_examples,
-             "train_seconds": args.train_seconds, "base_overrides": json.loads(args.base_overrides),
+             "train_seconds": args.train_seconds, "select_by": args.select_by,
+             "base_overrides": json.loads(args.base_overrides), "references": references,
              "variants": {name: {"spec": variants[name], "summary": summary(r),
                                  "summary_sampled": summary(r, "valid_sampled"), "runs": r}
                           for name, r in runs.items()}}

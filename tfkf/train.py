@@ -4,8 +4,9 @@
       --epochs=3 --steps_per_epoch=200
   python -m tfkf.train --model=sasrec --preset=paper --data_dir=data/games --model_dir=runs/sasrec
 
-Writes into --model_dir: config.json, weights/ (final weights), checkpoints/
-(best by validation loss), backup/ (BackupAndRestore: a killed job resumes
+Writes into --model_dir: config.json, weights/ (the weights training ends on: of the
+epoch with the lowest validation loss, or with --select_by of the learning curve's best
+point), checkpoints/ (best by validation loss), backup/ (BackupAndRestore: a killed job resumes
 where it stopped) and logs/ (TensorBoard). config.json of a baseline names its
 kind ("model": "sasrec"); without that key it is a KuaiFormerConfig.
 """
@@ -88,19 +89,25 @@ class LogStartStep(tf.keras.callbacks.Callback):
           flush=True)
 
 
+CURVE_METRICS = ["mrr", *(f"hr@{k}" for k in evaluate.CUTOFFS), "ndcg@10", "ndcg@100"]
+
+
 class LearningCurve(tf.keras.callbacks.Callback):
   """At the end of each epoch ending `every_seconds` of training after the last point:
   full-catalog metrics of `examples` examples of a split against the training seconds
-  so far (its own evaluation time left out), into `path`."""
+  so far (its own evaluation time left out), into `path`. With `select_by` (a metric such
+  as "hr@100"), training ends on the weights of the point best by it, which the file names."""
 
-  def __init__(self, data_dir: str, split: str, examples: int, every_seconds: float, path: str):
+  def __init__(self, data_dir: str, split: str, examples: int, every_seconds: float, path: str,
+               select_by: str = None):
     super().__init__()
     self.data_dir, self.split, self.examples = data_dir, split, examples
-    self.every_seconds, self.path = every_seconds, path
+    self.every_seconds, self.path, self.select_by = every_seconds, path, select_by
     self.paused = 0.0
 
   def on_train_begin(self, logs=None):
     self.start, self.points, self.epoch = time.monotonic(), [], 0
+    self.best, self.best_weights = None, None
 
   def on_epoch_end(self, epoch, logs=None):
     self.epoch = epoch + 1
@@ -111,6 +118,8 @@ class LearningCurve(tf.keras.callbacks.Callback):
   def on_train_end(self, logs=None):
     if self.epoch and (not self.points or self.points[-1]["epoch"] != self.epoch):
       self._add_point()  # the curve ends at the trained model
+    if self.best_weights is not None:
+      self.model.set_weights(self.best_weights)
 
   def _add_point(self):
     began = time.monotonic()
@@ -119,9 +128,12 @@ class LearningCurve(tf.keras.callbacks.Callback):
                                 config.max_len, config.event_features, max_examples=self.examples)
     self.points.append({"epoch": self.epoch, "train_seconds": began - self.start - self.paused,
                         "step": int(self.model.optimizer.iterations.numpy()), **metrics})
+    if self.select_by and (self.best is None or metrics[self.select_by] > self.best[self.select_by]):
+      self.best, self.best_weights = self.points[-1], self.model.get_weights()
     self.paused += time.monotonic() - began
+    selected = {"selected_by": self.select_by, "selected_step": self.best["step"]} if self.best else {}
     with tf.io.gfile.GFile(self.path, "w") as f:
-      json.dump({"split": self.split, "points": self.points}, f, indent=1)
+      json.dump({"split": self.split, **selected, "points": self.points}, f, indent=1)
 
 
 class TimeBudget(tf.keras.callbacks.Callback):
@@ -196,6 +208,9 @@ def train(args) -> dict:
   presets = MODELS[args.model][0]
   if args.preset not in presets:
     raise SystemExit(f"tfkf.train: --model={args.model} has presets {sorted(presets)}")
+  if args.select_by != "val_loss" and not args.curve_data_dir:
+    raise SystemExit(f"tfkf.train: --select_by={args.select_by} is a learning-curve metric: "
+                     "give --curve_data_dir")
   config = presets[args.preset]
   if args.config_overrides:
     config = config.replace(**json.loads(args.config_overrides))
@@ -223,14 +238,15 @@ def train(args) -> dict:
                                          monitor="val_loss", save_best_only=True,
                                          save_weights_only=True),
       tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
-                                       restore_best_weights=True),
+                                       restore_best_weights=args.select_by == "val_loss"),
       tf.keras.callbacks.TensorBoard(os.path.join(out, "logs")),
       LogStartStep(),
   ]
   curve = None
   if args.curve_data_dir:
     curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
-                          args.curve_every_seconds, os.path.join(out, "learning_curve.json"))
+                          args.curve_every_seconds, os.path.join(out, "learning_curve.json"),
+                          select_by=None if args.select_by == "val_loss" else args.select_by)
     callbacks.append(curve)
   budget = TimeBudget(args.max_train_seconds, curve) if args.max_train_seconds else None
   if budget:
@@ -284,6 +300,9 @@ def parse_args(argv=None):
   p.add_argument("--curve_examples", type=int, default=2000, help="valid examples per point")
   p.add_argument("--curve_every_seconds", type=float, default=0,
                  help="training seconds between points (0: every epoch)")
+  p.add_argument("--select_by", choices=["val_loss", *CURVE_METRICS], default="val_loss",
+                 help="the saved weights: those of the epoch with the lowest validation loss, or "
+                      "of the learning curve's point best by this metric (needs --curve_data_dir)")
   p.add_argument("--strategy", choices=["default", "mirrored", "multi_worker", "parameter_server"],
                  default="default", help="multi_worker, parameter_server: the cluster of TF_CONFIG")
   p.add_argument("--min_shard_bytes", type=int, default=256 << 10,
