@@ -6,6 +6,8 @@ import json
 import numpy as np
 
 import cli
+from beam_pipelines import build
+from benchmarks import screen
 
 
 def test_screen_trains_a_variant_and_evaluates_a_reference_alike(tmp_path):
@@ -13,8 +15,8 @@ def test_screen_trains_a_variant_and_evaluates_a_reference_alike(tmp_path):
   log = tmp_path / "tiny.txt"  # sasrec format: 50 users, 4-9 events each
   log.write_text("".join(f"{u} {i}\n" for u in range(50) for i in rng.integers(1, 60, rng.integers(4, 10))))
   data = tmp_path / "data"
-  cli.run("beam_pipelines.build", "--runner=DirectRunner", f"--input={log}", "--format=sasrec",
-          f"--output_dir={data}", "--max_len=16")
+  build.run(["--runner=DirectRunner", f"--input={log}", "--format=sasrec", f"--output_dir={data}",
+             "--max_len=16"])
   tiny = {"d_model": 16, "num_heads": 1, "num_layers": 1, "ffn_dim": 16, "max_len": 16,
           "compression_windows": [8], "num_query_tokens": 2}
   flags = [f"--data_dir={data}", f"--eval_dir={data}", f"--work_dir={tmp_path / 'work'}",
@@ -29,9 +31,8 @@ def test_screen_trains_a_variant_and_evaluates_a_reference_alike(tmp_path):
   assert k1["steps"] == 2 and '"num_query_tokens": 1' in k1["command"]
   assert k1["valid"]["examples"] == 50 and 0 <= k1["valid_sampled"]["hr@10"] <= 1
   assert result["variants"]["k1"]["summary"]["hr@100"]["median"] == k1["valid"]["hr@100"]
-  # The same run as a reference (not trained again): the same protocol gives the same numbers.
+  # The same run as a reference (in-process, not trained again): the same protocol, the same numbers.
   again = tmp_path / "references.json"
-  cli.run("benchmarks.screen", *flags, f"--reference=k1={tmp_path / 'work' / 'k1-0'}",
-          f"--output={again}")
+  screen.main([*flags, f"--reference=k1={tmp_path / 'work' / 'k1-0'}", f"--output={again}"])
   reference = json.loads(again.read_text())["references"]["k1"]
   assert reference["valid"] == k1["valid"] and reference["valid_sampled"] == k1["valid_sampled"]

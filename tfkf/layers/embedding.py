@@ -28,7 +28,8 @@ class ItemSideFeatures(tf.keras.layers.Layer):
           name=name, shape=(self.num_items,), dtype=tf.int64, initializer=init, trainable=False)
 
   def call(self, item_ids):
-    return {name: tf.gather(table, item_ids) for name, table in self.tables.items()}
+    # embedding_lookup, not gather: it also reads a table split over parameter servers.
+    return {name: tf.nn.embedding_lookup(table, item_ids) for name, table in self.tables.items()}
 
   def get_config(self):
     return {**super().get_config(), "num_items": self.num_items}
