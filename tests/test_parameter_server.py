@@ -6,22 +6,10 @@ import json
 import subprocess
 import sys
 
-import pytest
 import tensorflow as tf
 
 import cli
-from beam_pipelines import build, synthetic
 from servers import export
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = tmp_path_factory.mktemp("ps_data")
-  synthetic.generate(synthetic.parse_args(["--users=300", "--items=600", "--seed=3",
-                                           f"--output={d / 'raw' / 'log.csv'}"]))
-  build.run(["--runner=DirectRunner", f"--input={d / 'raw' / 'log.csv'}", "--format=kuairand",
-             f"--output_dir={d / 'data'}", "--max_len=64"])
-  return d / "data"
 
 
 def _cluster_train(data_dir, model_dir, log_dir) -> str:
@@ -32,7 +20,7 @@ def _cluster_train(data_dir, model_dir, log_dir) -> str:
   args = ["-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
           "--preset=small", "--batch_size=32", "--epochs=1", "--steps_per_epoch=4",
           "--validation_steps=2", "--verbose=2", "--strategy=parameter_server",
-          "--min_shard_bytes=4096"]  # every table split, the side features' (4.8 KB) included
+          "--min_shard_bytes=4096"]  # every table split, the side features' (12 KB) included
   env = lambda task, i: {**cli.env(), "TF_CONFIG": json.dumps(
       {"cluster": cluster, "task": {"type": task, "index": i}})}
   servers = [subprocess.Popen([sys.executable, *args], cwd=cli.ROOT, env=env(task, i),
@@ -57,7 +45,8 @@ def _variables(checkpoint: str) -> dict:
 
 
 def test_cluster_splits_the_tables_over_the_parameter_servers_and_exports_as_one_machine(
-    data_dir, tmp_path):
+    trained, tmp_path):
+  data_dir = trained["data"]  # the shared build (read only): this test trains its own run
   out = _cluster_train(data_dir, tmp_path / "run", tmp_path)
   sharded = json.loads(next(l for l in out.splitlines() if "sharded_variables" in l))
   both = [f"/job:ps/replica:0/task:{i}/device:CPU:0" for i in range(2)]
@@ -69,7 +58,7 @@ def test_cluster_splits_the_tables_over_the_parameter_servers_and_exports_as_one
   # The checkpoint holds every table whole, named as one machine's: a plain model restores it.
   from tfkf.catalog import Catalog
   from tfkf.checkpoint import build_model, read_config
-  alone = build_model(read_config(str(tmp_path / "run")), Catalog.load(str(data_dir)), 1e-3)
+  alone = build_model(read_config(str(tmp_path / "run")), Catalog.load(data_dir), 1e-3)
   alone.save_weights(str(tmp_path / "alone" / "final"))
   trained = _variables(str(tmp_path / "run" / "weights" / "final"))
   assert trained == _variables(str(tmp_path / "alone" / "final")) and len(trained) > 40

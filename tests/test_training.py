@@ -107,15 +107,15 @@ def test_warmup_cosine_rises_then_decays_to_zero_over_the_horizon():
   assert schedule.rate(500, 1.7) == 0.0  # past the horizon (a wall-clock budget's last epoch)
 
 
-
 def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir, tmp_path):
   from tfkf import evaluate
   from tfkf.catalog import Catalog
   from tfkf.checkpoint import load_trained
   run = tmp_path / "run"
-  cli.run("tfkf.train", *_train_args(data_dir, run, "--epochs=3", "--steps_per_epoch=5", "--learning_rate=0.02",
-                       f"--curve_data_dir={data_dir}", "--curve_examples=150",
-                       "--curve_every_seconds=0", "--select_by=mrr")[2:])
+  cli.run("tfkf.train", *_train_args(data_dir, run, "--epochs=3", "--steps_per_epoch=5",
+                                     "--learning_rate=0.02", f"--curve_data_dir={data_dir}",
+                                     "--curve_examples=150", "--curve_every_seconds=0",
+                                     "--select_by=mrr")[2:])
   curve = json.loads((run / "learning_curve.json").read_text())
   best = max(curve["points"], key=lambda p: p["mrr"])
   assert curve["selected_by"] == "mrr" and curve["selected_step"] == best["step"]
@@ -125,4 +125,5 @@ def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir
   assert saved["mrr"] == pytest.approx(best["mrr"], abs=1e-6)
   from tfkf import train
   with pytest.raises(SystemExit, match="give --curve_data_dir"):
-    train.train(train.parse_args(_train_args(data_dir, tmp_path / "refused", "--select_by=hr@100")[2:]))
+    train.train(train.parse_args(_train_args(data_dir, tmp_path / "refused",
+                                             "--select_by=hr@100")[2:]))

@@ -231,6 +231,7 @@ def train(args) -> dict:
                                           config.event_features, seed=args.seed,
                                           # KuaiFormer takes histories of any width
                                           trim=kind_of(config) == KUAIFORMER, **kw)
+  curve_metric = None if args.select_by == "val_loss" else args.select_by
   callbacks = [
       tf.keras.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup"),
                                           save_freq=args.backup_every_steps or "epoch"),
@@ -238,7 +239,7 @@ def train(args) -> dict:
                                          monitor="val_loss", save_best_only=True,
                                          save_weights_only=True),
       tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
-                                       restore_best_weights=args.select_by == "val_loss"),
+                                       restore_best_weights=curve_metric is None),
       tf.keras.callbacks.TensorBoard(os.path.join(out, "logs")),
       LogStartStep(),
   ]
@@ -246,7 +247,7 @@ def train(args) -> dict:
   if args.curve_data_dir:
     curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
                           args.curve_every_seconds, os.path.join(out, "learning_curve.json"),
-                          select_by=None if args.select_by == "val_loss" else args.select_by)
+                          select_by=curve_metric)
     callbacks.append(curve)
   budget = TimeBudget(args.max_train_seconds, curve) if args.max_train_seconds else None
   if budget:
