@@ -1,5 +1,6 @@
 import fcntl
 import os
+import pathlib
 import shutil
 
 import pytest
@@ -23,20 +24,37 @@ def build_and_train(d, users: int, steps: int, batch_size: int) -> dict:
           "run": str(d / "run"), "dir": d}
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory, worker_id):
-  """Built and trained once per test run, whichever xdist workers ask for it: the first one
-  builds it under a file lock in this run's directory that all workers share, the others
-  wait and reuse it (read only)."""
+def _once_per_run(tmp_path_factory, worker_id, name: str, make) -> pathlib.Path:
+  """The directory `name`, made by make(dir) once per test run whichever xdist workers ask
+  for it: the first one makes it under a file lock in this run's directory that all workers
+  share, the others wait and reuse it (read only)."""
   base = tmp_path_factory.getbasetemp()
   shared = base if worker_id == "master" else base.parent
-  with open(shared / "trained.lock", "w") as lock:
+  with open(shared / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    d = shared / "trained"
+    d = shared / name
     if not (d / "complete").exists():
       shutil.rmtree(d, ignore_errors=True)
       d.mkdir()
-      build_and_train(d, users=1000, steps=160, batch_size=128)
+      make(d)
       (d / "complete").touch()
+  return d
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, worker_id):
+  """A synthetic log built by Beam and a small model fitted on it, once per test run."""
+  d = _once_per_run(tmp_path_factory, worker_id, "trained",
+                    lambda d: build_and_train(d, users=1000, steps=160, batch_size=128))
   return {"log": str(d / "raw" / "log.csv"), "items": str(d / "raw" / "items.csv"),
           "data": str(d / "data"), "run": str(d / "run"), "dir": d}
+
+
+@pytest.fixture(scope="session")
+def scann_export(trained, tmp_path_factory, worker_id):
+  """`trained` exported by serving.export with a ScaNN index (top 10), once per test run:
+  an export base holding version 1 (read only)."""
+  from servers import export
+  d = _once_per_run(tmp_path_factory, worker_id, "scann_export",
+                    lambda d: export(trained, d / "models", "--index=scann"))
+  return d / "models"

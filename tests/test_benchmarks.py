@@ -6,15 +6,6 @@ import numpy as np
 import pytest
 
 import cli
-from conftest import build_and_train
-
-
-@pytest.fixture(scope="module")
-def briefly_trained(tmp_path_factory):
-  """The serving and interests benchmarks measure serving, not quality: a few steps will do
-  (conftest's `trained` fits 160 steps on 1,000 users, a minute more)."""
-  return build_and_train(tmp_path_factory.mktemp("briefly_trained"), users=200, steps=5,
-                         batch_size=32)
 
 
 def test_pipeline_benchmark_and_report(tmp_path):
@@ -99,11 +90,11 @@ def test_ablation_benchmark(tmp_path):
         **{**point, "compression_windows": tuple(point["compression_windows"])}).num_latest_events
 
 
-def test_serving_benchmark(briefly_trained, tmp_path):
+def test_serving_benchmark(trained, tmp_path):
   work = tmp_path / "work"
   work.mkdir()
-  (work / "data").symlink_to(briefly_trained["data"])  # the benchmark reuses a built and trained run
-  (work / "run").symlink_to(briefly_trained["run"])
+  (work / "data").symlink_to(trained["data"])  # the benchmark reuses a built and trained run (read only)
+  (work / "run").symlink_to(trained["run"])
   out = tmp_path / "serving.json"
   cli.run("benchmarks.serving", f"--work_dir={work}", "--catalogs=2000", "--indexes=scann",
           "--batching=off", "--concurrency=2", "--seconds=1", "--users=8", "--top_k=10",
@@ -136,10 +127,10 @@ def test_serving_benchmark(briefly_trained, tmp_path):
   assert f"over the bare server's: REST {interleaved['rest_over_bare_median']:+.0%}" in text
 
 
-def test_interests_benchmark(briefly_trained, tmp_path):
+def test_interests_benchmark(trained, tmp_path):
   out = tmp_path / "interests.json"
-  cli.run("benchmarks.interests", f"--data_dir={briefly_trained['data']}",
-          f"--model_dir={briefly_trained['run']}", "--name=synthetic", "--split=valid",
+  cli.run("benchmarks.interests", f"--data_dir={trained['data']}",
+          f"--model_dir={trained['run']}", "--name=synthetic", "--split=valid",
           "--max_examples=40", "--top_k=20", f"--output={out}")
   result = json.loads(out.read_text())
   d = result["datasets"]["synthetic"]

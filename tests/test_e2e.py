@@ -17,12 +17,11 @@ K = 10
 
 
 @pytest.fixture(scope="module")
-def served(trained, tmp_path_factory):
+def served(trained, scann_export, tmp_path_factory):
+  """serving.server in front of conftest's `serving.export --index=scann --top_k=10` of `trained`."""
   d = tmp_path_factory.mktemp("e2e")
-  cli.run("serving.export", f"--model_dir={trained['run']}", f"--data_dir={trained['data']}",
-          f"--export_base={d / 'models'}", "--index=scann", f"--top_k={K}")
   port = cli.free_port()
-  server = cli.start("serving.server", "--model_name=kuaiformer", f"--model_base_path={d / 'models'}",
+  server = cli.start("serving.server", "--model_name=kuaiformer", f"--model_base_path={scann_export}",
                      f"--rest_api_port={port}", "--port=0", log_path=str(d / "server.log"))
   try:
     wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=120)
