@@ -12,6 +12,8 @@ import statistics
 from benchmarks.common import RESULTS, ROOT
 from benchmarks.quality import UNLIMITED_EPOCHS
 
+SCALE_PLOT = os.path.join(ROOT, "benchmarks", "plots", "scale.png")
+
 
 def _pipeline(r) -> list:
   b, p = r["beam_multi_processing_2_workers"], r["pandas_single_process"]
@@ -449,6 +451,61 @@ def _freshness(r) -> list:
                   f"{len(r['batches'])} batches.", ""]
 
 
+def _growth_word(slope: float) -> str:
+  return "flat" if slope < 0.25 else "sublinear" if slope < 0.85 else "linear" if slope < 1.15 else "superlinear"
+
+
+def _scale(r) -> list:
+  rows, k = r["sizes"], r["top_k"]
+  levels = list(rows[0]["latency"])
+  lines = ["## Catalog scale (`make bench-scale`)", "", f"`{r['command']}`", "",
+           "bench-serving's trained model, its item embeddings padded with synthetic items around "
+           "the trained ones; ScaNN index (serving/retriever.py's parameters), batching off, REST "
+           f"from wrk for {r['seconds']} s per concurrency. Refresh: the next version (index built "
+           "again) renamed into the base while a client calls the server back to back; swap: from "
+           "the rename to AVAILABLE; refresh = its export + swap (training on the new events, "
+           "catalog-independent, is bench-freshness's).", "",
+           "| items | export (s) | SavedModel (MB) | server RSS (MB) | "
+           + " | ".join(f"p50 / p99 c{c} (ms)" for c in levels)
+           + f" | recall@{k} | swap (s) | refresh (s) | RSS during swap (MB) | failed calls |",
+           "|---:|" + "---:|" * (8 + len(levels))]
+  mb = lambda b: f"{b / 2**20:,.0f}"
+  for row in rows:
+    latency = " | ".join(f"{row['latency'][c]['p50_ms']:.1f} / {row['latency'][c]['p99_ms']:.1f}"
+                         for c in levels)
+    refresh = row["refresh"]
+    lines.append(f"| {row['items']:,} | {row['export_s']:.1f} | {mb(row['saved_model_bytes'])} | "
+                 f"{mb(row['server_rss_bytes'])} | {latency} | {row[f'recall@{k}']:.4f} | "
+                 f"{row['swap_s']:.1f} | {row['refresh_s']:.1f} | "
+                 f"{mb(refresh['server_peak_rss_bytes'])} | {refresh['failed']} of {refresh['calls']:,} |")
+  if r["growth"]:
+    lines += ["", "Growth with the catalog (slope of log cost against log items; 1 = linear): " + ", ".join(
+        f"{name} {slope:.2f} ({_growth_word(slope)})" for name, slope in r["growth"].items()) + ".",
+        "", f"![cost against catalog size](benchmarks/plots/{os.path.basename(SCALE_PLOT)})"]
+  return lines + [""]
+
+
+def plot_scale(r, path: str) -> None:
+  """Each cost against catalog size, log-log."""
+  rows = r["sizes"]
+  items = [row["items"] for row in rows]
+  panels = {"export + index build (s)": [row["export_s"] for row in rows],
+            "SavedModel (MB)": [row["saved_model_bytes"] / 2**20 for row in rows],
+            "server RSS (MB)": [row["server_rss_bytes"] / 2**20 for row in rows],
+            "swap: landed to AVAILABLE (s)": [row["swap_s"] for row in rows]}
+  for c in rows[0]["latency"]:
+    panels[f"p99 at concurrency {c} (ms)"] = [row["latency"][c]["p99_ms"] for row in rows]
+  plt, fig, axes = _plot_axes(math.ceil(len(panels) / 2), rows=2)
+  flat = [a for row in axes for a in row]
+  for ax, (label, values) in zip(flat, panels.items()):
+    ax.loglog(items, values, "o-")
+    ax.set_xlabel("catalog items")
+    ax.set_title(label)
+  for ax in flat[len(panels):]:
+    ax.axis("off")
+  _save(plt, fig, path)
+
+
 def _soak(r) -> list:
   c = r["config"]
   unexpected = sum(v["count"] for v in r["hostile_unexpected_answers"].values())
@@ -503,8 +560,13 @@ def plot_learning_curves(r, _path=None) -> None:
     plt, fig, axes = _plot_axes(1)
     ax = axes[0][0]
     for name, points in curves.items():
-      ax.plot([p["train_seconds"] for p in points], [p["hr@100"] for p in points], ".-",
-              label=QUALITY_NAMES.get(name, name))
+      line, = ax.plot([p["train_seconds"] for p in points], [p["hr@100"] for p in points], ".-",
+                      label=QUALITY_NAMES.get(name, name))
+      selected = d["models"][name]["learning_curve"].get("selected_step")
+      for p in points if selected else ():  # the point whose weights the model kept
+        if p["step"] == selected:
+          ax.plot(p["train_seconds"], p["hr@100"], "o", markersize=9, fillstyle="none",
+                  color=line.get_color())
     ax.set_xlabel("training seconds")
     ax.set_ylabel("full-catalog HR@100 (valid)")
     ax.set_ylim(bottom=0)
@@ -567,6 +629,28 @@ def _with_interval(model: dict, protocol: str, metric: str) -> str:
   return f"{value} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else value
 
 
+def _kept_weights(budget: dict) -> str:
+  """Which of its weights a trained model of the budget ends on (tfkf.train --select_by)."""
+  metric = budget.get("select_by", "val_loss")
+  if metric == "val_loss":
+    return "its epoch with the lowest validation loss, `tfkf.train`'s EarlyStopping"
+  return (f"its learning curve's best point by valid {metric.upper()} on "
+          f"{budget['curve_examples']} examples, `tfkf.train --select_by={metric}`")
+
+
+def _selected_points(models: dict) -> str:
+  """'KuaiFormer step 1,200 of 2,600 (valid HR@100 0.2650), ...' for runs that chose by a curve metric."""
+  kept = []
+  for name, m in models.items():
+    curve = m.get("learning_curve", {})
+    if curve.get("selected_by"):
+      point = next(p for p in curve["points"] if p["step"] == curve["selected_step"])
+      metric = curve["selected_by"]
+      kept.append(f"{QUALITY_NAMES.get(name, name)} step {point['step']:,} of {m['steps']:,} "
+                  f"(valid {metric.upper()} {point[metric]:.4f})")
+  return "; ".join(kept)
+
+
 def _quality(r) -> list:
   b = r["budget"]
   titles = ", ".join(d["title"] for d in r["datasets"].values())
@@ -574,10 +658,11 @@ def _quality(r) -> list:
   by_epochs = b.get("max_epochs", UNLIMITED_EPOCHS) < UNLIMITED_EPOCHS
   per_model = f"{b['max_epochs']} epochs" if by_epochs else f"{b['train_seconds']:.0f} s"
   budget = (f"{b['max_epochs']} epochs of {b['steps_per_epoch']} steps each (within "
-            f"{b['train_seconds']:.0f} s)" if by_epochs else
+            f"{b['train_seconds']:.0f} s; every trained model keeps the weights of "
+            if by_epochs else
             f"equal wall time, {b['train_seconds']:.0f} s each (stopping at the end of the first "
-            f"{b['steps_per_epoch']}-step epoch past it; every trained model keeps the weights of "
-            f"its epoch with the lowest validation loss, `tfkf.train`'s EarlyStopping)")
+            f"{b['steps_per_epoch']}-step epoch past it; every trained model keeps the weights of ")
+  budget += _kept_weights(b) + ")"
   lines = [f"## Retrieval quality against baselines: {titles}, {per_model} per trained model "
            f"({', '.join(QUALITY_NAMES[n] for n in trained)})", "",
            f"`{r.get('command', 'make bench-quality')}`", "",
@@ -625,6 +710,9 @@ def _quality(r) -> list:
     if reused:
       lines += ["", "Evaluated from the saved run of an earlier invocation with the same builds "
                     "and budget (`--reuse`), not trained again: " + ", ".join(reused) + "."]
+    selected = _selected_points(d["models"])
+    if selected:
+      lines += ["", f"Weights kept (the learning curve's best point): {selected}."]
     if d.get("kuaiformer_minus"):
       lines += ["", "KuaiFormer minus each model, paired over the same test examples, with its "
                     "95% interval: " + "; ".join(
@@ -651,7 +739,8 @@ PLOTS = {"serving": (plot_serving, os.path.join(ROOT, "benchmarks", "plots", "se
          "ablation": (plot_ablation, os.path.join(ROOT, "benchmarks", "plots", "ablation.png")),
          "cost": (plot_cost, os.path.join(ROOT, "benchmarks", "plots", "cost.png")),
          "soak": (plot_soak, os.path.join(ROOT, "benchmarks", "plots", "soak_rss.png")),
-         "quality": (plot_learning_curves, None)}
+         "quality": (plot_learning_curves, None),
+         "scale": (plot_scale, SCALE_PLOT)}
 def _interests(r) -> list:
   names = ", ".join(r["datasets"])
   lines = [f"## Multi-interest use (maxsim over k interests): {names}", "", f"`{r['command']}`", "",
@@ -677,7 +766,7 @@ def _interests(r) -> list:
 
 RENDERERS = {"pipeline": _pipeline, "interests": _interests, "cost": _cost, "serving": _serving,
              "freshness": _freshness, "ablation": _ablation, "ablation_budget": _ablation_budget,
-             "quality": _quality, "soak": _soak}
+             "quality": _quality, "soak": _soak, "scale": _scale}
 
 
 def renderer(benchmark: str):

@@ -285,7 +285,7 @@ def floor_on_one_thread(path: str, bodies_file: str, seconds: float) -> dict:
 
 @contextlib.contextmanager
 def served(base: str, log_path: str, *flags):
-  """(REST port, gRPC port) of a serving.server on `base` with `flags`, stopped on exit."""
+  """(REST port, gRPC port, process) of a serving.server on `base` with `flags`, stopped on exit."""
   port, grpc_port = common.free_port(), common.free_port()
   flags = [f"--model_base_path={base}", "--model_name=kuaiformer", f"--rest_api_port={port}",
            f"--port={grpc_port}", "--num_threads=32", *flags]
@@ -294,7 +294,7 @@ def served(base: str, log_path: str, *flags):
                              stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
   try:
     wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=600)
-    yield port, grpc_port
+    yield port, grpc_port, process
   finally:
     process.terminate()
     process.wait(timeout=60)
@@ -367,7 +367,7 @@ def run(args) -> dict:
       log_path = os.path.join(args.work_dir, f"server-{index}-{size}.log")
       rest = lambda port, c: measured(port, "REST", lambda: wrk(predict_url(port), bodies_file, c, args.seconds))
       for batching in args.batching:
-        with served(base, log_path, *(["--enable_batching"] if batching else [])) as (port, grpc_port):
+        with served(base, log_path, *(["--enable_batching"] if batching else [])) as (port, grpc_port, _):
           mode = f"batching_{'on' if batching else 'off'}"
           entry[mode] = {str(c): rest(port, c) for c in args.concurrency}
           entry[f"grpc_{mode}"] = {
@@ -381,7 +381,7 @@ def run(args) -> dict:
                   args.idle_gap_ms / 1e3))
       if args.intra_op_one:
         entry["floor_intra_op_1"] = floor_on_one_thread(os.path.join(base, "1"), bodies_file, args.seconds)
-        with served(base, log_path, "--tensorflow_intra_op_parallelism=1") as (port, _):
+        with served(base, log_path, "--tensorflow_intra_op_parallelism=1") as (port, _, _):
           entry["batching_off_intra_op_1"] = {str(c): rest(port, c) for c in args.concurrency}
       print(json.dumps({label: {index: entry}}), flush=True)
     if "scann" in outputs and "brute_force" in outputs:

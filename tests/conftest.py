@@ -10,18 +10,18 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def build_and_train(d, users: int, steps: int, batch_size: int) -> dict:
-  """A synthetic log built by Beam and a small model fitted on it, by the CLIs a user runs."""
-  import cli
-  log = str(d / "raw" / "log.csv")
-  cli.run("beam_pipelines.synthetic", f"--users={users}", "--items=1500", "--seed=3", f"--output={log}")
-  cli.run("beam_pipelines.build", "--runner=DirectRunner", f"--input={log}", "--format=kuairand",
-          f"--item_features={d / 'raw' / 'items.csv'}", f"--output_dir={d / 'data'}", "--max_len=64")
-  cli.run("tfkf.train", f"--data_dir={d / 'data'}", f"--model_dir={d / 'run'}", "--preset=small",
-          "--epochs=1", f"--steps_per_epoch={steps}", f"--batch_size={batch_size}",
-          "--validation_steps=4", "--verbose=2")
-  return {"log": log, "items": str(d / "raw" / "items.csv"), "data": str(d / "data"),
-          "run": str(d / "run"), "dir": d}
+def build_and_train(d: pathlib.Path) -> None:
+  """A synthetic log built by Beam and a small model fitted on it (in-process: the CLIs are
+  the same functions, and this worker has TensorFlow loaded already)."""
+  from beam_pipelines import build, synthetic
+  from tfkf import train
+  log = d / "raw" / "log.csv"
+  synthetic.generate(synthetic.parse_args(["--users=1000", "--items=1500", "--seed=3", f"--output={log}"]))
+  build.run(["--runner=DirectRunner", f"--input={log}", "--format=kuairand",
+             f"--item_features={d / 'raw' / 'items.csv'}", f"--output_dir={d / 'data'}", "--max_len=64"])
+  train.train(train.parse_args([f"--data_dir={d / 'data'}", f"--model_dir={d / 'run'}", "--preset=small",
+                                "--epochs=1", "--steps_per_epoch=160", "--batch_size=128",
+                                "--validation_steps=4", "--verbose=2"]))
 
 
 def _once_per_run(tmp_path_factory, worker_id, name: str, make) -> pathlib.Path:
@@ -44,8 +44,7 @@ def _once_per_run(tmp_path_factory, worker_id, name: str, make) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, worker_id):
   """A synthetic log built by Beam and a small model fitted on it, once per test run."""
-  d = _once_per_run(tmp_path_factory, worker_id, "trained",
-                    lambda d: build_and_train(d, users=1000, steps=160, batch_size=128))
+  d = _once_per_run(tmp_path_factory, worker_id, "trained", build_and_train)
   return {"log": str(d / "raw" / "log.csv"), "items": str(d / "raw" / "items.csv"),
           "data": str(d / "data"), "run": str(d / "run"), "dir": d}
 

@@ -127,6 +127,46 @@ def test_serving_benchmark(trained, tmp_path):
   assert f"over the bare server's: REST {interleaved['rest_over_bare_median']:+.0%}" in text
 
 
+def test_scale_benchmark(trained, tmp_path):
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "data").symlink_to(trained["data"])  # bench-serving's cache: the shared run (read only)
+  (work / "run").symlink_to(trained["run"])
+  out = tmp_path / "scale.json"
+  from benchmarks import scale  # in-process: this worker has TensorFlow loaded already
+  scale.main([f"--work_dir={work}", "--catalogs=3000", "--concurrency=2", "--seconds=1", "--users=8",
+              "--recall_users=4", "--top_k=10", "--after_swap_s=0.5", f"--output={out}"])
+  result = json.loads(out.read_text())
+  [row] = result["sizes"]
+  assert row["items"] == 3000 and row["saved_model_bytes"] > 3000 * 64 * 4 > 0
+  assert row["recall@10"] >= 0.95  # this small a catalog: every leaf searched, then re-scored
+  assert row["server_rss_bytes"] > 100 * 2**20 and row["refresh"]["server_peak_rss_bytes"] > 0
+  wrk_run = row["latency"]["2"]
+  assert wrk_run["errors"] == 0 < wrk_run["requests"] and wrk_run["p99_ms"] >= wrk_run["p50_ms"]
+  refresh = row["refresh"]
+  assert refresh["failed"] == 0 < refresh["calls"], refresh["failures"]
+  assert 0 < row["swap_s"] < row["refresh_s"] == pytest.approx(row["refresh_export_s"] + row["swap_s"])
+  assert result["growth"] == {}  # one size: no slope
+  from benchmarks.report import plot_scale, render
+  text = render([result])
+  assert "## Catalog scale" in text and "| 3,000 |" in text and f"0 of {refresh['calls']:,} |" in text
+  plot_scale(result, str(tmp_path / "scale.png"))
+  assert (tmp_path / "scale.png").stat().st_size > 0
+
+
+def test_scale_growth_is_the_log_log_slope_of_each_cost():
+  from benchmarks.scale import growth
+  rows = [{"items": n, "export_s": n / 1e5, "saved_model_bytes": 64 * n, "server_rss_bytes": 2**28,
+           "swap_s": (n / 1e6) ** 2, "latency": {"1": {"p99_ms": 5 * n ** 0.5}}}
+          for n in (10**6, 3 * 10**6, 10**7)]
+  slopes = growth(rows)
+  assert slopes == pytest.approx({"export_s": 1, "saved_model_bytes": 1, "server_rss_bytes": 0,
+                                  "swap_s": 2, "p99_ms_c1": 0.5}, abs=1e-9)
+  from benchmarks.report import _growth_word
+  assert [_growth_word(slopes[k]) for k in ("server_rss_bytes", "p99_ms_c1", "export_s", "swap_s")] == \
+      ["flat", "sublinear", "linear", "superlinear"]
+
+
 def test_interests_benchmark(trained, tmp_path):
   out = tmp_path / "interests.json"
   cli.run("benchmarks.interests", f"--data_dir={trained['data']}",
@@ -152,7 +192,8 @@ def test_quality_benchmark(tmp_path):
            '--kuaiformer_overrides={"d_model": 16, "num_heads": 1, "num_layers": 1, '
            '"ffn_dim": 16, "compression_windows": [8], "num_query_tokens": 2}',
            "--max_epochs=1", "--steps_per_epoch=2", "--validation_steps=1",
-           "--train_seconds=0", "--kuaiformer_batch_size=16", "--num_negatives=10"]
+           "--train_seconds=0", "--kuaiformer_batch_size=16", "--num_negatives=10",
+           "--select_by=hr@100"]
   cli.run("benchmarks.quality", *flags, f"--output={out}")
   result = json.loads(out.read_text())
   models = result["datasets"]["games"]["models"]
@@ -165,6 +206,7 @@ def test_quality_benchmark(tmp_path):
       result["datasets"]["games"]["builds"]["prefix"]["splits"]["train"]["examples"]
   [point] = trained["learning_curve"]["points"]
   assert point["epoch"] == 1 and point["step"] == 2 and 0 <= point["hr@100"] <= 1
+  assert (trained["learning_curve"]["selected_by"], trained["learning_curve"]["selected_step"]) == ("hr@100", 2)
   # One fixed example set for every model: the prefix build's test split, one per user.
   assert {m["full"]["examples"] for m in models.values()} == {m["sampled"]["examples"] for m in models.values()} == {60}
   assert all(0 <= m["sampled"]["hr@10"] <= 1 for m in models.values())
@@ -182,6 +224,8 @@ def test_quality_benchmark(tmp_path):
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
   assert "![learning curves](benchmarks/plots/learning_curve_games.png)" in text
   assert "KuaiFormer minus each model, paired" in text and "95% bootstrap interval" in text
+  assert "best point by valid HR@100 on 2000 examples, `tfkf.train --select_by=hr@100`" in text
+  assert f"Weights kept (the learning curve's best point): KuaiFormer step 2 of 2 (valid HR@100 {point['hr@100']:.4f})" in text
   # --reuse: the saved run evaluated again, not trained: the same ranks, the same record.
   again = tmp_path / "again.json"
   cli.run("benchmarks.quality", *flags, "--reuse=kuaiformer", f"--reuse_from={out}",
