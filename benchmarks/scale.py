@@ -175,12 +175,7 @@ def parse_args(argv=None):
   p.add_argument("--after_swap_s", type=float, default=2.0)
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--seed", type=int, default=0)
-  # bench-serving's model: its build and training, cached in --work_dir
-  p.add_argument("--work_dir", default="/tmp/tfkf-bench-serving")
-  p.add_argument("--input", default=bench_serving.GAMES)
-  p.add_argument("--format", default="sasrec")
-  p.add_argument("--max_len", type=int, default=64)
-  p.add_argument("--train_steps", type=int, default=400)
+  bench_serving.add_model_flags(p)  # bench-serving's model, cached in --work_dir
   p.add_argument("--output", default=None)
   return p.parse_args(argv)
 

@@ -69,6 +69,15 @@ def prepare(args) -> (str, str):
   return data, run
 
 
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+  """prepare()'s flags: the data and training of the served model, cached in --work_dir."""
+  p.add_argument("--input", default=GAMES)
+  p.add_argument("--format", default="sasrec")
+  p.add_argument("--work_dir", default="/tmp/tfkf-bench-serving")
+  p.add_argument("--max_len", type=int, default=64)
+  p.add_argument("--train_steps", type=int, default=400)
+
+
 def padded_catalog(catalog: Catalog, embeddings: np.ndarray, size: int, seed: int = 0):
   """(item ids, embeddings) of `size` real items: the trained ones, then synthetic ones."""
   real = embeddings[2:]
@@ -393,11 +402,7 @@ def run(args) -> dict:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ints = lambda s: [int(x) for x in s.split(",")]
-  p.add_argument("--input", default=GAMES)
-  p.add_argument("--format", default="sasrec")
-  p.add_argument("--work_dir", default="/tmp/tfkf-bench-serving")
-  p.add_argument("--max_len", type=int, default=64)
-  p.add_argument("--train_steps", type=int, default=400)
+  add_model_flags(p)
   p.add_argument("--catalogs", type=ints, default=[0, 1_000_000],
                  help="catalog sizes; 0 (or anything below the data's) = the data's own items")
   p.add_argument("--indexes", type=lambda s: s.split(","), default=["scann", "brute_force"])
