@@ -30,7 +30,9 @@ def train_flags(spec: dict, args) -> list:
 
 
 def valid_metrics(model_dir: str, args) -> dict:
-  """{"valid": full-catalog metrics, "valid_sampled": the sampled protocol's} of a trained run."""
+  """{"valid": full-catalog metrics, "valid_sampled": the sampled protocol's} of a trained run;
+  with --popularity_prior, "popularity_prior": {beta: the same with the scores plus beta *
+  log(1 + the item's train count), in logits (the model's score over its temperature)}."""
   import tfkf  # noqa: F401
   from tfkf import evaluate
   from tfkf.catalog import Catalog
@@ -38,10 +40,22 @@ def valid_metrics(model_dir: str, args) -> dict:
 
   model = load_trained(model_dir, Catalog.load(args.eval_dir))
   negatives = evaluate.sampled_negatives(args.eval_dir, "valid", args.num_negatives, args.seed)
-  metrics = evaluate.evaluate_protocols(evaluate.model_scorer(model), args.eval_dir, "valid",
-                                        model.config.max_len, model.config.event_features,
-                                        max_examples=args.max_examples, negatives=negatives)
-  return {"valid": metrics["full"], "valid_sampled": metrics["sampled"]}
+
+  def measure(score_fn):
+    metrics = evaluate.evaluate_protocols(score_fn, args.eval_dir, "valid",
+                                          model.config.max_len, model.config.event_features,
+                                          max_examples=args.max_examples, negatives=negatives)
+    return {"valid": metrics["full"], "valid_sampled": metrics["sampled"]}
+
+  scorer = evaluate.model_scorer(model)
+  out = measure(scorer)
+  if args.popularity_prior:
+    temperature = getattr(model.config, "temperature", 1.0)
+    log_count = evaluate.popularity_scorer(args.eval_dir)
+    out["popularity_prior"] = {
+        beta: measure(lambda batch, beta=beta: scorer(batch) / temperature + beta * log_count(batch))
+        for beta in args.popularity_prior}
+  return out
 
 
 def run_variant(name: str, spec: dict, repeat: int, args) -> dict:
@@ -86,6 +100,9 @@ def parse_args(argv=None):
                  help="training seconds between points of the learning curves")
   p.add_argument("--select_by", default="val_loss",
                  help="tfkf.train --select_by: val_loss, or a learning-curve metric (e.g. hr@100)")
+  p.add_argument("--popularity_prior", type=lambda s: [float(b) for b in s.split(",")], default=[],
+                 help="BETA,...: each run measured again with beta * log(1 + train count) added "
+                      "to its logits (does it under- or over-weight popularity?)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--work_dir", default="/tmp/bench-screen")
   p.add_argument("--output", required=True)

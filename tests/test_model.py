@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 from tfkf import features
 from tfkf.config import PRESETS
-from tfkf.losses import SmoothedInBatchSoftmax, mixed_sampling_probability, with_uniform_negatives
+from tfkf.losses import (SmoothedInBatchSoftmax, mixed_sampling_probability, with_logq_correction,
+                         with_uniform_negatives)
 from tensorflow_recommenders.layers.loss import MIN_FLOAT
 from tiny_model import histories, model_for
 
@@ -121,6 +123,41 @@ def test_smoothed_loss_matches_numpy_reference(alpha, logq, accidental_hits):
   if alpha == 0:
     ce = tf.keras.losses.CategoricalCrossentropy(from_logits=True)(labels, y_pred).numpy()
     np.testing.assert_allclose(got, ce, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 1.5])
+def test_logq_correction_subtracts_weight_times_log_q_from_the_maxsim_logit(weight):
+  rng = np.random.default_rng(4)
+  b, k, t = 6, 3, 0.05
+  interests = rng.normal(size=(b, k, 8)).astype(np.float32)
+  candidates = rng.normal(size=(b, 8)).astype(np.float32)
+  prob = np.array([0.2, 0.05, 1e-3, 1e-4, 1e-8, 0.3], np.float32)  # 1e-8: below tfrs's clip
+  task = tfrs.tasks.Retrieval(loss=SmoothedInBatchSoftmax(0.1), temperature=t)
+  got = task(*with_logq_correction(interests, candidates, tf.constant(prob), weight, t))
+  maxsim = np.einsum("bkd,cd->bkc", interests, candidates).max(axis=1)
+  logits = maxsim / t - weight * np.log(prob)[None, :]
+  expected = reference_loss(logits, np.eye(b, dtype=np.float32), 0.1, np.zeros((b, b))).mean()
+  np.testing.assert_allclose(float(got), expected, rtol=1e-4)
+
+
+def test_an_item_no_training_target_chose_counts_as_the_rarest_seen_item():
+  from tfkf.model import KuaiFormer
+  from tiny_model import catalog
+  config = PRESETS["small"].replace(dropout=0.0, event_feature_dropout=0.0, logq_weight=1.5)
+  seen = catalog()
+  seen.sampling_probability[2:] = np.linspace(0.001, 0.04, len(seen.sampling_probability) - 2)
+  unseen = catalog()
+  unseen.sampling_probability[:] = seen.sampling_probability
+  unseen.sampling_probability[7] = 0.0  # a held-out target's item: a candidate in validation
+  rarest = catalog()
+  rarest.sampling_probability[:] = seen.sampling_probability
+  rarest.sampling_probability[7] = 0.001
+  batch = {**histories(config, [5, 9, 20, 30]), features.TARGET_ITEM: np.array([7, 3, 4, 5])}
+  losses = []
+  for c in (unseen, rarest):
+    tf.keras.utils.set_random_seed(1)
+    losses.append(float(KuaiFormer(config, c).build_towers().compute_loss(batch)))
+  assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1])
 
 
 def test_fit_reports_loss_and_in_batch_accuracy():

@@ -33,6 +33,16 @@ def test_screen_trains_a_variant_and_evaluates_a_reference_alike(tmp_path):
   assert result["variants"]["k1"]["summary"]["hr@100"]["median"] == k1["valid"]["hr@100"]
   # The same run as a reference (in-process, not trained again): the same protocol, the same numbers.
   again = tmp_path / "references.json"
-  screen.main([*flags, f"--reference=k1={tmp_path / 'work' / 'k1-0'}", f"--output={again}"])
+  screen.main([*flags, f"--reference=k1={tmp_path / 'work' / 'k1-0'}", f"--output={again}",
+               "--popularity_prior=0,1000"])
   reference = json.loads(again.read_text())["references"]["k1"]
   assert reference["valid"] == k1["valid"] and reference["valid_sampled"] == k1["valid_sampled"]
+  # A prior of 0 changes nothing; a huge one ranks by popularity as most popular does, the
+  # model only breaking its ties (which count against the target in most popular's ranks).
+  prior = reference["popularity_prior"]
+  assert prior["0.0"]["valid"] == k1["valid"] and prior["0.0"]["valid_sampled"] == k1["valid_sampled"]
+  from tfkf import evaluate
+  popular = evaluate.evaluate(evaluate.popularity_scorer(str(data)), str(data), "valid", 16)
+  by_popularity = prior["1000.0"]["valid"]
+  assert by_popularity != k1["valid"]
+  assert all(by_popularity[f"hr@{k}"] >= popular[f"hr@{k}"] for k in (10, 50))

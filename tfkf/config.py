@@ -38,6 +38,10 @@ class KuaiFormerConfig(JsonConfig):
   num_query_tokens: int = 4          # k interests
   label_smoothing: float = 0.1       # alpha of the smoothed in-batch softmax
   use_logq: bool = True
+  # lambda of the correction logit - lambda log q. 1 removes in-batch sampling's popularity
+  # bias exactly; above 1 keeps some popularity in the scores, a prior that the sparse
+  # items' embeddings cannot learn on their own (see PRESETS).
+  logq_weight: float = 1.0
   remove_accidental_hits: bool = True
   temperature: float = 0.05          # embeddings are L2-normalised; scores are cosines
   # Real catalog items drawn uniformly and added to every training batch's in-batch
@@ -69,6 +73,8 @@ class KuaiFormerConfig(JsonConfig):
       raise ValueError(f"unknown event features {sorted(unknown)}; known: {list(features.EVENT_FEATURES)}")
     if self.training_targets not in ("last", "every_event"):
       raise ValueError(f"training_targets={self.training_targets!r}: 'last' or 'every_event'")
+    if self.logq_weight < 0:
+      raise ValueError(f"logq_weight={self.logq_weight}: 0 (no correction) or more")
     if self.mixed_negatives < 0:
       raise ValueError(f"mixed_negatives={self.mixed_negatives}: 0 (in-batch only) or more")
     if self.d_model % self.num_heads:

@@ -1,7 +1,8 @@
-"""The paper's smoothed in-batch softmax (logQ is applied by tfrs Retrieval), the
-mixed negatives that can join the in-batch ones, and the same-history mask that
-removes a user's own targets from them."""
+"""The paper's smoothed in-batch softmax, its logQ correction, the mixed negatives that
+can join the in-batch ones, and the same-history mask that removes a user's own targets
+from them."""
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_recommenders.layers.loss import MIN_FLOAT
 
@@ -55,6 +56,26 @@ def mixed_sampling_probability(unigram: tf.Tensor, num_targets, count: int,
   probability unigram[i]) plus `count` uniform items: B p(i) + count / N expected draws,
   divided by B (a constant factor, which the softmax ignores)."""
   return unigram + count / (tf.cast(num_targets, unigram.dtype) * num_real_items)
+
+
+def floor_unseen(probability: np.ndarray) -> np.ndarray:
+  """Catalog sampling probabilities with every real item's 0 (no training target chose it;
+  a held-out target can still be a candidate in validation) raised to the smallest real
+  one: an unseen item counts as the rarest seen item, not as log 0. [num_items]."""
+  real = probability[features.NUM_RESERVED_IDS:]
+  rarest = real[real > 0].min() if (real > 0).any() else 1.0
+  return np.concatenate([probability[:features.NUM_RESERVED_IDS], np.where(real > 0, real, rarest)])
+
+
+def with_logq_correction(interests: tf.Tensor, candidates: tf.Tensor, probability: tf.Tensor,
+                         weight: float, temperature: float):
+  """(interests [n, k, d + 1], candidates [C, d + 1]) whose maxsim over temperature is the
+  logit minus weight * log q: a ones column on each interest meets -weight * temperature *
+  log q on each candidate. tfrs's own correction clips q at 1e-6, which the tail of a large
+  log falls below, and cannot weigh it. probability q [C]."""
+  ones = tf.ones_like(interests[..., :1])
+  offset = -weight * temperature * tf.math.log(probability)
+  return tf.concat([interests, ones], -1), tf.concat([candidates, offset[:, None]], -1)
 
 
 def same_history_mask(rows: tf.Tensor) -> tf.Tensor:

@@ -7,8 +7,8 @@ from tfkf import features
 from tfkf import layers
 from tfkf.catalog import Catalog
 from tfkf.config import KuaiFormerConfig
-from tfkf.losses import (SmoothedInBatchSoftmax, mixed_sampling_probability, same_history_mask,
-                         with_uniform_negatives)
+from tfkf.losses import (SmoothedInBatchSoftmax, floor_unseen, mixed_sampling_probability,
+                         same_history_mask, with_logq_correction, with_uniform_negatives)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfkf")
@@ -149,7 +149,7 @@ class KuaiFormer(tfrs.Model):
     self.candidate_tower = layers.CandidateTower(
         self.token_embedding, self.side_features, config.tie_item_embeddings,
         name="candidate_tower")
-    self.sampling_probability = tf.constant(catalog.sampling_probability, tf.float32)
+    self.sampling_probability = tf.constant(floor_unseen(catalog.sampling_probability), tf.float32)
     self.task = tfrs.tasks.Retrieval(
         loss=SmoothedInBatchSoftmax(config.label_smoothing),
         batch_metrics=[tf.keras.metrics.CategoricalAccuracy(name="in_batch_accuracy")],
@@ -174,16 +174,16 @@ class KuaiFormer(tfrs.Model):
     candidate_ids = with_uniform_negatives(targets, num_items, mixed) if mixed else targets
     if score_mask is not None and mixed:
       score_mask = tf.pad(score_mask, [[0, 0], [0, mixed]], constant_values=True)
-    probability = None
+    candidates = self.candidate_tower(candidate_ids)
     if self.config.use_logq:
       probability = tf.gather(self.sampling_probability, candidate_ids)
       if mixed:
         probability = mixed_sampling_probability(probability, tf.shape(targets)[0], mixed,
                                                  num_items - features.NUM_RESERVED_IDS)
+      interests, candidates = with_logq_correction(interests, candidates, probability,
+                                                   self.config.logq_weight, self.config.temperature)
     # tfrs Retrieval: candidate i is query i's positive, the extra candidates negatives for all.
-    return self.task(interests, self.candidate_tower(candidate_ids),
-                     candidate_sampling_probability=probability, candidate_ids=candidate_ids,
-                     score_mask=score_mask)
+    return self.task(interests, candidates, candidate_ids=candidate_ids, score_mask=score_mask)
 
   def _every_event_targets(self, inputs, training):
     """(interests [n, k, d], next items [n], batch row of each [n]) after each real one of
