@@ -102,7 +102,10 @@ PRESETS = {
     # dropout 0.3 delays the over-fitting that follows the peak: valid HR@100 / HR@500
     # 0.297 / 0.525 against 0.278 / 0.492 at 1200 s on Games, 0.4225 / 0.7158 against
     # 0.4096 / 0.6987 at 540 s on ml (screens/games_regularise_1200s.json,
-    # screens/ml_embedding_dropout_540s.json).
+    # screens/ml_embedding_dropout_540s.json). Tried on Games valid, no better kept at
+    # val_loss: temperature 0.1 (HR@500 0.504, batch 4096 0.517), logq_weight 1.5 (0.503
+    # against 0.519 at 600 s; screens/games_temperature_batch_1200s.json,
+    # games_logq_weight_600s.json, games_popularity_prior.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3),
     # Tests and the demo: same mechanisms, short histories, tiny widths.
