@@ -478,6 +478,8 @@ def _scale(r) -> list:
                  f"{mb(row['server_rss_bytes'])} | {latency} | {row[f'recall@{k}']:.4f} | "
                  f"{row['swap_s']:.1f} | {row['refresh_s']:.1f} | "
                  f"{mb(refresh['server_peak_rss_bytes'])} | {refresh['failed']} of {refresh['calls']:,} |")
+  for missing in r.get("not_measured", []):
+    lines.append(f"| {missing['items']:,} | not measured: {missing['reason']} |" + " |" * (7 + len(levels)))
   if r["growth"]:
     lines += ["", "Growth with the catalog (slope of log cost against log items; 1 = linear): " + ", ".join(
         f"{name} {slope:.2f} ({_growth_word(slope)})" for name, slope in r["growth"].items()) + ".",

@@ -152,6 +152,9 @@ def test_scale_benchmark(trained, tmp_path):
   assert "## Catalog scale" in text and "| 3,000 |" in text and f"0 of {refresh['calls']:,} |" in text
   plot_scale(result, str(tmp_path / "scale.png"))
   assert (tmp_path / "scale.png").stat().st_size > 0
+  # A size the machine could not hold is a row that says why, not a gap.
+  short = render([{**result, "not_measured": [{"items": 10**7, "reason": "killed by the OOM killer"}]}])
+  assert "| 10,000,000 | not measured: killed by the OOM killer |" in short
 
 
 def test_scale_growth_is_the_log_log_slope_of_each_cost():
