@@ -39,8 +39,8 @@ class KuaiFormerConfig(JsonConfig):
   label_smoothing: float = 0.1       # alpha of the smoothed in-batch softmax
   use_logq: bool = True
   # lambda of the correction logit - lambda log q. 1 removes in-batch sampling's popularity
-  # bias exactly; above 1 keeps some popularity in the scores, a prior that the sparse
-  # items' embeddings cannot learn on their own (see PRESETS).
+  # bias exactly; above 1 leaves some popularity in the scores (1.5 on Games: no gain, see
+  # PRESETS).
   logq_weight: float = 1.0
   remove_accidental_hits: bool = True
   temperature: float = 0.05          # embeddings are L2-normalised; scores are cosines
