@@ -119,3 +119,18 @@ def test_load_trained_restores_a_sasrec_run(tmp_path):
   b = batch([5, 9])
   np.testing.assert_allclose(loaded(b).numpy(), model(b).numpy(), atol=1e-6)
   np.testing.assert_allclose(loaded.item_embeddings().numpy(), model.item_embeddings().numpy())
+
+
+def test_in_batch_logq_is_kuaiformers_correction():
+  config = CONFIG.replace(loss="in_batch")
+  b = batch([6, 9, CONFIG.max_len], seed=2)
+  def loss(use_logq, probability=None):
+    c = catalog()
+    if probability is not None:
+      c.sampling_probability[:] = probability
+    tf.keras.utils.set_random_seed(1)
+    return float(sasrec.SASRec(config.replace(use_logq=use_logq), c).build_towers().compute_loss(b))
+  # Uniform q shifts every logit alike: the softmax, and so the loss, are those without logQ.
+  assert loss(True) == pytest.approx(loss(False), rel=1e-5)
+  skewed = np.linspace(1e-8, 0.1, NUM_ITEMS).astype(np.float32)  # 1e-8: below tfrs's own clip
+  assert np.isfinite(loss(True, skewed)) and loss(True, skewed) != pytest.approx(loss(False), rel=1e-3)

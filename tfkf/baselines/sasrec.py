@@ -46,7 +46,7 @@ import tensorflow_recommenders as tfrs
 from tfkf import features
 from tfkf.catalog import Catalog
 from tfkf.config import JsonConfig
-from tfkf.losses import SmoothedInBatchSoftmax
+from tfkf.losses import SmoothedInBatchSoftmax, floor_unseen, with_logq_correction
 
 LOSSES = ("bce", "in_batch")
 
@@ -196,7 +196,7 @@ class SASRec(tfrs.Model):
     self.config = config
     self.num_items = catalog.num_items
     self.encoder = SASRecEncoder(config, catalog.num_items, name="encoder")
-    self.sampling_probability = tf.constant(catalog.sampling_probability, tf.float32)
+    self.sampling_probability = tf.constant(floor_unseen(catalog.sampling_probability), tf.float32)
     self.retrieval = tfrs.tasks.Retrieval(loss=SmoothedInBatchSoftmax(0.0),
                                           remove_accidental_hits=True)
 
@@ -234,10 +234,11 @@ class SASRec(tfrs.Model):
     ids = tf.boolean_mask(positives, valid)          # [m]
     keep = tf.random.shuffle(tf.range(tf.shape(ids)[0]))[:self.config.in_batch_max_positions]
     queries, ids = tf.gather(queries, keep), tf.gather(ids, keep)
-    probability = tf.gather(self.sampling_probability, ids) if self.config.use_logq else None
-    return self.retrieval(queries, tf.gather(self.item_embeddings(), ids),
-                          candidate_sampling_probability=probability, candidate_ids=ids,
-                          compute_metrics=False)
+    candidates = tf.gather(self.item_embeddings(), ids)
+    if self.config.use_logq:  # KuaiFormer's correction (no temperature here: scores are logits)
+      queries, candidates = with_logq_correction(
+          queries, candidates, tf.gather(self.sampling_probability, ids), weight=1.0, temperature=1.0)
+    return self.retrieval(queries, candidates, candidate_ids=ids, compute_metrics=False)
 
   def build_towers(self) -> "SASRec":
     """Creates every weight so checkpoints restore eagerly (same name as KuaiFormer's)."""
