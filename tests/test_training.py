@@ -127,3 +127,47 @@ def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir
   with pytest.raises(SystemExit, match="give --curve_data_dir"):
     train.train(train.parse_args(_train_args(data_dir, tmp_path / "refused",
                                              "--select_by=hr@100")[2:]))
+
+
+def test_weight_average_validates_and_ends_on_the_average_while_training_steps_the_raw_weights():
+  from tfkf.train import WeightAverage
+
+  def fit(callbacks):
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(3,))])
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.1), loss="mse")
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    seen = {"raw": [], "validated": []}
+
+    class Record(tf.keras.callbacks.Callback):
+      def on_train_begin(self, logs=None):
+        seen["raw"].append(_flat(self.model))
+
+      def on_train_batch_end(self, batch, logs=None):
+        seen["raw"].append(_flat(self.model))
+
+      def on_test_begin(self, logs=None):
+        seen["validated"].append(_flat(self.model))
+
+    model.fit(x, y, batch_size=16, epochs=3, validation_data=(x, y), shuffle=False,
+              callbacks=[*callbacks, Record()], verbose=0)
+    return _flat(model), seen
+
+  _, plain = fit([])
+  final, averaged = fit([WeightAverage(0.5)])
+  # Training steps the raw weights exactly as it does without averaging...
+  np.testing.assert_allclose(averaged["raw"], plain["raw"], rtol=1e-6)
+  # ...while validation (after each epoch's 4 steps) and the trained model see the average.
+  average, expected = averaged["raw"][0], []
+  for step, weights in enumerate(averaged["raw"][1:], start=1):
+    average = 0.5 * average + 0.5 * weights
+    if step % 4 == 0:
+      expected.append(average)
+  np.testing.assert_allclose(averaged["validated"], expected, rtol=1e-5)
+  np.testing.assert_allclose(final, expected[-1], rtol=1e-5)
+  assert not np.allclose(final, averaged["raw"][-1])
+
+
+def _flat(model):
+  return np.concatenate([w.ravel() for w in model.get_weights()])

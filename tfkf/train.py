@@ -157,6 +157,61 @@ class TimeBudget(tf.keras.callbacks.Callback):
       self.model.stop_training = True
 
 
+class WeightAverage(tf.keras.callbacks.Callback):
+  """Polyak averaging: validation, the checkpoints and the trained model use an exponential
+  moving average of the trainable weights (average <- m average + (1 - m) weights after each
+  step); the optimizer keeps stepping the raw weights. The average is swapped in when
+  validation begins and stays in through the epoch's end (where EarlyStopping, ModelCheckpoint
+  and a LearningCurve read the weights), and out again before the next step. Put it first
+  among the callbacks, so that training ends on the average before the others restore theirs.
+  tf-keras's optimizer `use_ema` instead only averages into the weights every N steps or at the
+  end of fit, so model selection would never see the average."""
+
+  def __init__(self, momentum: float):
+    super().__init__()
+    if not 0.0 < momentum < 1.0:
+      raise ValueError(f"WeightAverage: momentum must be in (0, 1), got {momentum}")
+    self.momentum = momentum
+
+  def on_train_begin(self, logs=None):
+    self._average, self._swapped_in = None, False
+
+  def _start(self):
+    """The average starts at the weights of the first step: after BackupAndRestore resumed."""
+    weights = self.model.trainable_variables
+    self._average = [tf.Variable(w, trainable=False) for w in weights]
+    self._raw = [tf.Variable(w, trainable=False) for w in weights]
+
+  @tf.function
+  def _update(self):
+    for average, weight in zip(self._average, self.model.trainable_variables):
+      average.assign(self.momentum * average + (1.0 - self.momentum) * weight)
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self._average is None:
+      self._start()
+    if self._swapped_in:
+      for raw, weight in zip(self._raw, self.model.trainable_variables):
+        weight.assign(raw)
+      self._swapped_in = False
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._update()
+
+  def on_test_begin(self, logs=None):
+    self._swap_in()
+
+  def on_train_end(self, logs=None):
+    self._swap_in()
+
+  def _swap_in(self):
+    if self._average is not None and not self._swapped_in:
+      for raw, average, weight in zip(self._raw, self._average, self.model.trainable_variables):
+        raw.assign(weight)
+        weight.assign(average)
+      self._swapped_in = True
+
+
 class WarmupCosine(tf.keras.callbacks.Callback):
   """Learning rate: linear warm-up over `warmup_steps`, then a cosine decay to 0 over the
   training horizon: the wall-clock `budget` when there is one (the budget, not a step
@@ -243,6 +298,10 @@ def train(args) -> dict:
       tf.keras.callbacks.TensorBoard(os.path.join(out, "logs")),
       LogStartStep(),
   ]
+  if args.average_weights:
+    if args.strategy != "default":
+      raise SystemExit("tfkf.train: --average_weights runs with --strategy=default only")
+    callbacks.insert(0, WeightAverage(args.average_weights))
   curve = None
   if args.curve_data_dir:
     curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
@@ -290,6 +349,9 @@ def parse_args(argv=None):
                  help="warmup_cosine: linear warm-up over --warmup_steps, then cosine decay to 0 "
                       "over --max_train_seconds (else --epochs x --steps_per_epoch)")
   p.add_argument("--warmup_steps", type=int, default=100)
+  p.add_argument("--average_weights", type=float, default=0.0,
+                 help="momentum m of a moving average of the weights that validation, "
+                      "checkpoints and the trained model use (e.g. 0.99; 0: the raw weights)")
   p.add_argument("--patience", type=int, default=3, help="early stopping on val_loss")
   p.add_argument("--backup_every_steps", type=int, default=0,
                  help="BackupAndRestore frequency in steps (0: every epoch)")
