@@ -72,7 +72,8 @@ def models(args, spec) -> dict:
           f"--batch_size={args.kuaiformer_batch_size}",
           f"--targets_per_batch={args.kuaiformer_targets_per_batch}",
           f"--learning_rate={args.kuaiformer_learning_rate}",
-          f"--lr_schedule={args.kuaiformer_lr_schedule}"]),
+          f"--lr_schedule={args.kuaiformer_lr_schedule}",
+          f"--average_weights={args.kuaiformer_average_weights}"]),
       "sasrec_bce": ("users", ["--model=sasrec", "--preset=paper",
                                f"--config_overrides={json.dumps({**sasrec, 'loss': 'bce'})}",
                                f"--batch_size={args.sasrec_batch_size}"]),
@@ -289,6 +290,7 @@ def run(args) -> dict:
                      "kuaiformer_targets_per_batch": args.kuaiformer_targets_per_batch,
                      "kuaiformer_learning_rate": args.kuaiformer_learning_rate,
                      "kuaiformer_lr_schedule": args.kuaiformer_lr_schedule,
+                     "kuaiformer_average_weights": args.kuaiformer_average_weights,
                      "curve_examples": args.curve_examples, "select_by": args.select_by},
           "datasets": {key: run_dataset(key, args) for key in args.datasets}}
 
@@ -330,6 +332,8 @@ def parse_args(argv=None):
   p.add_argument("--kuaiformer_learning_rate", type=float, default=1e-3)
   p.add_argument("--kuaiformer_lr_schedule", choices=["constant", "warmup_cosine"],
                  default="constant", help="tfkf.train --lr_schedule of KuaiFormer")
+  p.add_argument("--kuaiformer_average_weights", type=float, default=0.0,
+                 help="tfkf.train --average_weights of KuaiFormer (0: the raw weights)")
   p.add_argument("--sasrec_batch_size", type=int, default=128)
   p.add_argument("--kuaiformer_preset", default="cpu", help="a tfkf.config preset")
   p.add_argument("--kuaiformer_overrides", default="{}", help="JSON changes to that preset")

@@ -676,7 +676,9 @@ def _quality(r) -> list:
             + (f"{_kuaiformer_batches(b)}. KuaiFormer: preset {b.get('kuaiformer_preset', 'paper')} "
                f"with {json.dumps(b['kuaiformer_overrides'])}, learning rate "
                f"{b.get('kuaiformer_learning_rate', 1e-3):g} "
-               f"({b.get('kuaiformer_lr_schedule', 'constant')})" if "kuaiformer" in trained else
+               f"({b.get('kuaiformer_lr_schedule', 'constant')})"
+               + (f", weights averaged with momentum {b['kuaiformer_average_weights']:g}"
+                  if b.get("kuaiformer_average_weights") else "") if "kuaiformer" in trained else
                "no KuaiFormer in this run")
             + f". Seed {r['seed']}. "
             "train (s): the whole `tfkf.train` process (start-up and validation included); "

@@ -306,3 +306,82 @@ def test_every_event_targets_of_a_trimmed_batch_are_those_of_the_padded_one():
   assert targets.numpy().tolist() == narrow_targets.numpy().tolist()
   assert len(targets) == 2 + 9 + 5
   np.testing.assert_allclose(narrow_interests.numpy(), interests.numpy(), atol=2e-5)
+
+
+def _embedding_steps(optimizer, batches, table):
+  """`table` after one optimizer step per batch of row ids (loss: weighted sum of the rows)."""
+  variable = tf.Variable(table)
+  optimizer.build([variable])
+  weights = tf.constant(np.arange(1, table.shape[1] + 1, dtype="float32"))
+  for ids in batches:
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.gather(variable, ids) * weights * tf.cast(ids[:, None] + 1, tf.float32))
+    gradient = tape.gradient(loss, variable)
+    assert isinstance(gradient, tf.IndexedSlices)
+    optimizer.apply_gradients([(gradient, variable)])
+  return variable.numpy()
+
+
+def test_lazy_adam_moves_only_the_rows_of_the_batch():
+  from tfkf.optimizers import LazyAdam
+  table = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+  first, both = [tf.constant([1, 3, 3])], [tf.constant([1, 3, 3]), tf.constant([1])]
+  lazy_first = _embedding_steps(LazyAdam(0.1), first, table)
+  lazy = _embedding_steps(LazyAdam(0.1), both, table)
+  adam = _embedding_steps(tf.keras.optimizers.Adam(0.1), both, table)
+  np.testing.assert_array_equal(lazy[[0, 2, 4]], table[[0, 2, 4]])
+  np.testing.assert_array_equal(lazy[3], lazy_first[3])   # not in the second batch: stays
+  assert not np.allclose(lazy[1], lazy_first[1])
+  assert not np.allclose(adam[3], lazy_first[3])          # Keras's Adam keeps moving it
+
+
+def test_lazy_adam_is_adam_when_every_row_is_in_every_batch():
+  from tfkf.optimizers import LazyAdam
+  table = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+  batches = [tf.constant([0, 1, 2, 3, 2]), tf.constant([3, 2, 1, 0]), tf.constant([1, 0, 3, 2, 2])]
+  np.testing.assert_allclose(_embedding_steps(LazyAdam(0.01), batches, table),
+                             _embedding_steps(tf.keras.optimizers.Adam(0.01), batches, table),
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_with_lazy_adam_an_items_embedding_stops_when_the_batches_stop_holding_it(lazy):
+  from tfkf.checkpoint import build_model
+  from tiny_model import catalog
+  config = PRESETS["small"].replace(lazy_adam=lazy)
+  model = build_model(config, catalog(), 1e-2)
+  holds_45, without_45 = histories(config, [10, 20]), histories(config, [10, 20], seed=1)
+  without_45[features.HISTORY_ITEM] = np.minimum(without_45[features.HISTORY_ITEM], 40)
+  holds_45[features.TARGET_ITEM], without_45[features.TARGET_ITEM] = [45, 3], [2, 3]
+  table = model.token_embedding.item_table.embeddings
+  model.fit(tf.data.Dataset.from_tensors(holds_45), epochs=1, verbose=0)
+  after_its_batch = table.numpy()[45]
+  model.fit(tf.data.Dataset.from_tensors(without_45).repeat(2), epochs=1, verbose=0)
+  # Lazy: row 45 stays; Keras's Adam moves it on with its decaying moments.
+  assert np.array_equal(table.numpy()[45], after_its_batch) == lazy
+
+
+def test_uniform_negative_bce_is_sasrecs_loss_on_maxsim_logits():
+  from tfkf.losses import uniform_negative_bce
+  rng = np.random.default_rng(3)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  interests, pos, neg = (unit(rng.normal(size=s)).astype("float32") for s in ([6, 3, 4], [6, 4], [6, 4]))
+  softplus = lambda x: np.log1p(np.exp(x))
+  best = lambda items: (interests @ items[:, :, None])[..., 0].max(axis=1) / 0.1
+  expected = np.mean(softplus(-best(pos)) + softplus(best(neg)))
+  assert float(uniform_negative_bce(interests, pos, neg, 0.1)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_uniform_negative_loss_joins_training_and_leaves_validation_alone():
+  config = PRESETS["small"]
+  batch = histories(config, [10, 20, 30, 40])
+  batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
+  tf.random.set_seed(0)
+  plain = model_for(config)
+  with_bce = model_for(config.replace(uniform_bce_weight=1.0))
+  for training in (False, True):
+    tf.random.set_seed(0)
+    a = float(plain.compute_loss(batch, training=training))
+    tf.random.set_seed(0)
+    b = float(with_bce.compute_loss(batch, training=training))
+    assert (b > a) if training else (b == pytest.approx(a))

@@ -15,6 +15,7 @@ from tfkf.baselines import sasrec
 from tfkf.catalog import Catalog
 from tfkf.config import PRESETS, KuaiFormerConfig
 from tfkf.model import KuaiFormer
+from tfkf.optimizers import LazyAdam
 
 CONFIG_FILE = "config.json"
 WEIGHTS = "weights/final"
@@ -52,7 +53,8 @@ def build_model(config, catalog: Catalog, learning_rate: float):
   model = MODELS[kind_of(config)][1](config, catalog).build_towers()
   # SASRec's reference setting is beta_2 = 0.98; KuaiFormer keeps Adam's default.
   beta_2 = getattr(config, "adam_beta_2", 0.999)
-  model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate, beta_2=beta_2))
+  adam = LazyAdam if getattr(config, "lazy_adam", False) else tf.keras.optimizers.Adam
+  model.compile(optimizer=adam(learning_rate, beta_2=beta_2))
   # Adam's slots made now, not in the first step: a tf.function that creates variables is
   # traced twice, and tracing a training step costs seconds.
   model.optimizer.build(model.trainable_variables)

@@ -65,6 +65,12 @@ class KuaiFormerConfig(JsonConfig):
   # histories valid HR@100 0.420 -> 0.445 at 600 s; Games (7 events a history) unchanged
   # (benchmarks/results/screens/ml_mask_dropout_600s.json, games_mask_same_history_300s.json).
   mask_same_history: bool = True
+  # Weight of SASRec's loss (one uniformly drawn negative per target, binary cross-entropy on
+  # maxsim / temperature) added to the in-batch softmax while training. 0 = the paper's loss.
+  uniform_bce_weight: float = 0.0
+  # Train with tfkf.optimizers.LazyAdam: an item's embedding moves only in the steps that
+  # hold it, instead of coasting on Adam's decaying moments after each (rare) hit.
+  lazy_adam: bool = False
 
   def __post_init__(self):
     features.uncompressed_len(self.max_len, self.compression_windows)

@@ -1,6 +1,6 @@
 """The paper's smoothed in-batch softmax, its logQ correction, the mixed negatives that
-can join the in-batch ones, and the same-history mask that removes a user's own targets
-from them."""
+can join the in-batch ones, the same-history mask that removes a user's own targets
+from them, and SASRec's uniform-negative loss as an auxiliary."""
 
 import numpy as np
 import tensorflow as tf
@@ -43,11 +43,14 @@ class SmoothedInBatchSoftmax(tf.keras.losses.Loss):
     return {**super().get_config(), "alpha": self.alpha}
 
 
+def uniform_items(count, num_items: int) -> tf.Tensor:
+  """[count] real item ids drawn uniformly (with replacement; the reserved ids never)."""
+  return tf.random.uniform([count], features.NUM_RESERVED_IDS, num_items, dtype=tf.int64)
+
+
 def with_uniform_negatives(targets: tf.Tensor, num_items: int, count: int) -> tf.Tensor:
-  """Candidate ids [B + count]: the batch's targets [B], then `count` real items drawn
-  uniformly (with replacement; the reserved ids never)."""
-  uniform = tf.random.uniform([count], features.NUM_RESERVED_IDS, num_items, dtype=tf.int64)
-  return tf.concat([tf.cast(targets, tf.int64), uniform], axis=0)
+  """Candidate ids [B + count]: the batch's targets [B], then `count` uniform_items."""
+  return tf.concat([tf.cast(targets, tf.int64), uniform_items(count, num_items)], axis=0)
 
 
 def mixed_sampling_probability(unigram: tf.Tensor, num_targets, count: int,
@@ -76,6 +79,17 @@ def with_logq_correction(interests: tf.Tensor, candidates: tf.Tensor, probabilit
   ones = tf.ones_like(interests[..., :1])
   offset = -weight * temperature * tf.math.log(probability)
   return tf.concat([interests, ones], -1), tf.concat([candidates, offset[:, None]], -1)
+
+
+def uniform_negative_bce(interests: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor,
+                         temperature: float) -> tf.Tensor:
+  """SASRec's objective on maxsim logits, mean over the global batch: -log s(pos / T) -
+  log s(-neg / T) with each target's score against one uniformly drawn item. Uniform
+  negatives teach every user that the tail of the catalog is not theirs, which in-batch
+  negatives (drawn by popularity) rarely do. interests [n, k, d]; positives, negatives [n, d]."""
+  pos = tf.reduce_max(tf.einsum("nkd,nd->nk", interests, positives), axis=1) / temperature
+  neg = tf.reduce_max(tf.einsum("nkd,nd->nk", interests, negatives), axis=1) / temperature
+  return tf.nn.compute_average_loss(tf.nn.softplus(-pos) + tf.nn.softplus(neg))
 
 
 def same_history_mask(rows: tf.Tensor) -> tf.Tensor:

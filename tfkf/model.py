@@ -8,7 +8,8 @@ from tfkf import layers
 from tfkf.catalog import Catalog
 from tfkf.config import KuaiFormerConfig
 from tfkf.losses import (SmoothedInBatchSoftmax, floor_unseen, mixed_sampling_probability,
-                         same_history_mask, with_logq_correction, with_uniform_negatives)
+                         same_history_mask, uniform_items, uniform_negative_bce,
+                         with_logq_correction, with_uniform_negatives)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfkf")
@@ -175,6 +176,8 @@ class KuaiFormer(tfrs.Model):
     if score_mask is not None and mixed:
       score_mask = tf.pad(score_mask, [[0, 0], [0, mixed]], constant_values=True)
     candidates = self.candidate_tower(candidate_ids)
+    auxiliary = (self._uniform_negative_bce(interests, candidates[:tf.shape(targets)[0]])
+                 if training and self.config.uniform_bce_weight else 0.0)
     if self.config.use_logq:
       probability = tf.gather(self.sampling_probability, candidate_ids)
       if mixed:
@@ -183,7 +186,15 @@ class KuaiFormer(tfrs.Model):
       interests, candidates = with_logq_correction(interests, candidates, probability,
                                                    self.config.logq_weight, self.config.temperature)
     # tfrs Retrieval: candidate i is query i's positive, the extra candidates negatives for all.
-    return self.task(interests, candidates, candidate_ids=candidate_ids, score_mask=score_mask)
+    return (self.task(interests, candidates, candidate_ids=candidate_ids, score_mask=score_mask)
+            + self.config.uniform_bce_weight * auxiliary)
+
+  def _uniform_negative_bce(self, interests, positives):
+    """losses.uniform_negative_bce against one uniform item per target (rarely the target
+    itself or a history item: SASRec redraws those, at 23k+ items they are noise)."""
+    negatives = uniform_items(tf.shape(positives)[0], self.side_features.num_items)
+    return uniform_negative_bce(interests, positives, self.candidate_tower(negatives),
+                                self.config.temperature)
 
   def _every_event_targets(self, inputs, training):
     """(interests [n, k, d], next items [n], batch row of each [n]) after each real one of
