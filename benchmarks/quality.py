@@ -332,8 +332,10 @@ def parse_args(argv=None):
   p.add_argument("--kuaiformer_learning_rate", type=float, default=1e-3)
   p.add_argument("--kuaiformer_lr_schedule", choices=["constant", "warmup_cosine"],
                  default="constant", help="tfkf.train --lr_schedule of KuaiFormer")
-  p.add_argument("--kuaiformer_average_weights", type=float, default=0.0,
-                 help="tfkf.train --average_weights of KuaiFormer (0: the raw weights)")
+  p.add_argument("--kuaiformer_average_weights", type=float, default=0.99,
+                 help="tfkf.train --average_weights of KuaiFormer (0: the raw weights); 0.99 "
+                      "chosen on Games (benchmarks/results/screens/games_weight_average_600s.json, "
+                      "games_lazy_adam_600s.json)")
   p.add_argument("--sasrec_batch_size", type=int, default=128)
   p.add_argument("--kuaiformer_preset", default="cpu", help="a tfkf.config preset")
   p.add_argument("--kuaiformer_overrides", default="{}", help="JSON changes to that preset")
