@@ -111,7 +111,9 @@ PRESETS = {
     # screens/ml_embedding_dropout_540s.json). Tried on Games valid, no better kept at
     # val_loss: temperature 0.1 (HR@500 0.504, batch 4096 0.517), logq_weight 1.5 (0.503
     # against 0.519 at 600 s; screens/games_temperature_batch_1200s.json,
-    # games_logq_weight_600s.json, games_popularity_prior.json).
+    # games_logq_weight_600s.json, games_popularity_prior.json); lazy_adam (0.508 against
+    # Adam's 0.517 at 600 s, games_lazy_adam_600s.json); uniform_bce_weight 1 (no collapse
+    # after the peak, but the peak's level, games_uniform_bce_600s.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3),
     # Tests and the demo: same mechanisms, short histories, tiny widths.
