@@ -73,7 +73,8 @@ def models(args, spec) -> dict:
           f"--targets_per_batch={args.kuaiformer_targets_per_batch}",
           f"--learning_rate={args.kuaiformer_learning_rate}",
           f"--lr_schedule={args.kuaiformer_lr_schedule}",
-          f"--average_weights={args.kuaiformer_average_weights}"]),
+          f"--average_weights={args.kuaiformer_average_weights}",
+          *([f"--select_by={args.kuaiformer_select_by}"] if args.kuaiformer_select_by else [])]),
       "sasrec_bce": ("users", ["--model=sasrec", "--preset=paper",
                                f"--config_overrides={json.dumps({**sasrec, 'loss': 'bce'})}",
                                f"--batch_size={args.sasrec_batch_size}"]),
@@ -121,7 +122,8 @@ def train_command(data_dir: str, model_dir: str, flags, args, curve_dir: str = N
   valid split of that build."""
   curve = ([f"--curve_data_dir={curve_dir}", f"--curve_examples={args.curve_examples}",
             f"--curve_every_seconds={args.curve_every_seconds}"] if curve_dir else [])
-  if args.select_by != "val_loss":  # (the default is left out: earlier records' commands hold)
+  chosen = any(flag.startswith("--select_by=") for flag in flags)  # --kuaiformer_select_by
+  if args.select_by != "val_loss" and not chosen:  # (the default is left out: earlier records' commands hold)
     curve.append(f"--select_by={args.select_by}")
   return ["-m", "tfkf.train", f"--data_dir={data_dir}", f"--model_dir={model_dir}", *flags,
           f"--epochs={args.max_epochs}", f"--steps_per_epoch={args.steps_per_epoch}",
@@ -291,7 +293,8 @@ def run(args) -> dict:
                      "kuaiformer_learning_rate": args.kuaiformer_learning_rate,
                      "kuaiformer_lr_schedule": args.kuaiformer_lr_schedule,
                      "kuaiformer_average_weights": args.kuaiformer_average_weights,
-                     "curve_examples": args.curve_examples, "select_by": args.select_by},
+                     "curve_examples": args.curve_examples, "select_by": args.select_by,
+                     "kuaiformer_select_by": args.kuaiformer_select_by},
           "datasets": {key: run_dataset(key, args) for key in args.datasets}}
 
 
@@ -344,6 +347,8 @@ def parse_args(argv=None):
   p.add_argument("--select_by", default="val_loss",
                  help="tfkf.train --select_by of every trained model: val_loss, or a metric of "
                       "its learning curve (valid split), e.g. hr@100 with --curve_every_seconds=0")
+  p.add_argument("--kuaiformer_select_by", default=None,
+                 help="KuaiFormer's own --select_by (default: --select_by's)")
   p.add_argument("--curve_every_seconds", type=float, default=60,
                  help="training seconds between points of the learning curves")
   p.add_argument("--num_neighbors", type=int, default=100)

@@ -633,7 +633,12 @@ def _with_interval(model: dict, protocol: str, metric: str) -> str:
 
 def _kept_weights(budget: dict) -> str:
   """Which of its weights a trained model of the budget ends on (tfkf.train --select_by)."""
-  metric = budget.get("select_by", "val_loss")
+  kept = _weights_by(budget.get("select_by", "val_loss"), budget)
+  own = budget.get("kuaiformer_select_by")
+  return kept + (f"; KuaiFormer keeps {_weights_by(own, budget)}" if own else "")
+
+
+def _weights_by(metric: str, budget: dict) -> str:
   if metric == "val_loss":
     return "its epoch with the lowest validation loss, `tfkf.train`'s EarlyStopping"
   return (f"its learning curve's best point by valid {metric.upper()} on "

@@ -196,7 +196,7 @@ def test_quality_benchmark(tmp_path):
            '"ffn_dim": 16, "compression_windows": [8], "num_query_tokens": 2}',
            "--max_epochs=1", "--steps_per_epoch=2", "--validation_steps=1",
            "--train_seconds=0", "--kuaiformer_batch_size=16", "--num_negatives=10",
-           "--select_by=hr@100"]
+           "--kuaiformer_select_by=hr@100"]
   cli.run("benchmarks.quality", *flags, f"--output={out}")
   result = json.loads(out.read_text())
   models = result["datasets"]["games"]["models"]
@@ -227,7 +227,8 @@ def test_quality_benchmark(tmp_path):
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
   assert "![learning curves](benchmarks/plots/learning_curve_games.png)" in text
   assert "KuaiFormer minus each model, paired" in text and "95% bootstrap interval" in text
-  assert "best point by valid HR@100 on 2000 examples, `tfkf.train --select_by=hr@100`" in text
+  assert ("lowest validation loss, `tfkf.train`'s EarlyStopping; KuaiFormer keeps its learning "
+          "curve's best point by valid HR@100 on 2000 examples, `tfkf.train --select_by=hr@100`") in text
   assert f"Weights kept (the learning curve's best point): KuaiFormer step 2 of 2 (valid HR@100 {point['hr@100']:.4f})" in text
   # --reuse: the saved run evaluated again, not trained: the same ranks, the same record.
   again = tmp_path / "again.json"

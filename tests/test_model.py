@@ -365,11 +365,15 @@ def test_uniform_negative_bce_is_sasrecs_loss_on_maxsim_logits():
   from tfkf.losses import uniform_negative_bce
   rng = np.random.default_rng(3)
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-  interests, pos, neg = (unit(rng.normal(size=s)).astype("float32") for s in ([6, 3, 4], [6, 4], [6, 4]))
+  interests, pos, neg = (unit(rng.normal(size=s)).astype("float32")
+                         for s in ([6, 3, 4], [6, 4], [6, 5, 4]))
   softplus = lambda x: np.log1p(np.exp(x))
-  best = lambda items: (interests @ items[:, :, None])[..., 0].max(axis=1) / 0.1
-  expected = np.mean(softplus(-best(pos)) + softplus(best(neg)))
-  assert float(uniform_negative_bce(interests, pos, neg, 0.1)) == pytest.approx(expected, rel=1e-5)
+  best = lambda items: (interests[:, None] @ items[..., None])[..., 0].max(axis=-1) / 0.1
+  one = np.mean(softplus(-best(pos[:, None]))[:, 0] + softplus(best(neg[:, :1]))[:, 0])
+  assert float(uniform_negative_bce(interests, pos, neg[:, 0], 0.1)) == pytest.approx(one, rel=1e-5)
+  # m negatives per target: their terms are averaged.
+  several = np.mean(softplus(-best(pos[:, None]))[:, 0] + softplus(best(neg)).mean(axis=1))
+  assert float(uniform_negative_bce(interests, pos, neg, 0.1)) == pytest.approx(several, rel=1e-5)
 
 
 def test_the_uniform_negative_loss_joins_training_and_leaves_validation_alone():
@@ -385,3 +389,19 @@ def test_the_uniform_negative_loss_joins_training_and_leaves_validation_alone():
     tf.random.set_seed(0)
     b = float(with_bce.compute_loss(batch, training=training))
     assert (b > a) if training else (b == pytest.approx(a))
+
+
+def test_several_uniform_negatives_per_target_train_through_fit():
+  config = PRESETS["small"].replace(uniform_bce_weight=1.0, uniform_bce_negatives=8)
+  batch = histories(config, [10, 20, 30, 40])
+  batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
+  model = model_for(config)
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+  before = float(model.compute_loss(batch, training=True))
+  history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(20), verbose=0)
+  assert np.isfinite(history.history["loss"][-1]) and history.history["loss"][-1] < before
+
+
+def test_a_uniform_loss_without_negatives_is_refused():
+  with pytest.raises(ValueError, match="uniform_bce_negatives=0: 1 or more"):
+    PRESETS["small"].replace(uniform_bce_negatives=0)

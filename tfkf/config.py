@@ -65,9 +65,11 @@ class KuaiFormerConfig(JsonConfig):
   # histories valid HR@100 0.420 -> 0.445 at 600 s; Games (7 events a history) unchanged
   # (benchmarks/results/screens/ml_mask_dropout_600s.json, games_mask_same_history_300s.json).
   mask_same_history: bool = True
-  # Weight of SASRec's loss (one uniformly drawn negative per target, binary cross-entropy on
+  # Weight of SASRec's loss (uniformly drawn negatives per target, binary cross-entropy on
   # maxsim / temperature) added to the in-batch softmax while training. 0 = the paper's loss.
   uniform_bce_weight: float = 0.0
+  # Uniformly drawn negatives per target of that loss (its negative term is their mean).
+  uniform_bce_negatives: int = 1
   # Train with tfkf.optimizers.LazyAdam: an item's embedding moves only in the steps that
   # hold it, instead of coasting on Adam's decaying moments after each (rare) hit.
   lazy_adam: bool = False
@@ -83,6 +85,8 @@ class KuaiFormerConfig(JsonConfig):
       raise ValueError(f"logq_weight={self.logq_weight}: 0 (no correction) or more")
     if self.mixed_negatives < 0:
       raise ValueError(f"mixed_negatives={self.mixed_negatives}: 0 (in-batch only) or more")
+    if self.uniform_bce_negatives < 1:
+      raise ValueError(f"uniform_bce_negatives={self.uniform_bce_negatives}: 1 or more")
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
 

@@ -84,12 +84,17 @@ def with_logq_correction(interests: tf.Tensor, candidates: tf.Tensor, probabilit
 def uniform_negative_bce(interests: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor,
                          temperature: float) -> tf.Tensor:
   """SASRec's objective on maxsim logits, mean over the global batch: -log s(pos / T) -
-  log s(-neg / T) with each target's score against one uniformly drawn item. Uniform
+  mean_m log s(-neg_m / T) with each target's score against m uniformly drawn items. Uniform
   negatives teach every user that the tail of the catalog is not theirs, which in-batch
-  negatives (drawn by popularity) rarely do. interests [n, k, d]; positives, negatives [n, d]."""
+  negatives (drawn by popularity) rarely do. interests [n, k, d]; positives [n, d];
+  negatives [n, d] (m = 1) or [n, m, d]."""
+  negatives = tf.convert_to_tensor(negatives)
+  if negatives.shape.rank == 2:
+    negatives = negatives[:, None, :]
   pos = tf.reduce_max(tf.einsum("nkd,nd->nk", interests, positives), axis=1) / temperature
-  neg = tf.reduce_max(tf.einsum("nkd,nd->nk", interests, negatives), axis=1) / temperature
-  return tf.nn.compute_average_loss(tf.nn.softplus(-pos) + tf.nn.softplus(neg))
+  neg = tf.reduce_max(tf.einsum("nkd,nmd->nmk", interests, negatives), axis=2) / temperature
+  return tf.nn.compute_average_loss(tf.nn.softplus(-pos)
+                                    + tf.reduce_mean(tf.nn.softplus(neg), axis=1))
 
 
 def same_history_mask(rows: tf.Tensor) -> tf.Tensor:

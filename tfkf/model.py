@@ -190,10 +190,12 @@ class KuaiFormer(tfrs.Model):
             + self.config.uniform_bce_weight * auxiliary)
 
   def _uniform_negative_bce(self, interests, positives):
-    """losses.uniform_negative_bce against one uniform item per target (rarely the target
-    itself or a history item: SASRec redraws those, at 23k+ items they are noise)."""
-    negatives = uniform_items(tf.shape(positives)[0], self.side_features.num_items)
-    return uniform_negative_bce(interests, positives, self.candidate_tower(negatives),
+    """losses.uniform_negative_bce against uniform_bce_negatives uniform items per target
+    (rarely the target itself or a history item: SASRec redraws those, at 23k+ items they
+    are noise)."""
+    n, m = tf.shape(positives)[0], self.config.uniform_bce_negatives
+    negatives = self.candidate_tower(uniform_items(n * m, self.side_features.num_items))
+    return uniform_negative_bce(interests, positives, tf.reshape(negatives, [n, m, negatives.shape[-1]]),
                                 self.config.temperature)
 
   def _every_event_targets(self, inputs, training):
