@@ -347,8 +347,10 @@ def parse_args(argv=None):
   p.add_argument("--select_by", default="val_loss",
                  help="tfkf.train --select_by of every trained model: val_loss, or a metric of "
                       "its learning curve (valid split), e.g. hr@100 with --curve_every_seconds=0")
-  p.add_argument("--kuaiformer_select_by", default=None,
-                 help="KuaiFormer's own --select_by (default: --select_by's)")
+  p.add_argument("--kuaiformer_select_by", default="hr@500",
+                 help="KuaiFormer's own tfkf.train --select_by ('' for --select_by's): hr@500 "
+                      "with the cpu preset's auxiliary loss, whose validation loss no longer "
+                      "tracks its retrieval metrics (tfkf/config.py PRESETS)")
   p.add_argument("--curve_every_seconds", type=float, default=60,
                  help="training seconds between points of the learning curves")
   p.add_argument("--num_neighbors", type=int, default=100)
