@@ -658,6 +658,15 @@ def _selected_points(models: dict) -> str:
   return "; ".join(kept)
 
 
+def _auxiliary_loss(datasets: dict) -> str:
+  """The auxiliary SASRec loss of the run's KuaiFormer (its recorded config, which outlives
+  the preset's defaults)."""
+  weights = {d["models"]["kuaiformer"]["config"].get("uniform_bce_weight", 0.0)
+             for d in datasets.values() if "kuaiformer" in d["models"]}
+  return "".join(f", auxiliary SASRec loss weight {w:g}" if w else ", no auxiliary loss"
+                 for w in sorted(weights))
+
+
 def _quality(r) -> list:
   b = r["budget"]
   titles = ", ".join(d["title"] for d in r["datasets"].values())
@@ -683,7 +692,8 @@ def _quality(r) -> list:
                f"{b.get('kuaiformer_learning_rate', 1e-3):g} "
                f"({b.get('kuaiformer_lr_schedule', 'constant')})"
                + (f", weights averaged with momentum {b['kuaiformer_average_weights']:g}"
-                  if b.get("kuaiformer_average_weights") else "") if "kuaiformer" in trained else
+                  if b.get("kuaiformer_average_weights") else "")
+               + _auxiliary_loss(r["datasets"]) if "kuaiformer" in trained else
                "no KuaiFormer in this run")
             + f". Seed {r['seed']}. "
             "train (s): the whole `tfkf.train` process (start-up and validation included); "
