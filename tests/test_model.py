@@ -370,7 +370,7 @@ def test_uniform_negative_bce_is_sasrecs_loss_on_maxsim_logits():
   softplus = lambda x: np.log1p(np.exp(x))
   best = lambda items: (interests[:, None] @ items[..., None])[..., 0].max(axis=-1) / 0.1
   one = np.mean(softplus(-best(pos[:, None]))[:, 0] + softplus(best(neg[:, :1]))[:, 0])
-  assert float(uniform_negative_bce(interests, pos, neg[:, 0], 0.1)) == pytest.approx(one, rel=1e-5)
+  assert float(uniform_negative_bce(interests, pos, neg[:, :1], 0.1)) == pytest.approx(one, rel=1e-5)
   # m negatives per target: their terms are averaged.
   several = np.mean(softplus(-best(pos[:, None]))[:, 0] + softplus(best(neg)).mean(axis=1))
   assert float(uniform_negative_bce(interests, pos, neg, 0.1)) == pytest.approx(several, rel=1e-5)

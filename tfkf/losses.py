@@ -87,10 +87,7 @@ def uniform_negative_bce(interests: tf.Tensor, positives: tf.Tensor, negatives: 
   mean_m log s(-neg_m / T) with each target's score against m uniformly drawn items. Uniform
   negatives teach every user that the tail of the catalog is not theirs, which in-batch
   negatives (drawn by popularity) rarely do. interests [n, k, d]; positives [n, d];
-  negatives [n, d] (m = 1) or [n, m, d]."""
-  negatives = tf.convert_to_tensor(negatives)
-  if negatives.shape.rank == 2:
-    negatives = negatives[:, None, :]
+  negatives [n, m, d]."""
   pos = tf.reduce_max(tf.einsum("nkd,nd->nk", interests, positives), axis=1) / temperature
   neg = tf.reduce_max(tf.einsum("nkd,nmd->nmk", interests, negatives), axis=2) / temperature
   return tf.nn.compute_average_loss(tf.nn.softplus(-pos)
