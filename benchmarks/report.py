@@ -631,10 +631,11 @@ def _with_interval(model: dict, protocol: str, metric: str) -> str:
   return f"{value} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else value
 
 
-def _kept_weights(budget: dict) -> str:
-  """Which of its weights a trained model of the budget ends on (tfkf.train --select_by)."""
+def _kept_weights(budget: dict, kuaiformer: bool) -> str:
+  """Which of its weights a trained model of the budget ends on (tfkf.train --select_by);
+  `kuaiformer`: whether the run trained one (its own --kuaiformer_select_by)."""
   kept = _weights_by(budget.get("select_by", "val_loss"), budget)
-  own = budget.get("kuaiformer_select_by")
+  own = budget.get("kuaiformer_select_by") if kuaiformer else None
   return kept + (f"; KuaiFormer keeps {_weights_by(own, budget)}" if own else "")
 
 
@@ -678,7 +679,7 @@ def _quality(r) -> list:
             if by_epochs else
             f"equal wall time, {b['train_seconds']:.0f} s each (stopping at the end of the first "
             f"{b['steps_per_epoch']}-step epoch past it; every trained model keeps the weights of ")
-  budget += _kept_weights(b) + ")"
+  budget += _kept_weights(b, "kuaiformer" in trained) + ")"
   lines = [f"## Retrieval quality against baselines: {titles}, {per_model} per trained model "
            f"({', '.join(QUALITY_NAMES[n] for n in trained)})", "",
            f"`{r.get('command', 'make bench-quality')}`", "",

@@ -230,6 +230,9 @@ def test_quality_benchmark(tmp_path):
   assert "KuaiFormer minus each model, paired" in text and "95% bootstrap interval" in text
   assert ("lowest validation loss, `tfkf.train`'s EarlyStopping; KuaiFormer keeps its learning "
           "curve's best point by valid HR@100 on 2000 examples, `tfkf.train --select_by=hr@100`") in text
+  without = {**result, "datasets": {"games": {**result["datasets"]["games"], "kuaiformer_minus": {},
+             "models": {n: m for n, m in models.items() if n != "kuaiformer"}}}}
+  assert "KuaiFormer keeps" not in render([without])  # a run without KuaiFormer says nothing of it
   assert f"Weights kept (the learning curve's best point): KuaiFormer step 2 of 2 (valid HR@100 {point['hr@100']:.4f})" in text
   # --reuse: the saved run evaluated again, not trained: the same ranks, the same record.
   again = tmp_path / "again.json"
