@@ -34,8 +34,23 @@ def pad_histories(histories):
 def rest_predict(host: str, port: int, model: str, histories, signature: str = "serving_default",
                  timeout_s: float = 30.0) -> dict:
   """Row-format predict: {"predictions": [{"item_ids": [...], "scores": [...], "interest": [...]}]}."""
-  body = {"signature_name": signature,
-          "instances": [{"item_ids": row} for row in pad_histories(histories)]}
+  return _rest_post(host, port, model, {"signature_name": signature, "instances": [
+      {"item_ids": row} for row in pad_histories(histories)]}, timeout_s)
+
+
+def rest_split_predict(host: str, port: int, histories, tower_model: str = "user_tower",
+                       index_model: str = "item_index", timeout_s: float = 30.0) -> dict:
+  """The same answer as rest_predict from the two servables of `serving.export --servable`:
+  the user tower's interests, then the item index on them and the same history."""
+  rows = pad_histories(histories)
+  # The tower has one output: TF Serving's row format then lists its values unnamed.
+  interests = _rest_post(host, port, tower_model, {"instances": [{"item_ids": r} for r in rows]},
+                         timeout_s)["predictions"]
+  return _rest_post(host, port, index_model, {"instances": [
+      {"item_ids": r, "interests": i} for r, i in zip(rows, interests)]}, timeout_s)
+
+
+def _rest_post(host: str, port: int, model: str, body: dict, timeout_s: float) -> dict:
   request = urllib.request.Request(
       f"http://{host}:{port}/v1/models/{model}:predict", data=json.dumps(body).encode(),
       headers={"Content-Type": "application/json"}, method="POST")

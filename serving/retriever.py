@@ -33,52 +33,42 @@ def scann_parameters(num_items: int, k: int) -> Dict[str, int]:
           "num_reordering_candidates": reorder, "k": k}
 
 
-class Retriever(tf.Module):
-  """Holds the user tower, the item vocabulary and the index over the catalog."""
+def vocabulary(item_vocab_file: str) -> tf.lookup.StaticHashTable:
+  """Raw item id -> its line in the vocabulary file (= catalog position), -1 if absent."""
+  return tf.lookup.StaticHashTable(
+      tf.lookup.TextFileInitializer(item_vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                                    tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
+      default_value=-1)
 
-  def __init__(self, model: KuaiFormer, item_vocab_file: str, item_ids, index: str = "brute_force",
-               top_k: int = 100, exclude_history: bool = True,
-               max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH, item_embeddings=None):
-    """item_ids [n] raw ids by item index (rows 0, 1 reserved); the first rows follow the
-    vocabulary file. item_embeddings [n, d] default to the model's item tower; they may
-    cover more items than the vocabulary (retrievable, but unknown as history)."""
+
+def check_history_lengths(item_ids: tf.Tensor, max_history_length: int, used: str = "") -> None:
+  """Rejects (InvalidArgument, a 400 in serving) empty and over-long raw histories [b, T]."""
+  lengths = tf.reduce_sum(tf.cast(tf.not_equal(item_ids, features.PAD_TOKEN), tf.int32), axis=1)
+  tf.debugging.assert_positive(
+      lengths, message="every history needs at least one item id; got an empty history")
+  tf.debugging.assert_less_equal(
+      lengths, max_history_length,
+      message=f"a history may hold at most {max_history_length} item ids{used}; send fewer")
+
+
+class UserTowerModule(tf.Module):
+  """Raw history -> the k interests [b, k, d]: vocabulary, bucketization and the user tower."""
+
+  def __init__(self, model: KuaiFormer, item_vocab_file: str,
+               max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH):
     super().__init__()
     config = model.config
     self.user_tower = model.user_tower
     self.max_len = config.max_len
     self.event_features = config.event_features
-    self.top_k = top_k
-    self.exclude_history = exclude_history
     self.max_history_length = max_history_length
-    self.vocab = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(item_vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-                                      tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
-        default_value=-1)
-    real = slice(features.NUM_RESERVED_IDS, None)
-    # position p = item index p + 2. A variable, saved beside the weights: as a constant the
-    # ids sit in the graph, which loading copies several times over (+1.5 GB at 1M items).
-    self.item_ids = tf.Variable(item_ids[real], trainable=False, dtype=tf.string,
-                                name="item_ids")
-    if item_embeddings is None:
-      item_embeddings = model.item_embeddings()
-    if len(item_ids) != int(item_embeddings.shape[0]):
-      raise ValueError(f"{len(item_ids)} item ids but {item_embeddings.shape[0]} item embeddings")
-    embeddings = tf.convert_to_tensor(item_embeddings, tf.float32)[real]
-    self.num_items = int(embeddings.shape[0])
-    self.index_kind = index
-    if index == "scann":
-      params = scann_parameters(self.num_items, top_k + self.max_len)
-      self.per_interest_k = params.pop("k")
-      self.scann = tfrs.layers.factorized_top_k.ScaNN(k=self.per_interest_k, **params)
-      self.scann.index(embeddings, tf.range(self.num_items, dtype=tf.int64))
-    else:
-      self.embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
+    self.vocab = vocabulary(item_vocab_file)
 
-  # -- inputs -------------------------------------------------------------------
   def encode(self, item_ids: tf.Tensor, raw_events: Optional[Dict[str, tf.Tensor]] = None):
     """Raw [b, T] ids ("" = padding, anywhere) -> model inputs, left-aligned to max_len."""
+    check_history_lengths(item_ids, self.max_history_length,
+                          f" (the newest {self.max_len} are used)")
     present = tf.not_equal(item_ids, features.PAD_TOKEN)
-    self._check_lengths(tf.reduce_sum(tf.cast(present, tf.int32), axis=1))
     align = lambda x, pad: features.left_align(tf.ragged.boolean_mask(x, present), self.max_len, pad)
     raw = align(item_ids, features.PAD_TOKEN)
     found = self.vocab.lookup(raw)
@@ -93,19 +83,46 @@ class Retriever(tf.Module):
         inputs[features.history_key(name)] = align(encoded, features.PAD_ID)
     return inputs
 
-  def _check_lengths(self, lengths: tf.Tensor) -> None:
-    """Rejects (InvalidArgument, a 400 in serving) empty and over-long histories."""
-    tf.debugging.assert_positive(
-        lengths, message="every history needs at least one item id; got an empty history")
-    tf.debugging.assert_less_equal(
-        lengths, self.max_history_length,
-        message=f"a history may hold at most {self.max_history_length} item ids (the newest "
-                f"{self.max_len} are used); send fewer")
+  def interests(self, item_ids: tf.Tensor, raw_events=None) -> tf.Tensor:
+    return self.user_tower(self.encode(item_ids, raw_events))
 
-  # -- retrieval ----------------------------------------------------------------
-  def retrieve(self, item_ids: tf.Tensor, raw_events=None) -> Dict[str, tf.Tensor]:
-    """Raw [b, T] history -> top-K item ids, scores and the interest that found each."""
-    interests = self.user_tower(self.encode(item_ids, raw_events))  # [b, k, d]
+
+class ItemIndex(tf.Module):
+  """The catalog's item vectors and raw ids, searched by maxsim over a user's interests."""
+
+  def __init__(self, item_vocab_file: str, item_ids, item_embeddings, index: str = "brute_force",
+               top_k: int = 100, exclude_history: bool = True, history_allowance: int = 0,
+               max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH):
+    """item_ids [n] raw ids by item index (rows 0, 1 reserved); the first rows follow the
+    vocabulary file. item_embeddings [n, d] may cover more items than the vocabulary
+    (retrievable, but unknown as history). A ScaNN index returns top_k + history_allowance
+    candidates per interest, so that excluding the history still leaves top_k."""
+    super().__init__()
+    self.top_k = top_k
+    self.exclude_history = exclude_history
+    self.max_history_length = max_history_length
+    self.vocab = vocabulary(item_vocab_file)
+    if len(item_ids) != int(item_embeddings.shape[0]):
+      raise ValueError(f"{len(item_ids)} item ids but {item_embeddings.shape[0]} item embeddings")
+    real = slice(features.NUM_RESERVED_IDS, None)
+    # position p = item index p + 2. A variable, saved beside the weights: as a constant the
+    # ids sit in the graph, which loading copies several times over (+1.5 GB at 1M items).
+    self.item_ids = tf.Variable(item_ids[real], trainable=False, dtype=tf.string,
+                                name="item_ids")
+    embeddings = tf.convert_to_tensor(item_embeddings, tf.float32)[real]
+    self.num_items, self.dim = int(embeddings.shape[0]), int(embeddings.shape[1])
+    self.index_kind = index
+    if index == "scann":
+      params = scann_parameters(self.num_items, top_k + history_allowance)
+      self.per_interest_k = params.pop("k")
+      self.scann = tfrs.layers.factorized_top_k.ScaNN(k=self.per_interest_k, **params)
+      self.scann.index(embeddings, tf.range(self.num_items, dtype=tf.int64))
+    else:
+      self.embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
+
+  def search(self, interests: tf.Tensor, item_ids: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """interests [b, k, d] and the raw history [b, T] they came from -> top-K item ids,
+    scores and the interest that found each."""
     # Catalog positions of every item sent, not only the latest max_len the model
     # sees: -1 for padding and unknown ids. These are excluded from the results.
     history = self.vocab.lookup(item_ids)
@@ -142,6 +159,26 @@ class Retriever(tf.Module):
     return merge_candidates(scores, positions, interest, history if self.exclude_history else None)
 
 
+class Retriever(tf.Module):
+  """Raw history in, top-K out: a UserTowerModule and an ItemIndex in one SavedModel."""
+
+  def __init__(self, model: KuaiFormer, item_vocab_file: str, item_ids, index: str = "brute_force",
+               top_k: int = 100, exclude_history: bool = True,
+               max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH, item_embeddings=None):
+    """item_embeddings [n, d] default to the model's item tower (see ItemIndex)."""
+    super().__init__()
+    self.tower = UserTowerModule(model, item_vocab_file, max_history_length)
+    if item_embeddings is None:
+      item_embeddings = model.item_embeddings()
+    self.index = ItemIndex(item_vocab_file, item_ids, item_embeddings, index, top_k,
+                           exclude_history, history_allowance=model.config.max_len,
+                           max_history_length=max_history_length)
+
+  def retrieve(self, item_ids: tf.Tensor, raw_events=None) -> Dict[str, tf.Tensor]:
+    """Raw [b, T] history -> top-K item ids, scores and the interest that found each."""
+    return self.index.search(self.tower.interests(item_ids, raw_events), item_ids)
+
+
 def merge_candidates(scores, positions, interest, history=None):
   """[b, c] candidates of several interests -> the same, with -inf for every repeat of an
   item but its best-scored one (ties: the earliest) and for items in `history` [b, T]."""
@@ -157,25 +194,62 @@ def merge_candidates(scores, positions, interest, history=None):
     drop = tf.logical_or(drop, tf.reduce_any(tf.equal(positions[:, :, None], history[:, None, :]), axis=2))
   return tf.where(drop, NEG_INF, scores), positions, interest
 
+IDS_SPEC = tf.TensorSpec([None, None], tf.string, name="item_ids")
+
+
+def _event_specs(event_features):
+  raw_names = [features.EVENT_RAW_INPUTS[n] for n in event_features]
+  return raw_names, [tf.TensorSpec([None, None], tf.float32, name=n) for n in raw_names]
+
+
 def serving_signatures(retriever: Retriever) -> Dict[str, tf.types.experimental.ConcreteFunction]:
   """serving_default (ids only), serving_with_events (ids + raw event features), user_embedding."""
-  ids_spec = tf.TensorSpec([None, None], tf.string, name="item_ids")
+  raw_names, event_specs = _event_specs(retriever.tower.event_features)
 
-  @tf.function(input_signature=[ids_spec])
+  @tf.function(input_signature=[IDS_SPEC])
   def serving_default(item_ids):
     return retriever.retrieve(item_ids)
 
-  raw_names = [features.EVENT_RAW_INPUTS[n] for n in retriever.event_features]
-  event_specs = [tf.TensorSpec([None, None], tf.float32, name=n) for n in raw_names]
-
-  @tf.function(input_signature=[ids_spec] + event_specs)
+  @tf.function(input_signature=[IDS_SPEC] + event_specs)
   def serving_with_events(item_ids, *raw):
     return retriever.retrieve(item_ids, dict(zip(raw_names, raw)))
 
-  @tf.function(input_signature=[ids_spec])
+  @tf.function(input_signature=[IDS_SPEC])
   def user_embedding(item_ids):
-    return {"interests": retriever.user_tower(retriever.encode(item_ids))}
+    return {"interests": retriever.tower.interests(item_ids)}
 
   return {"serving_default": serving_default.get_concrete_function(),
           "serving_with_events": serving_with_events.get_concrete_function(),
           "user_embedding": user_embedding.get_concrete_function()}
+
+
+def user_tower_signatures(tower: UserTowerModule) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+  """The user-tower servable: serving_default (ids) and serving_with_events -> {"interests"}."""
+  raw_names, event_specs = _event_specs(tower.event_features)
+
+  @tf.function(input_signature=[IDS_SPEC])
+  def serving_default(item_ids):
+    return {"interests": tower.interests(item_ids)}
+
+  @tf.function(input_signature=[IDS_SPEC] + event_specs)
+  def serving_with_events(item_ids, *raw):
+    return {"interests": tower.interests(item_ids, dict(zip(raw_names, raw)))}
+
+  return {"serving_default": serving_default.get_concrete_function(),
+          "serving_with_events": serving_with_events.get_concrete_function()}
+
+
+def item_index_signatures(index: ItemIndex) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+  """The item-index servable: serving_default (the user-tower servable's interests and the raw
+  history they came from, whose items are excluded) -> item_ids, scores, interest."""
+
+  @tf.function(input_signature=[IDS_SPEC,
+                                tf.TensorSpec([None, None, index.dim], tf.float32, name="interests")])
+  def serving_default(item_ids, interests):
+    check_history_lengths(item_ids, index.max_history_length)
+    tf.debugging.assert_equal(
+        tf.shape(interests)[0], tf.shape(item_ids)[0],
+        message="interests and item_ids must hold the same number of users")
+    return index.search(interests, item_ids)
+
+  return {"serving_default": serving_default.get_concrete_function()}

@@ -5,7 +5,8 @@ towers on the Beam job's own (already encoded) histories; the export sees the
 same histories as raw id strings and must get from them to the same top K:
 identical for a brute-force index (up to the order of items whose exact scores tie
 within float rounding: the graph and eager Keras may sum in another order), recall@K
->= a threshold for ScaNN.
+>= a threshold for ScaNN. An item-index export gets the Keras interests beside the
+raw ids; a user-tower export must give the Keras interests.
 """
 
 from typing import Dict, List
@@ -41,26 +42,50 @@ def raw_histories(indices: np.ndarray, catalog: Catalog) -> np.ndarray:
 SCORE_TIE_TOLERANCE = 1e-5
 
 
-def reference_scores(model: KuaiFormer, indices: np.ndarray, exclude_history: bool) -> np.ndarray:
-  """[b, num_items] exact maxsim from the Keras model (event features unknown), catalog
-  rows in order; history items at -inf when excluded."""
+def reference_interests(model: KuaiFormer, indices: np.ndarray) -> tf.Tensor:
+  """[b, k, d] from the Keras user tower, event features unknown (as an ids-only request)."""
   inputs = {features.HISTORY_ITEM: tf.constant(indices)}
   for name in model.config.event_features:
     inputs[features.history_key(name)] = tf.zeros_like(inputs[features.HISTORY_ITEM])
+  return model.user_tower(inputs)
+
+
+def reference_scores(model: KuaiFormer, indices: np.ndarray, exclude_history: bool) -> np.ndarray:
+  """[b, num_items] exact maxsim from the Keras model (event features unknown), catalog
+  rows in order; history items at -inf when excluded."""
   items = model.item_embeddings()[features.NUM_RESERVED_IDS:]
-  scores, _ = scoring.maxsim(model.user_tower(inputs), items)
+  scores, _ = scoring.maxsim(reference_interests(model, indices), items)
   if exclude_history:
     rows = tf.constant(indices - features.NUM_RESERVED_IDS)
     scores = scoring.mask_items(scores, rows, rows >= 0)
   return scores.numpy()
 
 
+def served_top_k(export_path: str, servable: str, model: KuaiFormer, catalog: Catalog,
+                 indices: np.ndarray) -> Dict[str, tf.Tensor]:
+  """The export's serving_default on the histories: a retriever takes the raw ids; an item
+  index takes them with the Keras user tower's interests."""
+  signature = tf.saved_model.load(export_path).signatures["serving_default"]
+  raw = tf.constant(raw_histories(indices, catalog))
+  if servable == "item_index":
+    return signature(item_ids=raw, interests=reference_interests(model, indices))
+  return signature(item_ids=raw)
+
+
+def compare_interests(export_path: str, model: KuaiFormer, catalog: Catalog,
+                      indices: np.ndarray) -> Dict[str, float]:
+  """{"examples", "max_abs_difference"} of a user-tower export's interests against Keras'."""
+  signature = tf.saved_model.load(export_path).signatures["serving_default"]
+  served = signature(item_ids=tf.constant(raw_histories(indices, catalog)))["interests"]
+  difference = np.abs(served.numpy() - reference_interests(model, indices).numpy()).max()
+  return {"examples": len(indices), "max_abs_difference": float(difference)}
+
+
 def compare(export_path: str, model: KuaiFormer, catalog: Catalog, indices: np.ndarray,
-            top_k: int, exclude_history: bool) -> Dict[str, float]:
+            top_k: int, exclude_history: bool, servable: str = "retriever") -> Dict[str, float]:
   """{"examples", "recall@K", "identical_rows", "identical_rows_up_to_ties"} of the
-  export's serving_default against the reference."""
-  loaded = tf.saved_model.load(export_path)
-  served = loaded.signatures["serving_default"](item_ids=tf.constant(raw_histories(indices, catalog)))
+  export's serving_default (a retriever or an item index) against the reference."""
+  served = served_top_k(export_path, servable, model, catalog, indices)
   row_of = {item.encode(): row for row, item in enumerate(catalog.item_ids[features.NUM_RESERVED_IDS:])}
   served_rows = np.vectorize(row_of.__getitem__, otypes=[np.int64])(served["item_ids"].numpy())
   scores = reference_scores(model, indices, exclude_history)

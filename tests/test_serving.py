@@ -27,7 +27,8 @@ import cli
 from benchmarks import hostile_requests as hostile
 import planted
 from servers import K, Server, export
-from serving.client import grpc_model_status, grpc_predict, rest_predict, wait_until_available
+from serving.client import (grpc_model_status, grpc_predict, rest_predict, rest_split_predict,
+                            wait_until_available)
 
 MODEL = "kuaiformer"
 
@@ -203,6 +204,66 @@ def test_labels_and_version_policy_from_a_model_config_file(base, tmp_path):
     request = _grpc_request([["1", "2"]])
     request.model_spec.version_label = "canary"
     assert stub.Predict(request, timeout=30).model_spec.version.value == 2
+  finally:
+    server.stop()
+
+
+def test_split_servables_answer_as_the_retriever_and_refresh_apart(trained, batching, histories,
+                                                                      tmp_path):
+  """The user tower and the item index, exported apart and served from one ModelServerConfig,
+  give the one-model export's answer; a new tower version swaps in under load while the
+  index keeps its version, and no call fails."""
+  for servable in ("user_tower", "item_index"):
+    result = export(trained, tmp_path / "models" / servable, f"--servable={servable}",
+                    "--index=brute_force")
+    assert result["verification"]["servable"] == servable
+  assert result["verification"]["identical_rows_up_to_ties"] == 1.0
+  config = tmp_path / "models.config"
+  with open(os.path.join(cli.ROOT, "deploy", "split", "models.config")) as f:
+    config.write_text(f.read().replace("/models/", f"{tmp_path / 'models'}/"))
+  server = Server(str(tmp_path / "server.log"), f"--model_config_file={config}")
+  try:
+    for model in ("user_tower", "item_index"):
+      wait_until_available("127.0.0.1", server.rest, model, timeout_s=120)
+    some = histories[:8]
+    split = rest_split_predict("127.0.0.1", server.rest, some)["predictions"]
+    whole = rest_predict("127.0.0.1", batching.rest, MODEL, some)["predictions"]
+    for a, b in zip(split, whole):
+      assert a["item_ids"] == b["item_ids"]
+      np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+    two_users = rest_predict("127.0.0.1", server.rest, "user_tower", some[:2])["predictions"]
+    mismatched = {"inputs": {"item_ids": [["", *some[0]]],
+                             "interests": two_users}}
+    status, body = server.post("/v1/models/item_index:predict", json.dumps(mismatched).encode())
+    assert status == 400 and "batch size" in body["error"], body
+
+    stop, failures, calls = threading.Event(), [], [0]
+    def load():
+      while not stop.is_set():
+        try:
+          got = rest_split_predict("127.0.0.1", server.rest, [some[calls[0] % len(some)]])
+          assert len(got["predictions"][0]["item_ids"]) == K
+        except Exception as e:  # any failure at all is what this test counts
+          failures.append(f"{type(e).__name__}: {e}")
+        calls[0] += 1
+    caller = threading.Thread(target=load)
+    caller.start()
+    try:
+      publish(tmp_path / "models" / "user_tower" / "1", tmp_path / "models" / "user_tower", 2)
+      deadline = time.monotonic() + 120
+      while time.monotonic() < deadline and not any(
+          s["version"] == "2" and s["state"] == "AVAILABLE"
+          for s in server.get("/v1/models/user_tower")["model_version_status"]):
+        time.sleep(0.3)
+      time.sleep(1.0)  # calls keep flowing after the swap
+    finally:
+      stop.set()
+      caller.join()
+    assert not failures, failures[:5]
+    assert calls[0] > 5
+    assert [s["version"] for s in server.get("/v1/models/user_tower")["model_version_status"]
+            if s["state"] == "AVAILABLE"] == ["2"]
+    assert [s["version"] for s in server.get("/v1/models/item_index")["model_version_status"]] == ["1"]
   finally:
     server.stop()
 
