@@ -480,11 +480,40 @@ def _scale(r) -> list:
                  f"{mb(refresh['server_peak_rss_bytes'])} | {refresh['failed']} of {refresh['calls']:,} |")
   for missing in r.get("not_measured", []):
     lines.append(f"| {missing['items']:,} | not measured: {missing['reason']} |" + " |" * (7 + len(levels)))
+  lines += _scale_split(rows)
   if r["growth"]:
     lines += ["", "Growth with the catalog (slope of log cost against log items; 1 = linear): " + ", ".join(
         f"{name} {slope:.2f} ({_growth_word(slope)})" for name, slope in r["growth"].items()) + ".",
         "", f"![cost against catalog size](benchmarks/plots/{os.path.basename(SCALE_PLOT)})"]
   return lines + [""]
+
+
+def _scale_split(rows) -> list:
+  """The split servables' table (bench-scale --split) of the sizes that measured it."""
+  rows = [row for row in rows if "split" in row]
+  if not rows:
+    return []
+  mb = lambda b: f"{b / 2**20:,.0f}"
+  lines = ["", "**User tower and item index as two servables** of one server "
+           "(`serving.export --servable=user_tower|item_index`, `deploy/split/models.config`); the "
+           "tower holds an item table of the catalog's size (trained rows, then synthetic ones). "
+           "Latency: the tower call, then the index call, one user at a time over REST. Tower "
+           "refresh: a new tower version exported and renamed in while a client makes both calls "
+           "back to back; the index keeps its version.", "",
+           "| items | tower export (s) | tower (MB) | index export (s) | index (MB) | server RSS (MB) "
+           "| p50 / p99 c1, two calls (ms) | tower swap (s) | tower refresh (s) "
+           "| RSS during swap (MB) | failed calls | index versions |",
+           "|---:|" + "---:|" * 10 + "---|"]
+  for row in rows:
+    split, refresh = row["split"], row["split"]["tower_refresh"]
+    latency = split["latency_c1"]
+    lines.append(f"| {row['items']:,} | {split['user_tower_export_s']:.1f} | "
+                 f"{mb(split['user_tower_bytes'])} | {split['item_index_export_s']:.1f} | "
+                 f"{mb(split['item_index_bytes'])} | {mb(split['server_rss_bytes'])} | "
+                 f"{latency['p50_ms']:.1f} / {latency['p99_ms']:.1f} | {split['tower_swap_s']:.1f} | "
+                 f"{split['tower_refresh_s']:.1f} | {mb(refresh['server_peak_rss_bytes'])} | "
+                 f"{refresh['failed']} of {refresh['calls']:,} | {split['index_versions']} |")
+  return lines
 
 
 def plot_scale(r, path: str) -> None:

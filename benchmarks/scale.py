@@ -11,17 +11,26 @@ item embeddings padded to each --catalogs size by synthetic items around the tra
   * refresh: the next version (its index built again, as the online trainer's export does)
     renamed into the server's base while a client keeps calling: seconds from the rename until
     it is AVAILABLE, the server's peak RSS meanwhile (two versions loaded), and every failed
-    call (there must be none).
+    call (there must be none);
+  * split (--split, default): the same model as two servables of one server
+    (serving.export --servable=user_tower|item_index, deploy/split/models.config), the tower
+    over an item table of the catalog's size (padded_model): each one's export seconds and
+    bytes, the server's RSS, p50 / p99 of the two calls (tower, then index) one user at a
+    time, and a new tower version swapped in under load while the index keeps its version:
+    tower refresh = its export + swap, with every failed call.
 Over the sizes, each cost's growth: the slope of log(cost) against log(items) (1 = linear).
 
   python -m benchmarks.scale --catalogs 1000000,3000000,10000000 --concurrency 1,32
 """
 
 import argparse
+import contextlib
+import dataclasses
 import gc
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -29,13 +38,17 @@ import urllib.request
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
+import tensorflow as tf
 
 from benchmarks import common, serving as bench_serving
-from serving import verify
+from serving import client, export as exporter, verify
+from serving.retriever import DEFAULT_MAX_HISTORY_LENGTH
+from tfkf import features
 from tfkf.catalog import Catalog
 from tfkf.checkpoint import load_trained
 
 MODEL = "kuaiformer"
+SPLIT = ("user_tower", "item_index")  # deploy/split/models.config's models
 GROWTH = ("export_s", "saved_model_bytes", "server_rss_bytes", "swap_s")
 
 
@@ -49,38 +62,51 @@ def rss_bytes(pid: int) -> int:
     return 1024 * int(next(line.split()[1] for line in f if line.startswith("VmRSS:")))
 
 
-def version_states(port: int) -> dict:
-  with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{MODEL}", timeout=10) as r:
+def version_states(port: int, model: str = MODEL) -> dict:
+  with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=10) as r:
     return {int(s["version"]): s["state"] for s in json.load(r)["model_version_status"]}
 
 
 class Caller(threading.Thread):
-  """A client calling REST predict back to back until stopped: its calls and failures, and
-  the server's peak RSS sampled between calls."""
+  """A client calling `call(n)` (the n-th call) back to back until stopped: its calls and
+  failures, and the server's peak RSS sampled between calls."""
 
-  def __init__(self, port: int, bodies, pid: int):
+  def __init__(self, call, pid: int):
     super().__init__(daemon=True)
-    self.url, self.bodies, self.pid = bench_serving.predict_url(port), bodies, pid
+    self.call, self.pid = call, pid
     self.calls, self.failures, self.peak_rss = 0, [], rss_bytes(pid)
     self.stop = threading.Event()
 
   def run(self):
     while not self.stop.is_set():
       try:
-        request = urllib.request.Request(self.url, data=self.bodies[self.calls % len(self.bodies)],
-                                         headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=60).read()
+        self.call(self.calls)
       except Exception as e:  # any failure at all is what a swap must not cause
         self.failures.append(f"{type(e).__name__}: {e}")
       self.calls += 1
       self.peak_rss = max(self.peak_rss, rss_bytes(self.pid))
 
+  def record(self) -> dict:
+    return {"calls": self.calls, "failed": len(self.failures), "failures": self.failures[:5],
+            "server_peak_rss_bytes": self.peak_rss}
 
-def swap(base: str, staged: str, version: int, port: int, timeout_s: float = 1800) -> float:
+
+def rest_caller(port: int, bodies):
+  """call(n): REST predict of the one-model export with the n-th body."""
+  url = bench_serving.predict_url(port)
+  def call(n):
+    request = urllib.request.Request(url, data=bodies[n % len(bodies)],
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=60).read()
+  return call
+
+
+def swap(base: str, staged: str, version: int, port: int, timeout_s: float = 1800,
+         model: str = MODEL) -> float:
   """Renames `staged` to version `version` of `base`: seconds until the server has it AVAILABLE."""
   landed = time.perf_counter()
   os.rename(staged, os.path.join(base, str(version)))
-  while version_states(port).get(version) != "AVAILABLE":
+  while version_states(port, model).get(version) != "AVAILABLE":
     if time.perf_counter() - landed > timeout_s:
       raise TimeoutError(f"version {version} not AVAILABLE after {timeout_s} s")
     time.sleep(0.1)
@@ -120,18 +146,136 @@ def measure_size(args, model, data_dir, catalog, raw, bodies, bodies_file, size:
                                                 args.seconds) for c in args.concurrency}
     staged = os.path.join(base, ".staging-2")
     row["refresh_export_s"] = export("scann", staged)
-    caller = Caller(port, bodies, process.pid)
-    caller.start()
-    try:
-      row["swap_s"] = swap(base, staged, 2, port)
-      time.sleep(args.after_swap_s)  # calls keep going while version 1 is unloaded
-    finally:
-      caller.stop.set()
-      caller.join()
-    row["refresh"] = {"calls": caller.calls, "failed": len(caller.failures),
-                      "failures": caller.failures[:5], "server_peak_rss_bytes": caller.peak_rss}
+    caller = Caller(rest_caller(port, bodies), process.pid)
+    row["swap_s"] = swap_under_load(caller, base, staged, port, args.after_swap_s)
+    row["refresh"] = caller.record()
   row["refresh_s"] = row["refresh_export_s"] + row["swap_s"]
   shutil.rmtree(work)
+  if args.split:
+    gc.collect()
+    row["split"] = measure_split(args, model, data_dir, catalog, item_ids, embeddings, raw, work)
+    shutil.rmtree(work)
+  return row
+
+
+def swap_under_load(caller: Caller, base: str, staged: str, port: int, after_swap_s: float,
+                    model: str = MODEL) -> float:
+  """swap() while `caller` keeps calling, and `after_swap_s` more while the old version unloads."""
+  caller.start()
+  try:
+    seconds = swap(base, staged, 2, port, model=model)
+    time.sleep(after_swap_s)
+  finally:
+    caller.stop.set()
+    caller.join()
+  return seconds
+
+
+def padded_model(model, catalog: Catalog, item_ids: np.ndarray, seed: int):
+  """(model, catalog) of the trained model over the catalog `item_ids` (the trained items
+  first): a user tower over a catalog of that size holds an item table of that size. The
+  synthetic rows of the (tied) item table are trained rows plus noise, their side features
+  a trained item's; every other weight is the trained model's."""
+  extra = len(item_ids) - catalog.num_items
+  rng = np.random.default_rng(seed)
+  source = rng.integers(features.NUM_RESERVED_IDS, catalog.num_items, extra)
+  grow = lambda a, fill=None: np.concatenate([a, a[source] if fill is None else np.full(extra, fill, a.dtype)])
+  padded = dataclasses.replace(
+      catalog, item_ids=item_ids, tag=grow(catalog.tag), author=grow(catalog.author),
+      duration=grow(catalog.duration),
+      sampling_probability=grow(catalog.sampling_probability, catalog.sampling_probability.min()),
+      vocab_sizes={**catalog.vocab_sizes, "item": len(item_ids)})
+  big = type(model)(model.config, padded).build_towers()
+  table = model.token_embedding.item_table.embeddings
+  for target, weight in zip(big.weights, model.weights):
+    if weight is table:
+      trained = weight.numpy()
+      noise = rng.standard_normal((extra, trained.shape[1])).astype(np.float32) * (0.3 * trained.std(axis=0))
+      target.assign(np.concatenate([trained, trained[source] + noise]))
+    elif target.shape == weight.shape:
+      target.assign(weight)
+  return big, padded
+
+
+def write_vocabulary(item_ids: np.ndarray, path: str) -> str:
+  """The Beam job's vocab/item.txt for `item_ids` (one raw id per real item, in index order)."""
+  with open(path, "w") as f:
+    f.write("\n".join(item_ids[features.NUM_RESERVED_IDS:]) + "\n")
+  return path
+
+
+def save_servable(kind: str, model, catalog: Catalog, vocab: str, embeddings, args, path: str) -> float:
+  """Saves one servable of serving.export --servable=`kind`: seconds to build and save it."""
+  start = time.perf_counter()
+  module, signatures = exporter.serving_module(kind, model, catalog, vocab, "scann", args.top_k,
+                                               True, DEFAULT_MAX_HISTORY_LENGTH, embeddings)
+  tf.saved_model.save(module, path, signatures=signatures, options=exporter.SAVE_OPTIONS)
+  return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def served_split(base: str, log_path: str):
+  """(REST port, process) of a serving.server on deploy/split/models.config with its models
+  under `base`, stopped on exit."""
+  with open(os.path.join(common.ROOT, "deploy", "split", "models.config")) as f:
+    config = f.read().replace("/models/", base.rstrip("/") + "/")
+  config_path = os.path.join(base, "models.config")
+  with open(config_path, "w") as f:
+    f.write(config)
+  port = common.free_port()
+  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
+  process = subprocess.Popen([sys.executable, "-m", "serving.server", f"--model_config_file={config_path}",
+                              f"--rest_api_port={port}", f"--port={common.free_port()}", "--num_threads=32",
+                              "--file_system_poll_wait_seconds=1"], cwd=common.ROOT, env=env,
+                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+  try:
+    for model in SPLIT:
+      client.wait_until_available("127.0.0.1", port, model, timeout_s=600)
+    yield port, process
+  finally:
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def split_latency(port: int, histories, seconds: float) -> dict:
+  """One user at a time, back to back: the tower call, then the index call."""
+  latencies, deadline = [], time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    start = time.perf_counter()
+    client.rest_split_predict("127.0.0.1", port, [histories[len(latencies) % len(histories)]])
+    latencies.append(time.perf_counter() - start)
+  return bench_serving.percentiles(latencies)
+
+
+def measure_split(args, model, data_dir, catalog, item_ids, embeddings, raw, work) -> dict:
+  """The user tower (over an item table of the catalog's size) and the item index as two
+  servables of one server: each one's export seconds and bytes, the server's RSS, the
+  two-call latency at concurrency 1, and a new tower version swapped in under load while the
+  index keeps serving."""
+  big, padded = padded_model(model, catalog, item_ids, args.seed)
+  os.makedirs(work, exist_ok=True)
+  vocab = write_vocabulary(item_ids, os.path.join(work, "item.txt"))
+  base = os.path.join(work, "split")
+  path = lambda kind, version: os.path.join(base, kind, str(version))
+  row = {}
+  for kind in SPLIT:
+    row[f"{kind}_export_s"] = save_servable(kind, big, padded, vocab, embeddings, args, path(kind, 1))
+    row[f"{kind}_bytes"] = directory_bytes(path(kind, 1))
+  histories = [[x.decode() for x in h if x] for h in raw]
+  with served_split(base, os.path.join(work, "split_server.log")) as (port, process):
+    row["server_rss_bytes"] = rss_bytes(process.pid)
+    for history in histories[:10]:  # warm up, as a version's warmup requests would
+      client.rest_split_predict("127.0.0.1", port, [history])
+    row["latency_c1"] = split_latency(port, histories, args.seconds)
+    staged = os.path.join(base, "user_tower", ".staging-2")
+    row["tower_refresh_export_s"] = save_servable("user_tower", big, padded, vocab, None, args, staged)
+    call = lambda n: client.rest_split_predict("127.0.0.1", port, [histories[n % len(histories)]])
+    caller = Caller(call, process.pid)
+    row["tower_swap_s"] = swap_under_load(caller, os.path.join(base, "user_tower"), staged, port,
+                                          args.after_swap_s, model="user_tower")
+    row["tower_refresh"] = caller.record()
+    row["index_versions"] = sorted(version_states(port, "item_index"))
+  row["tower_refresh_s"] = row["tower_refresh_export_s"] + row["tower_swap_s"]
   return row
 
 
@@ -173,6 +317,8 @@ def parse_args(argv=None):
   p.add_argument("--users", type=int, default=512, help="distinct test histories sent")
   p.add_argument("--recall_users", type=int, default=100)
   p.add_argument("--after_swap_s", type=float, default=2.0)
+  p.add_argument("--split", type=lambda v: v.lower() != "false", default=True,
+                 help="also measure the user tower and item index as two servables (true)")
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--seed", type=int, default=0)
   bench_serving.add_model_flags(p)  # bench-serving's model, cached in --work_dir

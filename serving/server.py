@@ -44,10 +44,15 @@ def warmup(servable, path: str) -> None:
       run_signature(signature, {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
     return
   for signature in servable.signatures.values():
-    specs = signature.inputs
-    run_signature(signature, {k: (np.array([["__warmup__"]], dtype=object) if s.dtype == tf.string
-                                  else np.zeros([1, 1], s.dtype.as_numpy_dtype))
-                              for k, s in specs.items()})
+    run_signature(signature, {name: _dummy(spec) for name, spec in signature.inputs.items()})
+
+
+def _dummy(spec: tf.TensorSpec) -> np.ndarray:
+  """One request's worth of `spec`: unknown dimensions 1 (an unknown rank: [1, 1])."""
+  shape = [1 if d is None else d for d in spec.shape] if spec.shape.rank is not None else [1, 1]
+  if spec.dtype == tf.string:
+    return np.full(shape, "__warmup__", dtype=object)
+  return np.zeros(shape, spec.dtype.as_numpy_dtype)
 
 
 def model_configs(args):

@@ -147,9 +147,14 @@ def test_scale_benchmark(trained, tmp_path):
   assert refresh["failed"] == 0 < refresh["calls"], refresh["failures"]
   assert 0 < row["swap_s"] < row["refresh_s"] == pytest.approx(row["refresh_export_s"] + row["swap_s"])
   assert result["growth"] == {}  # one size: no slope
+  split = row["split"]  # the tower holds an item table of the catalog's size; the index keeps v1
+  assert split["user_tower_bytes"] > 3000 * 64 * 4 and split["item_index_bytes"] > 3000 * 64 * 4
+  assert split["tower_refresh"]["failed"] == 0 < split["tower_refresh"]["calls"], split["tower_refresh"]
+  assert split["index_versions"] == [1] and split["latency_c1"]["p99_ms"] >= split["latency_c1"]["p50_ms"] > 0
   from benchmarks.report import plot_scale, render
   text = render([result])
   assert "## Catalog scale" in text and "| 3,000 |" in text and f"0 of {refresh['calls']:,} |" in text
+  assert "two servables" in text and f"0 of {split['tower_refresh']['calls']:,} | [1] |" in text
   plot_scale(result, str(tmp_path / "scale.png"))
   assert (tmp_path / "scale.png").stat().st_size > 0
   # A size the machine could not hold is a row that says why, not a gap.

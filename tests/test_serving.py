@@ -218,6 +218,9 @@ def test_split_servables_answer_as_the_retriever_and_refresh_apart(trained, batc
                     "--index=brute_force")
     assert result["verification"]["servable"] == servable
   assert result["verification"]["identical_rows_up_to_ties"] == 1.0
+  # Without its warmup requests the server warms the index up on a dummy call of its own,
+  # which must fit the [b, k, d] interests input.
+  (tmp_path / "models" / "item_index" / "1" / "assets.extra" / "tf_serving_warmup_requests").unlink()
   config = tmp_path / "models.config"
   with open(os.path.join(cli.ROOT, "deploy", "split", "models.config")) as f:
     config.write_text(f.read().replace("/models/", f"{tmp_path / 'models'}/"))
