@@ -33,7 +33,8 @@ from tfkf.catalog import Catalog
 from tfkf.checkpoint import load_trained
 from serving import verify
 from serving.retriever import (DEFAULT_MAX_HISTORY_LENGTH, ItemIndex, Retriever, UserTowerModule,
-                               item_index_signatures, serving_signatures, user_tower_signatures)
+                               item_index_signatures, serving_signatures, user_tower_signatures,
+                               vocabulary)
 
 SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
 WARMUP_REQUESTS = 4
@@ -76,12 +77,12 @@ def serving_module(servable: str, model, catalog: Catalog, vocab_file: str, inde
                    top_k: int, exclude_history: bool, max_history_length: int, item_embeddings=None):
   """(tf.Module, its signatures) of one --servable kind."""
   if servable == "user_tower":
-    tower = UserTowerModule(model, vocab_file, max_history_length)
+    tower = UserTowerModule(model, vocabulary(vocab_file), max_history_length)
     return tower, user_tower_signatures(tower)
   if servable == "item_index":
     embeddings = model.item_embeddings() if item_embeddings is None else item_embeddings
-    item_index = ItemIndex(vocab_file, catalog.item_ids, embeddings, index, top_k, exclude_history,
-                           history_allowance=model.config.max_len,
+    item_index = ItemIndex(vocabulary(vocab_file), catalog.item_ids, embeddings, index, top_k,
+                           exclude_history, history_allowance=model.config.max_len,
                            max_history_length=max_history_length)
     return item_index, item_index_signatures(item_index)
   if servable != "retriever":

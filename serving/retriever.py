@@ -54,15 +54,16 @@ def check_history_lengths(item_ids: tf.Tensor, max_history_length: int, used: st
 class UserTowerModule(tf.Module):
   """Raw history -> the k interests [b, k, d]: vocabulary, bucketization and the user tower."""
 
-  def __init__(self, model: KuaiFormer, item_vocab_file: str,
+  def __init__(self, model: KuaiFormer, vocab: tf.lookup.StaticHashTable,
                max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH):
+    """vocab: vocabulary() of the Beam job's vocab/item.txt."""
     super().__init__()
     config = model.config
     self.user_tower = model.user_tower
     self.max_len = config.max_len
     self.event_features = config.event_features
     self.max_history_length = max_history_length
-    self.vocab = vocabulary(item_vocab_file)
+    self.vocab = vocab
 
   def encode(self, item_ids: tf.Tensor, raw_events: Optional[Dict[str, tf.Tensor]] = None):
     """Raw [b, T] ids ("" = padding, anywhere) -> model inputs, left-aligned to max_len."""
@@ -90,18 +91,19 @@ class UserTowerModule(tf.Module):
 class ItemIndex(tf.Module):
   """The catalog's item vectors and raw ids, searched by maxsim over a user's interests."""
 
-  def __init__(self, item_vocab_file: str, item_ids, item_embeddings, index: str = "brute_force",
-               top_k: int = 100, exclude_history: bool = True, history_allowance: int = 0,
-               max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH):
-    """item_ids [n] raw ids by item index (rows 0, 1 reserved); the first rows follow the
-    vocabulary file. item_embeddings [n, d] may cover more items than the vocabulary
-    (retrievable, but unknown as history). A ScaNN index returns top_k + history_allowance
-    candidates per interest, so that excluding the history still leaves top_k."""
+  def __init__(self, vocab: tf.lookup.StaticHashTable, item_ids, item_embeddings,
+               index: str = "brute_force", top_k: int = 100, exclude_history: bool = True,
+               history_allowance: int = 0, max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH):
+    """vocab: vocabulary() of the Beam job's vocab/item.txt. item_ids [n] raw ids by item
+    index (rows 0, 1 reserved); the first rows follow the vocabulary file. item_embeddings
+    [n, d] may cover more items than the vocabulary (retrievable, but unknown as history).
+    A ScaNN index returns top_k + history_allowance candidates per interest, so that
+    excluding the history still leaves top_k."""
     super().__init__()
     self.top_k = top_k
     self.exclude_history = exclude_history
     self.max_history_length = max_history_length
-    self.vocab = vocabulary(item_vocab_file)
+    self.vocab = vocab
     if len(item_ids) != int(item_embeddings.shape[0]):
       raise ValueError(f"{len(item_ids)} item ids but {item_embeddings.shape[0]} item embeddings")
     real = slice(features.NUM_RESERVED_IDS, None)
@@ -167,10 +169,11 @@ class Retriever(tf.Module):
                max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH, item_embeddings=None):
     """item_embeddings [n, d] default to the model's item tower (see ItemIndex)."""
     super().__init__()
-    self.tower = UserTowerModule(model, item_vocab_file, max_history_length)
+    vocab = vocabulary(item_vocab_file)  # one table for both: at 10M ids it is large
+    self.tower = UserTowerModule(model, vocab, max_history_length)
     if item_embeddings is None:
       item_embeddings = model.item_embeddings()
-    self.index = ItemIndex(item_vocab_file, item_ids, item_embeddings, index, top_k,
+    self.index = ItemIndex(vocab, item_ids, item_embeddings, index, top_k,
                            exclude_history, history_allowance=model.config.max_len,
                            max_history_length=max_history_length)
 
