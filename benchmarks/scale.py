@@ -2,19 +2,21 @@
 
 bench-serving's trained model (its --work_dir; built and trained there if missing) with its
 item embeddings padded to each --catalogs size by synthetic items around the trained ones
-(benchmarks.serving.padded_catalog). For each size:
+(benchmarks.serving.padded_catalog). Every export and the recall check run in a process of
+their own (benchmarks/scale_step.py), which gives its memory back before the server needs it.
+For each size:
   * export: seconds to build the ScaNN index and save the SavedModel, and its bytes on disk;
   * recall@K: the ScaNN signature's top K against a brute-force export's (exact), on
     --recall_users histories;
   * server: serving.server on the ScaNN version (batching off): its RSS once loaded, and p50 /
     p99 over REST (wrk) at each --concurrency;
-  * refresh: the next version (its index built again, as the online trainer's export does)
-    renamed into the server's base while a client keeps calling: seconds from the rename until
+  * refresh: the next version (its index built again, as the online trainer's export does;
+    exported before the server starts, on an idle machine) renamed into the server's base while a client keeps calling: seconds from the rename until
     it is AVAILABLE, the server's peak RSS meanwhile (two versions loaded), and every failed
     call (there must be none);
   * split (--split, default): the same model as two servables of one server
     (serving.export --servable=user_tower|item_index, deploy/split/models.config), the tower
-    over an item table of the catalog's size (padded_model): each one's export seconds and
+    over an item table of the catalog's size (scale_step.padded_model): each one's export seconds and
     bytes, the server's RSS, p50 / p99 of the two calls (tower, then index) one user at a
     time, and a new tower version swapped in under load while the index keeps its version:
     tower refresh = its export + swap, with every failed call.
@@ -25,8 +27,6 @@ Over the sizes, each cost's growth: the slope of log(cost) against log(items) (1
 
 import argparse
 import contextlib
-import dataclasses
-import gc
 import json
 import os
 import shutil
@@ -38,14 +38,12 @@ import urllib.request
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
-import tensorflow as tf
 
 from benchmarks import common, serving as bench_serving
-from serving import client, export as exporter, verify
-from serving.retriever import DEFAULT_MAX_HISTORY_LENGTH
+from serving import client, verify
 from tfkf import features
 from tfkf.catalog import Catalog
-from tfkf.checkpoint import load_trained
+from tfkf.checkpoint import read_config
 
 MODEL = "kuaiformer"
 SPLIT = ("user_tower", "item_index")  # deploy/split/models.config's models
@@ -113,47 +111,49 @@ def swap(base: str, staged: str, version: int, port: int, timeout_s: float = 180
   return time.perf_counter() - landed
 
 
-def recall_at_k(scann_signature, exact_signature, raw) -> float:
-  """Mean share of the exact top K that ScaNN returns, one user per call (a brute-force call
-  over 10M items scores [interests, 10M])."""
-  recall = []
-  for history in raw:
-    ann = np.asarray(scann_signature(item_ids=history[None])["item_ids"])[0]
-    exact = np.asarray(exact_signature(item_ids=history[None])["item_ids"])[0]
-    recall.append(len(set(ann) & set(exact)) / len(exact))
-  return float(np.mean(recall))
+def step(args, *flags: str) -> dict:
+  """One benchmarks.scale_step in a process of its own: the JSON line it prints."""
+  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.scale_step", *flags,
+                         f"--work_dir={args.work_dir}", f"--top_k={args.top_k}", f"--seed={args.seed}"],
+                        cwd=common.ROOT, env=env, capture_output=True, text=True)
+  if proc.returncode:
+    raise RuntimeError(f"scale_step {' '.join(flags)} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_size(args, model, data_dir, catalog, raw, bodies, bodies_file, size: int) -> dict:
-  item_ids, embeddings = bench_serving.padded_catalog(catalog, model.item_embeddings().numpy(),
-                                                      size, args.seed)
+def exported(args, size: int, out: str, servable: str = "retriever", index: str = "scann") -> float:
+  """Seconds to build and save one servable over `size` items (scale_step export)."""
+  return step(args, "export", f"--size={size}", f"--servable={servable}", f"--index={index}",
+              f"--out={out}")["seconds"]
+
+
+def measure_size(args, items: int, bodies, bodies_file, size: int) -> dict:
   work = os.path.join(args.work_dir, "scale", str(size))
   shutil.rmtree(work, ignore_errors=True)
   base, exact = os.path.join(work, "models"), os.path.join(work, "brute_force")
-  export = lambda index, path: bench_serving.export(model, data_dir, item_ids, embeddings, index,
-                                                    args.top_k, path)
-  row = {"items": len(item_ids) - 2, "export_s": export("scann", os.path.join(base, "1"))}
+  row = {"items": items, "export_s": exported(args, size, os.path.join(base, "1"))}
   row["saved_model_bytes"] = directory_bytes(os.path.join(base, "1"))
-  export("brute_force", exact)
+  exported(args, size, exact, index="brute_force")
   row["exact_export_bytes"] = directory_bytes(exact)
-  row[f"recall@{args.top_k}"] = recall_at_k(bench_serving.load_signature(os.path.join(base, "1")),
-                                            bench_serving.load_signature(exact), raw)
+  row[f"recall@{args.top_k}"] = step(args, "recall", f"--scann={os.path.join(base, '1')}",
+                                     f"--exact={exact}", f"--users={args.recall_users}")["recall"]
   shutil.rmtree(exact)
-  gc.collect()  # the two loaded SavedModels: at 10M items, GBs the server will need
+  # The next version is exported before the server starts: at 10M items an export (13 GB)
+  # and a server swapping two versions (2 x 9 GB) do not fit in this machine together.
+  staged = os.path.join(base, ".staging-2")
+  row["refresh_export_s"] = exported(args, size, staged)
   with bench_serving.served(base, os.path.join(work, "server.log")) as (port, _, process):
     row["server_rss_bytes"] = rss_bytes(process.pid)
     row["latency"] = {str(c): bench_serving.wrk(bench_serving.predict_url(port), bodies_file, c,
                                                 args.seconds) for c in args.concurrency}
-    staged = os.path.join(base, ".staging-2")
-    row["refresh_export_s"] = export("scann", staged)
     caller = Caller(rest_caller(port, bodies), process.pid)
     row["swap_s"] = swap_under_load(caller, base, staged, port, args.after_swap_s)
     row["refresh"] = caller.record()
   row["refresh_s"] = row["refresh_export_s"] + row["swap_s"]
   shutil.rmtree(work)
   if args.split:
-    gc.collect()
-    row["split"] = measure_split(args, model, data_dir, catalog, item_ids, embeddings, raw, work)
+    row["split"] = measure_split(args, bodies, size, work)
     shutil.rmtree(work)
   return row
 
@@ -169,48 +169,6 @@ def swap_under_load(caller: Caller, base: str, staged: str, port: int, after_swa
     caller.stop.set()
     caller.join()
   return seconds
-
-
-def padded_model(model, catalog: Catalog, item_ids: np.ndarray, seed: int):
-  """(model, catalog) of the trained model over the catalog `item_ids` (the trained items
-  first): a user tower over a catalog of that size holds an item table of that size. The
-  synthetic rows of the (tied) item table are trained rows plus noise, their side features
-  a trained item's; every other weight is the trained model's."""
-  extra = len(item_ids) - catalog.num_items
-  rng = np.random.default_rng(seed)
-  source = rng.integers(features.NUM_RESERVED_IDS, catalog.num_items, extra)
-  grow = lambda a, fill=None: np.concatenate([a, a[source] if fill is None else np.full(extra, fill, a.dtype)])
-  padded = dataclasses.replace(
-      catalog, item_ids=item_ids, tag=grow(catalog.tag), author=grow(catalog.author),
-      duration=grow(catalog.duration),
-      sampling_probability=grow(catalog.sampling_probability, catalog.sampling_probability.min()),
-      vocab_sizes={**catalog.vocab_sizes, "item": len(item_ids)})
-  big = type(model)(model.config, padded).build_towers()
-  table = model.token_embedding.item_table.embeddings
-  for target, weight in zip(big.weights, model.weights):
-    if weight is table:
-      trained = weight.numpy()
-      noise = rng.standard_normal((extra, trained.shape[1])).astype(np.float32) * (0.3 * trained.std(axis=0))
-      target.assign(np.concatenate([trained, trained[source] + noise]))
-    elif target.shape == weight.shape:
-      target.assign(weight)
-  return big, padded
-
-
-def write_vocabulary(item_ids: np.ndarray, path: str) -> str:
-  """The Beam job's vocab/item.txt for `item_ids` (one raw id per real item, in index order)."""
-  with open(path, "w") as f:
-    f.write("\n".join(item_ids[features.NUM_RESERVED_IDS:]) + "\n")
-  return path
-
-
-def save_servable(kind: str, model, catalog: Catalog, vocab: str, embeddings, args, path: str) -> float:
-  """Saves one servable of serving.export --servable=`kind`: seconds to build and save it."""
-  start = time.perf_counter()
-  module, signatures = exporter.serving_module(kind, model, catalog, vocab, "scann", args.top_k,
-                                               True, DEFAULT_MAX_HISTORY_LENGTH, embeddings)
-  tf.saved_model.save(module, path, signatures=signatures, options=exporter.SAVE_OPTIONS)
-  return time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -247,28 +205,25 @@ def split_latency(port: int, histories, seconds: float) -> dict:
   return bench_serving.percentiles(latencies)
 
 
-def measure_split(args, model, data_dir, catalog, item_ids, embeddings, raw, work) -> dict:
+def measure_split(args, bodies, size: int, work: str) -> dict:
   """The user tower (over an item table of the catalog's size) and the item index as two
   servables of one server: each one's export seconds and bytes, the server's RSS, the
   two-call latency at concurrency 1, and a new tower version swapped in under load while the
   index keeps serving."""
-  big, padded = padded_model(model, catalog, item_ids, args.seed)
-  os.makedirs(work, exist_ok=True)
-  vocab = write_vocabulary(item_ids, os.path.join(work, "item.txt"))
   base = os.path.join(work, "split")
   path = lambda kind, version: os.path.join(base, kind, str(version))
   row = {}
   for kind in SPLIT:
-    row[f"{kind}_export_s"] = save_servable(kind, big, padded, vocab, embeddings, args, path(kind, 1))
+    row[f"{kind}_export_s"] = exported(args, size, path(kind, 1), servable=kind)
     row[f"{kind}_bytes"] = directory_bytes(path(kind, 1))
-  histories = [[x.decode() for x in h if x] for h in raw]
+  staged = os.path.join(base, "user_tower", ".staging-2")  # before the server, as above
+  row["tower_refresh_export_s"] = exported(args, size, staged, servable="user_tower")
+  histories = [json.loads(b)["instances"][0]["item_ids"] for b in bodies]
   with served_split(base, os.path.join(work, "split_server.log")) as (port, process):
     row["server_rss_bytes"] = rss_bytes(process.pid)
     for history in histories[:10]:  # warm up, as a version's warmup requests would
       client.rest_split_predict("127.0.0.1", port, [history])
     row["latency_c1"] = split_latency(port, histories, args.seconds)
-    staged = os.path.join(base, "user_tower", ".staging-2")
-    row["tower_refresh_export_s"] = save_servable("user_tower", big, padded, vocab, None, args, staged)
     call = lambda n: client.rest_split_predict("127.0.0.1", port, [histories[n % len(histories)]])
     caller = Caller(call, process.pid)
     row["tower_swap_s"] = swap_under_load(caller, os.path.join(base, "user_tower"), staged, port,
@@ -292,9 +247,9 @@ def growth(rows: list) -> dict:
 
 def run(args) -> dict:
   data_dir, model_dir = bench_serving.prepare(args)
-  catalog = Catalog.load(data_dir)
-  model = load_trained(model_dir, catalog)
-  raw = verify.raw_histories(verify.sample_histories(data_dir, model.config.max_len, args.users), catalog)
+  catalog = Catalog.load(data_dir)  # the model itself is loaded by each step's process only
+  raw = verify.raw_histories(verify.sample_histories(data_dir, read_config(model_dir).max_len,
+                                                     args.users), catalog)
   bodies = [json.dumps({"instances": [{"item_ids": [x.decode() for x in h if x]}]}).encode() for h in raw]
   os.makedirs(args.work_dir, exist_ok=True)
   bodies_file = os.path.join(args.work_dir, "scale_bodies.jsonl")
@@ -302,8 +257,8 @@ def run(args) -> dict:
     f.write(b"\n".join(bodies) + b"\n")
   rows = []
   for size in args.catalogs:
-    rows.append(measure_size(args, model, data_dir, catalog, raw[:args.recall_users], bodies,
-                             bodies_file, size))
+    items = max(size, catalog.num_items - features.NUM_RESERVED_IDS)
+    rows.append(measure_size(args, items, bodies, bodies_file, size))
     print(json.dumps(rows[-1]), flush=True)
   return {"sizes": rows, "growth": growth(rows)}
 

@@ -1,0 +1,123 @@
+"""One step of bench-scale in a process of its own, whose memory goes back to the machine when
+it exits: at 10M items an export peaks at 13 GB and two loaded exports at several more, while
+the server being measured needs 9+ GB (benchmarks/scale.py runs every step through here).
+
+  python -m benchmarks.scale_step export --work_dir=W --size=N --servable=retriever \
+      --index=scann --top_k=100 --seed=0 --out=PATH
+  python -m benchmarks.scale_step recall --work_dir=W --scann=PATH --exact=PATH --users=100
+
+export: bench-serving's trained model (in --work_dir) over a catalog of --size items (the
+trained ones, then synthetic ones: benchmarks.serving.padded_catalog for the index,
+padded_model for a user tower's item table), saved as one servable of
+`serving.export --servable`. recall: the ScaNN export's top K against the exact one's.
+Each prints one JSON line: {"seconds": build + save} or {"recall": mean recall@K}.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+
+from benchmarks import serving as bench_serving
+from serving import export as exporter, verify
+from serving.retriever import DEFAULT_MAX_HISTORY_LENGTH
+from tfkf import features
+from tfkf.catalog import Catalog
+from tfkf.checkpoint import load_trained
+
+
+def padded_model(model, catalog: Catalog, item_ids: np.ndarray, seed: int):
+  """(model, catalog) of the trained model over the catalog `item_ids` (the trained items
+  first): a user tower over a catalog of that size holds an item table of that size. The
+  synthetic rows of the (tied) item table are trained rows plus noise, their side features
+  a trained item's; every other weight is the trained model's."""
+  extra = len(item_ids) - catalog.num_items
+  rng = np.random.default_rng(seed)
+  source = rng.integers(features.NUM_RESERVED_IDS, catalog.num_items, extra)
+  grow = lambda a, fill=None: np.concatenate([a, a[source] if fill is None else np.full(extra, fill, a.dtype)])
+  padded = dataclasses.replace(
+      catalog, item_ids=item_ids, tag=grow(catalog.tag), author=grow(catalog.author),
+      duration=grow(catalog.duration),
+      sampling_probability=grow(catalog.sampling_probability, catalog.sampling_probability.min()),
+      vocab_sizes={**catalog.vocab_sizes, "item": len(item_ids)})
+  big = type(model)(model.config, padded).build_towers()
+  table = model.token_embedding.item_table.embeddings
+  for target, weight in zip(big.weights, model.weights):
+    if weight is table:
+      trained = weight.numpy()
+      noise = rng.standard_normal((extra, trained.shape[1])).astype(np.float32) * (0.3 * trained.std(axis=0))
+      target.assign(np.concatenate([trained, trained[source] + noise]))
+    elif target.shape == weight.shape:
+      target.assign(weight)
+  return big, padded
+
+
+def write_vocabulary(item_ids: np.ndarray, path: str) -> str:
+  """The Beam job's vocab/item.txt for `item_ids` (one raw id per real item, in index order)."""
+  with open(path, "w") as f:
+    f.write("\n".join(item_ids[features.NUM_RESERVED_IDS:]) + "\n")
+  return path
+
+
+def export(a) -> dict:
+  data_dir, model_dir = os.path.join(a.work_dir, "data"), os.path.join(a.work_dir, "run")
+  catalog = Catalog.load(data_dir)
+  model = load_trained(model_dir, catalog)
+  item_ids, embeddings = bench_serving.padded_catalog(catalog, model.item_embeddings().numpy(),
+                                                      a.size, a.seed)
+  if a.servable == "retriever":  # as bench-serving's: synthetic items retrievable, not known as history
+    catalog, vocab = dataclasses.replace(catalog, item_ids=item_ids), os.path.join(data_dir, "vocab", "item.txt")
+  else:  # the split servables know every item of the catalog by id
+    model, catalog = padded_model(model, catalog, item_ids, a.seed)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    vocab = write_vocabulary(item_ids, os.path.join(os.path.dirname(a.out), "item.txt"))
+  start = time.perf_counter()
+  module, signatures = exporter.serving_module(a.servable, model, catalog, vocab, a.index, a.top_k,
+                                               True, DEFAULT_MAX_HISTORY_LENGTH, embeddings)
+  tf.saved_model.save(module, a.out, signatures=signatures, options=exporter.SAVE_OPTIONS)
+  return {"seconds": time.perf_counter() - start}
+
+
+def recall(a) -> dict:
+  """Mean share of the exact top K that ScaNN returns, one user per call (a brute-force call
+  over 10M items scores [interests, 10M])."""
+  data_dir = os.path.join(a.work_dir, "data")
+  max_len = json.load(open(os.path.join(a.work_dir, "run", "config.json")))["max_len"]
+  raw = verify.raw_histories(verify.sample_histories(data_dir, max_len, a.users), Catalog.load(data_dir))
+  ann, exact = (bench_serving.load_signature(p) for p in (a.scann, a.exact))
+  shares = []
+  for history in raw:
+    found = np.asarray(ann(item_ids=history[None])["item_ids"])[0]
+    truth = np.asarray(exact(item_ids=history[None])["item_ids"])[0]
+    shares.append(len(set(found) & set(truth)) / len(truth))
+  return {"recall": float(np.mean(shares))}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("step", choices=["export", "recall"])
+  p.add_argument("--work_dir", required=True, help="bench-serving's --work_dir (data/, run/)")
+  p.add_argument("--size", type=int, help="export: real items in the catalog")
+  p.add_argument("--servable", choices=exporter.SERVABLES, default="retriever")
+  p.add_argument("--index", choices=["scann", "brute_force"], default="scann")
+  p.add_argument("--top_k", type=int, default=100)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", help="export: the SavedModel directory")
+  p.add_argument("--scann", help="recall: the ScaNN export")
+  p.add_argument("--exact", help="recall: the brute-force export")
+  p.add_argument("--users", type=int, default=100, help="recall: test histories")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  a = parse_args(argv)
+  print(json.dumps(export(a) if a.step == "export" else recall(a)), flush=True)
+
+
+if __name__ == "__main__":
+  main()
