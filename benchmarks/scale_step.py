@@ -28,7 +28,7 @@ from serving import export as exporter, verify
 from serving.retriever import DEFAULT_MAX_HISTORY_LENGTH
 from tfkf import features
 from tfkf.catalog import Catalog
-from tfkf.checkpoint import load_trained
+from tfkf.checkpoint import load_trained, read_config
 
 
 def padded_model(model, catalog: Catalog, item_ids: np.ndarray, seed: int):
@@ -70,11 +70,13 @@ def export(a) -> dict:
   model = load_trained(model_dir, catalog)
   item_ids, embeddings = bench_serving.padded_catalog(catalog, model.item_embeddings().numpy(),
                                                       a.size, a.seed)
-  if a.servable == "retriever":  # as bench-serving's: synthetic items retrievable, not known as history
-    catalog, vocab = dataclasses.replace(catalog, item_ids=item_ids), os.path.join(data_dir, "vocab", "item.txt")
-  else:  # the split servables know every item of the catalog by id
+  if a.servable == "user_tower":
     model, catalog = padded_model(model, catalog, item_ids, a.seed)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+  else:  # an index needs only the ids: no 10M-row model beside its build
+    catalog = dataclasses.replace(catalog, item_ids=item_ids)
+  vocab = os.path.join(data_dir, "vocab", "item.txt")  # the whole export: synthetic items
+  if a.servable != "retriever":  # are retrievable, unknown as history (as bench-serving's)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)  # the split ones know every item by id
     vocab = write_vocabulary(item_ids, os.path.join(os.path.dirname(a.out), "item.txt"))
   start = time.perf_counter()
   module, signatures = exporter.serving_module(a.servable, model, catalog, vocab, a.index, a.top_k,
@@ -87,7 +89,7 @@ def recall(a) -> dict:
   """Mean share of the exact top K that ScaNN returns, one user per call (a brute-force call
   over 10M items scores [interests, 10M])."""
   data_dir = os.path.join(a.work_dir, "data")
-  max_len = json.load(open(os.path.join(a.work_dir, "run", "config.json")))["max_len"]
+  max_len = read_config(os.path.join(a.work_dir, "run")).max_len
   raw = verify.raw_histories(verify.sample_histories(data_dir, max_len, a.users), Catalog.load(data_dir))
   ann, exact = (bench_serving.load_signature(p) for p in (a.scann, a.exact))
   shares = []
