@@ -121,7 +121,10 @@ PRESETS = {
     # then keeps too early a step, games_uniform_bce_600s.json); with --select_by=hr@500 and
     # weight averaging, three interleaved pairs against averaging alone at 600 s give valid
     # HR@10 +0.011 / +0.011 / +0.013, HR@100 +0.005 / +0.013 / +0.007, HR@500 and sampled
-    # HR@10 within +-0.009 (games_uniform_bce_repeat_600s.json).
+    # HR@10 within +-0.009 (games_uniform_bce_repeat_600s.json). With it, one run each at
+    # 600 s, none better: a near-full-catalog softmax (16,384 mixed negatives), k 1 (HR@10 and
+    # HR@100 lower), residual dropout 0.3, label smoothing 0 (HR@500 lower), 0.2 or 0.3,
+    # averaging 0.998 (screens/games_mixed_negatives16k_aux_600s.json, games_aux_*_600s.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3,
                             uniform_bce_weight=1.0),
