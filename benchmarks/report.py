@@ -464,7 +464,9 @@ def _scale(r) -> list:
            f"from wrk for {r['seconds']} s per concurrency. Refresh: the next version (index built "
            "again) renamed into the base while a client calls the server back to back; swap: from "
            "the rename to AVAILABLE; refresh = its export + swap (training on the new events, "
-           "catalog-independent, is bench-freshness's).", "",
+           "catalog-independent, is bench-freshness's). Each export runs in a process of its own, "
+           "before the server starts (at 10M items the exporter and a server holding two versions "
+           "do not fit in 24 GB together).", "",
            "| items | export (s) | SavedModel (MB) | server RSS (MB) | "
            + " | ".join(f"p50 / p99 c{c} (ms)" for c in levels)
            + f" | recall@{k} | swap (s) | refresh (s) | RSS during swap (MB) | failed calls |",
