@@ -499,22 +499,26 @@ def _scale_split(rows) -> list:
   lines = ["", "**User tower and item index as two servables** of one server "
            "(`serving.export --servable=user_tower|item_index`, `deploy/split/models.config`); the "
            "tower holds an item table of the catalog's size (trained rows, then synthetic ones). "
-           "Latency: the tower call, then the index call, one user at a time over REST. Tower "
-           "refresh: a new tower version exported and renamed in while a client makes both calls "
-           "back to back; the index keeps its version.", "",
+           "Latency: the tower call, then the index call, one user at a time over REST. Refresh: "
+           "a new tower version exported and renamed in while a client makes both calls back to "
+           "back (the index keeps its version), then a new index version the same way; refresh = "
+           "export + swap.", "",
            "| items | tower export (s) | tower (MB) | index export (s) | index (MB) | server RSS (MB) "
-           "| p50 / p99 c1, two calls (ms) | tower swap (s) | tower refresh (s) "
-           "| RSS during swap (MB) | failed calls | index versions |",
+           "| p50 / p99 c1, two calls (ms) | tower swap / refresh (s) | index swap / refresh (s) "
+           "| RSS during swaps (MB) | failed calls (tower, index swap) | index versions in tower swap |",
            "|---:|" + "---:|" * 10 + "---|"]
   for row in rows:
-    split, refresh = row["split"], row["split"]["tower_refresh"]
-    latency = split["latency_c1"]
+    split = row["split"]
+    tower, index, latency = split["tower_refresh"], split["index_refresh"], split["latency_c1"]
+    peak = max(tower["server_peak_rss_bytes"], index["server_peak_rss_bytes"])
     lines.append(f"| {row['items']:,} | {split['user_tower_export_s']:.1f} | "
                  f"{mb(split['user_tower_bytes'])} | {split['item_index_export_s']:.1f} | "
                  f"{mb(split['item_index_bytes'])} | {mb(split['server_rss_bytes'])} | "
-                 f"{latency['p50_ms']:.1f} / {latency['p99_ms']:.1f} | {split['tower_swap_s']:.1f} | "
-                 f"{split['tower_refresh_s']:.1f} | {mb(refresh['server_peak_rss_bytes'])} | "
-                 f"{refresh['failed']} of {refresh['calls']:,} | {split['index_versions']} |")
+                 f"{latency['p50_ms']:.1f} / {latency['p99_ms']:.1f} | "
+                 f"{split['tower_swap_s']:.1f} / {split['tower_refresh_s']:.1f} | "
+                 f"{split['index_swap_s']:.1f} / {split['index_refresh_s']:.1f} | {mb(peak)} | "
+                 f"{tower['failed']} of {tower['calls']:,}, {index['failed']} of {index['calls']:,} | "
+                 f"{split['index_versions']} |")
   return lines
 
 

@@ -18,8 +18,8 @@ For each size:
     (serving.export --servable=user_tower|item_index, deploy/split/models.config), the tower
     over an item table of the catalog's size (scale_step.padded_model): each one's export seconds and
     bytes, the server's RSS, p50 / p99 of the two calls (tower, then index) one user at a
-    time, and a new tower version swapped in under load while the index keeps its version:
-    tower refresh = its export + swap, with every failed call.
+    time, and a new tower version swapped in under load while the index keeps its version,
+    then a new index version: each refresh = its export + swap, with every failed call.
 Over the sizes, each cost's growth: the slope of log(cost) against log(items) (1 = linear).
 
   python -m benchmarks.scale --catalogs 1000000,3000000,10000000 --concurrency 1,32
@@ -208,16 +208,17 @@ def split_latency(port: int, histories, seconds: float) -> dict:
 def measure_split(args, bodies, size: int, work: str) -> dict:
   """The user tower (over an item table of the catalog's size) and the item index as two
   servables of one server: each one's export seconds and bytes, the server's RSS, the
-  two-call latency at concurrency 1, and a new tower version swapped in under load while the
-  index keeps serving."""
+  two-call latency at concurrency 1, then a new tower version swapped in under load while the
+  index keeps serving, then a new index version the same way."""
   base = os.path.join(work, "split")
   path = lambda kind, version: os.path.join(base, kind, str(version))
   row = {}
   for kind in SPLIT:
     row[f"{kind}_export_s"] = exported(args, size, path(kind, 1), servable=kind)
     row[f"{kind}_bytes"] = directory_bytes(path(kind, 1))
-  staged = os.path.join(base, "user_tower", ".staging-2")  # before the server, as above
-  row["tower_refresh_export_s"] = exported(args, size, staged, servable="user_tower")
+  staged = {kind: os.path.join(base, kind, ".staging-2") for kind in SPLIT}  # before the server
+  row["tower_refresh_export_s"] = exported(args, size, staged["user_tower"], servable="user_tower")
+  row["index_refresh_export_s"] = exported(args, size, staged["item_index"], servable="item_index")
   histories = [json.loads(b)["instances"][0]["item_ids"] for b in bodies]
   with served_split(base, os.path.join(work, "split_server.log")) as (port, process):
     row["server_rss_bytes"] = rss_bytes(process.pid)
@@ -225,12 +226,15 @@ def measure_split(args, bodies, size: int, work: str) -> dict:
       client.rest_split_predict("127.0.0.1", port, [history])
     row["latency_c1"] = split_latency(port, histories, args.seconds)
     call = lambda n: client.rest_split_predict("127.0.0.1", port, [histories[n % len(histories)]])
-    caller = Caller(call, process.pid)
-    row["tower_swap_s"] = swap_under_load(caller, os.path.join(base, "user_tower"), staged, port,
-                                          args.after_swap_s, model="user_tower")
-    row["tower_refresh"] = caller.record()
-    row["index_versions"] = sorted(version_states(port, "item_index"))
-  row["tower_refresh_s"] = row["tower_refresh_export_s"] + row["tower_swap_s"]
+    for kind, name in (("user_tower", "tower"), ("item_index", "index")):  # each in turn
+      caller = Caller(call, process.pid)
+      row[f"{name}_swap_s"] = swap_under_load(caller, os.path.join(base, kind), staged[kind], port,
+                                              args.after_swap_s, model=kind)
+      row[f"{name}_refresh"] = caller.record()
+      if kind == "user_tower":  # the index kept serving its version through the tower's swap
+        row["index_versions"] = sorted(version_states(port, "item_index"))
+  for name in ("tower", "index"):
+    row[f"{name}_refresh_s"] = row[f"{name}_refresh_export_s"] + row[f"{name}_swap_s"]
   return row
 
 

@@ -15,7 +15,7 @@ they refresh at their own rates (docs/scaling.md §4): --servable=user_tower (ra
 history -> "interests" [b, k, d]; small, re-exported as often as training moves
 it) and --servable=item_index (the history's raw ids and those interests -> top K;
 the whole catalog's index, rebuilt when the items change). A client calls the
-tower, then the index (serving/client.py split_predict); deploy/split.config
+tower, then the index (serving/client.py rest_split_predict); deploy/split/models.config
 lists both in one ModelServerConfig.
 """
 

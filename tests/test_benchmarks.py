@@ -149,12 +149,15 @@ def test_scale_benchmark(trained, tmp_path):
   assert result["growth"] == {}  # one size: no slope
   split = row["split"]  # the tower holds an item table of the catalog's size; the index keeps v1
   assert split["user_tower_bytes"] > 3000 * 64 * 4 and split["item_index_bytes"] > 3000 * 64 * 4
-  assert split["tower_refresh"]["failed"] == 0 < split["tower_refresh"]["calls"], split["tower_refresh"]
+  for swapped in ("tower_refresh", "index_refresh"):
+    assert split[swapped]["failed"] == 0 < split[swapped]["calls"], split[swapped]
   assert split["index_versions"] == [1] and split["latency_c1"]["p99_ms"] >= split["latency_c1"]["p50_ms"] > 0
+  assert 0 < split["index_swap_s"] < split["index_refresh_s"]
   from benchmarks.report import plot_scale, render
   text = render([result])
   assert "## Catalog scale" in text and "| 3,000 |" in text and f"0 of {refresh['calls']:,} |" in text
-  assert "two servables" in text and f"0 of {split['tower_refresh']['calls']:,} | [1] |" in text
+  assert "two servables" in text and (f"0 of {split['tower_refresh']['calls']:,}, "
+                                      f"0 of {split['index_refresh']['calls']:,} | [1] |") in text
   plot_scale(result, str(tmp_path / "scale.png"))
   assert (tmp_path / "scale.png").stat().st_size > 0
   # A size the machine could not hold is a row that says why, not a gap.
