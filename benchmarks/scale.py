@@ -11,22 +11,22 @@ For each size:
   * server: serving.server on the ScaNN version (batching off): its RSS once loaded, and p50 /
     p99 over REST (wrk) at each --concurrency;
   * refresh: the next version (its index built again, as the online trainer's export does;
-    exported before the server starts, on an idle machine) renamed into the server's base while a client keeps calling: seconds from the rename until
-    it is AVAILABLE, the server's peak RSS meanwhile (two versions loaded), and every failed
-    call (there must be none);
+    exported before the server starts, on an idle machine) renamed into the server's base
+    while a client keeps calling: seconds from the rename until it is AVAILABLE, the server's
+    peak RSS meanwhile (two versions loaded), and every failed call (there must be none);
   * split (--split, default): the same model as two servables of one server
     (serving.export --servable=user_tower|item_index, deploy/split/models.config), the tower
-    over an item table of the catalog's size (scale_step.padded_model): each one's export seconds and
-    bytes, the server's RSS, p50 / p99 of the two calls (tower, then index) one user at a
-    time, and a new tower version swapped in under load while the index keeps its version,
-    then a new index version: each refresh = its export + swap, with every failed call.
+    over an item table of the catalog's size (scale_step.padded_model): each one's export
+    seconds and bytes, the server's RSS, p50 / p99 of the two calls (tower, then index) one
+    user at a time, and a new tower version swapped in under load while the index keeps its
+    version, then a new index version: each refresh = its export + swap, with every failed
+    call.
 Over the sizes, each cost's growth: the slope of log(cost) against log(items) (1 = linear).
 
   python -m benchmarks.scale --catalogs 1000000,3000000,10000000 --concurrency 1,32
 """
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -171,28 +171,15 @@ def swap_under_load(caller: Caller, base: str, staged: str, port: int, after_swa
   return seconds
 
 
-@contextlib.contextmanager
 def served_split(base: str, log_path: str):
-  """(REST port, process) of a serving.server on deploy/split/models.config with its models
-  under `base`, stopped on exit."""
+  """bench_serving.served on deploy/split/models.config with its models under `base`."""
   with open(os.path.join(common.ROOT, "deploy", "split", "models.config")) as f:
     config = f.read().replace("/models/", base.rstrip("/") + "/")
   config_path = os.path.join(base, "models.config")
   with open(config_path, "w") as f:
     f.write(config)
-  port = common.free_port()
-  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
-  process = subprocess.Popen([sys.executable, "-m", "serving.server", f"--model_config_file={config_path}",
-                              f"--rest_api_port={port}", f"--port={common.free_port()}", "--num_threads=32",
-                              "--file_system_poll_wait_seconds=1"], cwd=common.ROOT, env=env,
-                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-  try:
-    for model in SPLIT:
-      client.wait_until_available("127.0.0.1", port, model, timeout_s=600)
-    yield port, process
-  finally:
-    process.terminate()
-    process.wait(timeout=60)
+  return bench_serving.served(None, log_path, f"--model_config_file={config_path}",
+                              "--file_system_poll_wait_seconds=1", models=SPLIT)
 
 
 def split_latency(port: int, histories, seconds: float) -> dict:
@@ -220,7 +207,7 @@ def measure_split(args, bodies, size: int, work: str) -> dict:
   row["tower_refresh_export_s"] = exported(args, size, staged["user_tower"], servable="user_tower")
   row["index_refresh_export_s"] = exported(args, size, staged["item_index"], servable="item_index")
   histories = [json.loads(b)["instances"][0]["item_ids"] for b in bodies]
-  with served_split(base, os.path.join(work, "split_server.log")) as (port, process):
+  with served_split(base, os.path.join(work, "split_server.log")) as (port, _, process):
     row["server_rss_bytes"] = rss_bytes(process.pid)
     for history in histories[:10]:  # warm up, as a version's warmup requests would
       client.rest_split_predict("127.0.0.1", port, [history])

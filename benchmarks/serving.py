@@ -293,16 +293,19 @@ def floor_on_one_thread(path: str, bodies_file: str, seconds: float) -> dict:
 
 
 @contextlib.contextmanager
-def served(base: str, log_path: str, *flags):
-  """(REST port, gRPC port, process) of a serving.server on `base` with `flags`, stopped on exit."""
+def served(base: str, log_path: str, *flags, models=("kuaiformer",)):
+  """(REST port, gRPC port, process) of a serving.server on `base` with `flags`, stopped on exit,
+  once each of `models` is available. base None: the models come from a --model_config_file
+  in `flags`."""
   port, grpc_port = common.free_port(), common.free_port()
-  flags = [f"--model_base_path={base}", "--model_name=kuaiformer", f"--rest_api_port={port}",
-           f"--port={grpc_port}", "--num_threads=32", *flags]
+  model = [f"--model_base_path={base}", f"--model_name={models[0]}"] if base else []
+  flags = [*model, f"--rest_api_port={port}", f"--port={grpc_port}", "--num_threads=32", *flags]
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
   process = subprocess.Popen([sys.executable, "-m", "serving.server", *flags], cwd=common.ROOT, env=env,
                              stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
   try:
-    wait_until_available("127.0.0.1", port, "kuaiformer", timeout_s=600)
+    for name in models:
+      wait_until_available("127.0.0.1", port, name, timeout_s=600)
     yield port, grpc_port, process
   finally:
     process.terminate()
