@@ -26,9 +26,9 @@ def _events():
           **{n: tf.constant([[1, 2]], tf.int64) for n in CONFIG.item_features + CONFIG.event_features}}
 
 
-def _model():
+def _model(config=CONFIG):
   tf.keras.utils.set_random_seed(3)
-  return KuaiFormer(CONFIG, catalog()).build_towers()
+  return KuaiFormer(config, catalog()).build_towers()
 
 
 CASES = {
@@ -44,6 +44,9 @@ CASES = {
     "ItemSideFeatures": (lambda: _model().side_features, lambda: (tf.constant([[2, 3, 4]], tf.int64),), {}),
     "TokenEmbedding": (lambda: _model().token_embedding, lambda: (_events(),), {}),
     "CandidateTower": (lambda: _model().candidate_tower, lambda: (tf.constant([2, 5, 9], tf.int64),), {}),
+    "CandidateTower (dot product)": (
+        lambda: _model(CONFIG.replace(normalize_embeddings=False)).candidate_tower,
+        lambda: (tf.constant([2, 5, 9], tf.int64),), {}),
     "UserTower": (lambda: _model().user_tower, lambda: ({k: tf.constant(v) for k, v in histories(
         CONFIG, [3, 16], width=CONFIG.max_len).items()},), {}),
 }

@@ -57,6 +57,30 @@ def test_more_left_padding_leaves_the_interests_unchanged():
   np.testing.assert_allclose(wide(longer).numpy(), model(short).numpy(), atol=1e-5)
 
 
+def test_dot_product_scoring_leaves_interests_and_items_unnormalised():
+  config = PRESETS["small"].replace(training_targets="every_event")
+  cosine = model_for(config)
+  dot = model_for(config.replace(normalize_embeddings=False, temperature=1.0))
+  dot.set_weights(cosine.get_weights())
+  batch = histories(config, [40, 7], seed=2)
+  items = tf.constant([2, 5, 9], tf.int64)
+  unit = lambda x: np.testing.assert_allclose(np.linalg.norm(x, axis=-1), 1.0, rtol=1e-5)  # noqa: E731
+  unit(cosine(batch).numpy())
+  unit(cosine.candidate_tower(items).numpy())
+  last = len(config.compression_windows) + config.num_latest_events - 1  # the newest event's token
+  unit(cosine.user_tower.interests_at(batch, tf.constant([last - 5, last])).numpy())
+  raw, raw_items = dot(batch).numpy(), dot.candidate_tower(items).numpy()
+  assert np.abs(np.linalg.norm(raw, axis=-1) - 1).min() > 0.1
+  assert np.abs(np.linalg.norm(raw_items, axis=-1) - 1).min() > 0.1
+  # Same weights: normalising the dot-product model's outputs gives the cosine model's.
+  np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=-1, keepdims=True), cosine(batch).numpy(),
+                             atol=1e-5)
+  cut = dot.user_tower.interests_at(batch, tf.constant([last])).numpy()[:, 0]
+  np.testing.assert_allclose(cut, raw, atol=2e-5)
+  assert np.isfinite(dot.compute_loss({**batch, features.TARGET_ITEM: np.array([3, 4])},
+                                      training=True).numpy())
+
+
 def test_embedding_dropout_drops_history_tokens_while_training_only():
   config = PRESETS["small"].replace(compression_windows=(), max_len=24, embedding_dropout=0.5,
                                     event_feature_dropout=0.0)

@@ -44,6 +44,9 @@ class KuaiFormerConfig(JsonConfig):
   logq_weight: float = 1.0
   remove_accidental_hits: bool = True
   temperature: float = 0.05          # embeddings are L2-normalised; scores are cosines
+  # False: interests and item embeddings are not L2-normalised and scores are dot products
+  # (SASRec's scoring; pair it with temperature 1).
+  normalize_embeddings: bool = True
   # Real catalog items drawn uniformly and added to every training batch's in-batch
   # negatives ("mixed negative sampling", Yang et al. 2020): in-batch negatives follow
   # popularity, so the tail of the catalog is rarely a negative. 0 = in-batch only.

@@ -14,7 +14,7 @@ from tfkf.losses import (SmoothedInBatchSoftmax, floor_unseen, mixed_sampling_pr
 
 @tf.keras.utils.register_keras_serializable(package="tfkf")
 class UserTower(tf.keras.layers.Layer):
-  """History features -> k L2-normalised interests [b, k, d_model].
+  """History features -> k interests [b, k, d_model] (L2-normalised unless configured not to).
 
   Inputs: `history_item` [b, T] item ids (any T; the latest max_len are kept,
   left-padded) and `history_<event feature>` [b, T] bucket ids.
@@ -90,8 +90,7 @@ class UserTower(tf.keras.layers.Layer):
     attention_mask = layers.causal_mask(valid)
     for block in self.blocks:
       x = block(x, attention_mask=attention_mask, training=training)
-    interests = self.final_norm(x[:, -self.config.num_query_tokens:])
-    return tf.math.l2_normalize(interests, axis=-1)
+    return self._normalized(self.final_norm(x[:, -self.config.num_query_tokens:]))
 
   def interests_at(self, inputs, cuts, training=False):
     """The k interests after each of C cut points, in one pass: [b, C, k, d].
@@ -109,7 +108,12 @@ class UserTower(tf.keras.layers.Layer):
       x = block(x, attention_mask=attention_mask, positions=positions, training=training)
     queries = self.final_norm(x[:, tf.shape(tokens)[1]:])                   # [b, C*k, d]
     shape = [tf.shape(x)[0], tf.shape(cuts)[0], self.config.num_query_tokens, x.shape[-1]]
-    return tf.math.l2_normalize(tf.reshape(queries, shape), axis=-1)
+    return self._normalized(tf.reshape(queries, shape))
+
+  def _normalized(self, interests):
+    if not self.config.normalize_embeddings:
+      return interests
+    return tf.math.l2_normalize(interests, axis=-1)
 
   def get_config(self):
     return {**super().get_config(), "config": self.config.to_json(),
@@ -149,7 +153,7 @@ class KuaiFormer(tfrs.Model):
     self.user_tower = UserTower(config, self.token_embedding, self.side_features, name="user_tower")
     self.candidate_tower = layers.CandidateTower(
         self.token_embedding, self.side_features, config.tie_item_embeddings,
-        name="candidate_tower")
+        normalize=config.normalize_embeddings, name="candidate_tower")
     self.sampling_probability = tf.constant(floor_unseen(catalog.sampling_probability), tf.float32)
     self.task = tfrs.tasks.Retrieval(
         loss=SmoothedInBatchSoftmax(config.label_smoothing),

@@ -100,17 +100,18 @@ class TokenEmbedding(tf.keras.layers.Layer):
 
 @tf.keras.utils.register_keras_serializable(package="tfkf")
 class CandidateTower(tf.keras.layers.Layer):
-  """Item ids [...] -> L2-normalised item embeddings [..., d_model].
+  """Item ids [...] -> item embeddings [..., d_model], L2-normalised when `normalize`.
 
   The id table is the input table of `token_embedding` when tied, else its own.
   """
 
   def __init__(self, token_embedding: TokenEmbedding, side_features: ItemSideFeatures,
-               tie_item_embeddings: bool = True, **kwargs):
+               tie_item_embeddings: bool = True, normalize: bool = True, **kwargs):
     super().__init__(**kwargs)
     self.token_embedding = token_embedding
     self.side_features = side_features
     self.tie_item_embeddings = tie_item_embeddings
+    self.normalize = normalize
 
   def build(self, input_shape):
     te = self.token_embedding
@@ -125,10 +126,12 @@ class CandidateTower(tf.keras.layers.Layer):
     side = self.side_features(item_ids)
     parts = [self.item_table(item_ids)]
     parts += [self.token_embedding.tables[n](side[n]) for n in self.token_embedding.item_features]
-    return tf.math.l2_normalize(self.project(tf.concat(parts, axis=-1)), axis=-1)
+    embeddings = self.project(tf.concat(parts, axis=-1))
+    return tf.math.l2_normalize(embeddings, axis=-1) if self.normalize else embeddings
 
   def get_config(self):
     return {**super().get_config(), "tie_item_embeddings": self.tie_item_embeddings,
+            "normalize": self.normalize,
             "token_embedding": serialize_unbuilt(self.token_embedding),
             "side_features": serialize_unbuilt(self.side_features)}
 
