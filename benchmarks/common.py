@@ -38,6 +38,16 @@ def timed_module(module: str, *args: str) -> float:
   return time.perf_counter() - start
 
 
+def split_config(base: str) -> str:
+  """deploy/split/models.config with its models under `base`, written there; its path."""
+  with open(os.path.join(ROOT, "deploy", "split", "models.config")) as f:
+    config = f.read().replace("/models/", base.rstrip("/") + "/")
+  path = os.path.join(base, "models.config")
+  with open(path, "w") as f:
+    f.write(config)
+  return path
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

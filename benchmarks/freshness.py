@@ -11,6 +11,12 @@ assets.extra/online.json) -> AVAILABLE on the server (REST status polled every
 50 ms). A longer --export_every_s adds up to that many seconds of waiting.
 Writes benchmarks/results/freshness.json. --prepared_dir reuses the stream/, data/
 and run/ of an earlier run (the layout of --workdir) instead of making them anew.
+
+At catalog scale (docs/scaling.md): --catalog_size=N starts the trainer from that
+first model over N items (the trained ones, then synthetic ones:
+benchmarks.scale_step start), and --servable=user_tower serves the split of
+deploy/split/models.config, the trainer exporting the user tower per micro-batch
+and the item index every --index_every_s; freshness is then the tower's.
 """
 
 import argparse
@@ -40,9 +46,9 @@ def _start(log_path, module, *args):
                           stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
-def _status(port):
+def _status(port, model=MODEL):
   try:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{MODEL}", timeout=5) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=5) as r:
       return {int(s["version"]): s["state"] for s in json.load(r)["model_version_status"]}
   except OSError:  # not listening yet, or no version loaded yet (404)
     return {}
@@ -54,14 +60,26 @@ def _lineage(base, version):
     return json.load(f)
 
 
-def _wait_served(port, base, name, procs, timeout_s):
-  """(time the first AVAILABLE version trained on file `name` was seen, its lineage)."""
+def _peak_rss_mb(pid: int) -> float:
+  """The process's peak resident memory so far (VmHWM), 0 once it has exited."""
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+  except (OSError, StopIteration):  # exited
+    return 0.0
+
+
+def _wait_served(port, base, name, procs, timeout_s, model=MODEL, peak_rss=None):
+  """(time the first AVAILABLE version trained on file `name` was seen, its lineage).
+  peak_rss: {process name: MB}, each process's peak RSS as last polled."""
   deadline = time.monotonic() + timeout_s
   while time.monotonic() < deadline:
-    for proc in procs:
+    for proc_name, proc in procs.items():
       if proc.poll() not in (None, 0):
-        raise RuntimeError(f"{proc.args[2]} exited with {proc.returncode}")
-    for version, state in sorted(_status(port).items()):
+        raise RuntimeError(f"{proc_name} exited with {proc.returncode}")
+      if peak_rss is not None:
+        peak_rss[proc_name] = max(peak_rss.get(proc_name, 0.0), _peak_rss_mb(proc.pid))
+    for version, state in sorted(_status(port, model).items()):
       if state == "AVAILABLE":
         lineage = _lineage(base, version)
         if name in lineage["new_files"] or (name is None and version >= 1):
@@ -97,30 +115,52 @@ def reuse(prepared_dir, work, batches) -> dict:
           "batches": sorted(glob.glob(os.path.join(stream, "batches", "batch-*.csv")))[:batches]}
 
 
-def measure(args, work, files) -> list:
+def start_at_size(args, work) -> (str, str):
+  """(init data dir, init model dir): data/ and run/, or both over --catalog_size items."""
+  if not args.catalog_size:
+    return f"{work}/data", f"{work}/run"
+  out = f"{work}/size-{args.catalog_size}"
+  if not os.path.exists(os.path.join(out, "run")):
+    subprocess.run([sys.executable, "-m", "benchmarks.scale_step", "start", f"--work_dir={work}",
+                    f"--size={args.catalog_size}", f"--seed={args.seed}", f"--out={out}"],
+                   cwd=common.ROOT, env=_env(), check=True)
+  return os.path.join(out, "data"), os.path.join(out, "run")
+
+
+def measure(args, work, files) -> (list, dict):
+  """(a row per landed file, the server's and the trainer's peak RSS in MB)."""
   base, incoming = os.path.join(work, "models"), os.path.join(work, "incoming")
   os.makedirs(base)
   os.makedirs(incoming)
+  init_data, init_model = start_at_size(args, work)
   port = common.free_port()
-  server = _start(os.path.join(work, "server.log"), "serving.server", f"--model_name={MODEL}",
-                  f"--model_base_path={base}", f"--rest_api_port={port}", "--port=0",
-                  "--file_system_poll_wait_seconds=0.2")
+  if args.servable == "user_tower":
+    model, exports = "user_tower", os.path.join(base, "user_tower")
+    served = [f"--model_config_file={common.split_config(base)}"]
+    split = ["--servable=user_tower", f"--index_export_base={base}/item_index",
+             f"--index_every_s={args.index_every_s}"]
+  else:
+    model, exports = MODEL, base
+    served, split = [f"--model_name={MODEL}", f"--model_base_path={base}"], []
+  server = _start(os.path.join(work, "server.log"), "serving.server", *served,
+                  f"--rest_api_port={port}", "--port=0", "--file_system_poll_wait_seconds=0.2")
   trainer = _start(os.path.join(work, "trainer.log"), "online.train", f"--stream_dir={incoming}",
-                   f"--state_dir={work}/state", f"--init_data_dir={work}/data",
-                   f"--init_model_dir={work}/run", f"--item_features={files['items']}",
-                   f"--export_base={base}", "--export_every_s=0", f"--index={args.index}",
+                   f"--state_dir={work}/state", f"--init_data_dir={init_data}",
+                   f"--init_model_dir={init_model}", f"--item_features={files['items']}",
+                   f"--export_base={exports}", "--export_every_s=0", f"--index={args.index}",
                    f"--top_k={args.top_k}", "--max_files_per_batch=1", "--poll_interval_s=0.2",
-                   f"--max_batches={args.batches}", f"--epochs_per_batch={args.epochs_per_batch}")
-  procs = [server, trainer]
-  rows = []
+                   f"--max_batches={args.batches}", f"--epochs_per_batch={args.epochs_per_batch}",
+                   *split)
+  procs = {"serving.server": server, "online.train": trainer}
+  rows, peak_rss = [], {}
   try:
-    _wait_served(port, base, None, procs, timeout_s=600)  # version 1: the initial model
+    _wait_served(port, exports, None, procs, 1800, model, peak_rss)  # version 1: the start
     for path in files["batches"]:
       name = os.path.basename(path)
       shutil.copy(path, os.path.join(incoming, "." + name))
       landed = time.time()
       os.rename(os.path.join(incoming, "." + name), os.path.join(incoming, name))
-      served, lineage = _wait_served(port, base, name, procs, timeout_s=600)
+      served, lineage = _wait_served(port, exports, name, procs, 1800, model, peak_rss)
       batch = lineage["batch"]
       rows.append({
           "file": name, "version": lineage["version"], "rows_in": batch["batch_counts"]["rows_in"],
@@ -131,11 +171,11 @@ def measure(args, work, files) -> list:
       print(json.dumps(rows[-1]), flush=True)
     trainer.wait(timeout=600)
   finally:
-    for proc in procs:
+    for proc in procs.values():
       if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=60)
-  return rows
+  return rows, peak_rss
 
 
 def parse_args(argv=None):
@@ -151,6 +191,12 @@ def parse_args(argv=None):
   p.add_argument("--epochs_per_batch", type=float, default=1.0)
   p.add_argument("--index", choices=["scann", "brute_force"], default="scann")
   p.add_argument("--top_k", type=int, default=100)
+  p.add_argument("--catalog_size", type=int, default=0,
+                 help="start from the first model over this many items (0: the stream's own)")
+  p.add_argument("--servable", choices=["retriever", "user_tower"], default="retriever",
+                 help="user_tower: serve and measure the split (tower per batch, index on a cadence)")
+  p.add_argument("--index_every_s", type=float, default=600.0,
+                 help="--servable=user_tower: least seconds between item index exports")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=None, help="keep the artifacts here (default: a temp dir)")
   p.add_argument("--prepared_dir", default=None,
@@ -164,10 +210,11 @@ def main(argv=None):
   work = args.workdir or tempfile.mkdtemp(prefix="tfkf-bench-freshness-")
   os.makedirs(work, exist_ok=True)
   files = reuse(args.prepared_dir, work, args.batches) if args.prepared_dir else prepare(args, work)
-  rows = measure(args, work, files)
+  rows, peak_rss = measure(args, work, files)
   fresh = [r["freshness_s"] for r in rows]
-  payload = {"config": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")},
-             "batches": rows, "median_freshness_s": statistics.median(fresh),
+  payload = {"command": " ".join(["python -m benchmarks.freshness", *(argv or sys.argv[1:])]),
+             "config": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")},
+             "batches": rows, "peak_rss_mb": peak_rss, "median_freshness_s": statistics.median(fresh),
              "max_freshness_s": max(fresh), "min_freshness_s": min(fresh),
              "versions": common.versions("tensorflow", "apache-beam", "scann")}
   print(f"wrote {common.write('freshness', payload, args.output)}")

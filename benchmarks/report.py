@@ -429,7 +429,19 @@ def _serving(r) -> list:
 
 def _freshness(r) -> list:
   c = r["config"]
-  lines = ["## Online learning freshness (`make bench-freshness`)", "",
+  size, split = c.get("catalog_size"), c.get("servable") == "user_tower"
+  title = "## Online learning freshness (`make bench-freshness`)"
+  scale = ""
+  if size or split:
+    title = (f"## Online learning freshness at {size or c['items']:,} items"
+             f"{', split servables' if split else ''}")
+    scale = (f"`{r.get('command', '')}`. " if r.get("command") else "") + (
+        f"The first model padded to a catalog of {size:,} items (trained ones, then synthetic "
+        "ones: `benchmarks.scale_step start`). " if size else "") + (
+        "Served split (deploy/split/models.config): the trainer exports the user tower per "
+        f"micro-batch and the item index every {c['index_every_s']:.0f} s; export and server "
+        "load are the tower's. " if split else "")
+  lines = [title, "", scale +
            f"`online.train` with `serving.server` on the same machine: synthetic stream "
            f"({c['users']:,} users, {c['items']:,} initial items, {c['new_items_per_batch']} new "
            f"items per batch), small preset, max_len {c['max_len']}, {c['index']} index, top "
@@ -446,9 +458,12 @@ def _freshness(r) -> list:
         f"{b['train_steps']} | {b['pickup_s']:.1f} | {b['parse_s']:.1f} | {b['examples_s']:.1f} | "
         f"{b['load_model_s']:.1f} | {b['train_s']:.1f} | "
         f"{b['export_s']:.1f} | {b['load_s']:.1f} | **{b['freshness_s']:.1f}** |")
+  peaks = r.get("peak_rss_mb") or {}
+  memory = (" Peak RSS: " + ", ".join(f"{name} {mb:,.0f} MB" for name, mb in sorted(peaks.items()))
+            + "." if peaks else "")
   return lines + ["", f"Median freshness **{r['median_freshness_s']:.1f} s** (min "
                   f"{r['min_freshness_s']:.1f}, max {r['max_freshness_s']:.1f}) over "
-                  f"{len(r['batches'])} batches.", ""]
+                  f"{len(r['batches'])} batches.{memory}", ""]
 
 
 def _growth_word(slope: float) -> str:

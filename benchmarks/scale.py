@@ -173,12 +173,7 @@ def swap_under_load(caller: Caller, base: str, staged: str, port: int, after_swa
 
 def served_split(base: str, log_path: str):
   """bench_serving.served on deploy/split/models.config with its models under `base`."""
-  with open(os.path.join(common.ROOT, "deploy", "split", "models.config")) as f:
-    config = f.read().replace("/models/", base.rstrip("/") + "/")
-  config_path = os.path.join(base, "models.config")
-  with open(config_path, "w") as f:
-    f.write(config)
-  return bench_serving.served(None, log_path, f"--model_config_file={config_path}",
+  return bench_serving.served(None, log_path, f"--model_config_file={common.split_config(base)}",
                               "--file_system_poll_wait_seconds=1", models=SPLIT)
 
 

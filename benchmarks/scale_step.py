@@ -5,30 +5,37 @@ the server being measured needs 9+ GB (benchmarks/scale.py runs every step throu
   python -m benchmarks.scale_step export --work_dir=W --size=N --servable=retriever \
       --index=scann --top_k=100 --seed=0 --out=PATH
   python -m benchmarks.scale_step recall --work_dir=W --scann=PATH --exact=PATH --users=100
+  python -m benchmarks.scale_step start --work_dir=W --size=N --seed=0 --out=DIR
 
 export: bench-serving's trained model (in --work_dir) over a catalog of --size items (the
 trained ones, then synthetic ones: benchmarks.serving.padded_catalog for the index,
 padded_model for a user tower's item table), saved as one servable of
 `serving.export --servable`. recall: the ScaNN export's top K against the exact one's.
-Each prints one JSON line: {"seconds": build + save} or {"recall": mean recall@K}.
+start: the online trainer's first model at that size: DIR/data (W's build with a catalog of
+--size items) and DIR/run (padded_model with Adam's state, as tfkf.train saves it), the
+--init_data_dir and --init_model_dir of online.train (bench-freshness --catalog_size).
+Each prints one JSON line: {"seconds": build + save}, {"recall": mean recall@K} or the
+start's {"data_dir", "model_dir", "seconds"}.
 """
 
 import argparse
 import dataclasses
 import json
 import os
+import shutil
 import time
 
 import tfkf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from benchmarks import serving as bench_serving
 from serving import export as exporter, verify
 from serving.retriever import DEFAULT_MAX_HISTORY_LENGTH
-from tfkf import features
+from tfkf import data_files, features
 from tfkf.catalog import Catalog
-from tfkf.checkpoint import load_trained, read_config
+from tfkf.checkpoint import CONFIG_FILE, WEIGHTS, build_model, load_trained, read_config
 
 
 def padded_model(model, catalog: Catalog, item_ids: np.ndarray, seed: int):
@@ -100,16 +107,50 @@ def recall(a) -> dict:
   return {"recall": float(np.mean(shares))}
 
 
+def start(a) -> dict:
+  """W's data and trained model over a catalog of --size items, as the online trainer's start."""
+  began = time.perf_counter()
+  data_dir, model_dir = os.path.join(a.work_dir, "data"), os.path.join(a.work_dir, "run")
+  out_data, out_run = os.path.join(a.out, "data"), os.path.join(a.out, "run")
+  catalog = Catalog.load(data_dir)
+  model = load_trained(model_dir, catalog)
+  item_ids = bench_serving.padded_item_ids(catalog, a.size)
+  big, padded = padded_model(model, catalog, item_ids, a.seed)
+  shutil.copytree(data_dir, out_data)
+  write_vocabulary(item_ids, os.path.join(out_data, data_files.vocab_path("item")))
+  counts = pd.read_csv(os.path.join(data_dir, data_files.CATALOG), usecols=["count"])["count"].to_numpy()
+  real = padded.real_items
+  table = pd.DataFrame({"index": np.arange(features.NUM_RESERVED_IDS, padded.num_items),
+                        "item_id": item_ids[real], "tag": padded.tag[real],
+                        "author": padded.author[real], "duration_bucket": padded.duration[real],
+                        "count": np.concatenate([counts, np.zeros(len(item_ids) - catalog.num_items, np.int64)]),
+                        "sampling_probability": padded.sampling_probability[real]})
+  table.to_csv(os.path.join(out_data, data_files.CATALOG), columns=data_files.CATALOG_COLUMNS, index=False)
+  metadata = data_files.read_metadata(data_dir)
+  metadata["vocab_sizes"]["item"] = padded.num_items
+  with open(os.path.join(out_data, data_files.METADATA), "w") as f:
+    f.write(data_files.metadata_json(metadata))
+  trainable = build_model(model.config, padded, learning_rate=1e-3)  # Adam's slots, as tfkf.train saves
+  for target, weight in zip(trainable.weights, big.weights):
+    target.assign(weight)
+  trainable.save_weights(os.path.join(out_run, WEIGHTS))
+  shutil.copy(os.path.join(model_dir, CONFIG_FILE), os.path.join(out_run, CONFIG_FILE))
+  return {"data_dir": out_data, "model_dir": out_run, "seconds": time.perf_counter() - began}
+
+
+STEPS = {"export": export, "recall": recall, "start": start}
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("step", choices=["export", "recall"])
+  p.add_argument("step", choices=sorted(STEPS))
   p.add_argument("--work_dir", required=True, help="bench-serving's --work_dir (data/, run/)")
-  p.add_argument("--size", type=int, help="export: real items in the catalog")
+  p.add_argument("--size", type=int, help="export, start: real items in the catalog")
   p.add_argument("--servable", choices=exporter.SERVABLES, default="retriever")
   p.add_argument("--index", choices=["scann", "brute_force"], default="scann")
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", help="export: the SavedModel directory")
+  p.add_argument("--out", help="export: the SavedModel directory; start: the new data/ and run/'s parent")
   p.add_argument("--scann", help="recall: the ScaNN export")
   p.add_argument("--exact", help="recall: the brute-force export")
   p.add_argument("--users", type=int, default=100, help="recall: test histories")
@@ -118,7 +159,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
   a = parse_args(argv)
-  print(json.dumps(export(a) if a.step == "export" else recall(a)), flush=True)
+  print(json.dumps(STEPS[a.step](a)), flush=True)
 
 
 if __name__ == "__main__":

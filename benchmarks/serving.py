@@ -49,6 +49,7 @@ from serving import servable, verify
 from serving.client import wait_until_available
 from serving.export import SAVE_OPTIONS
 from serving.retriever import Retriever, serving_signatures
+from tfkf import features
 from tfkf.catalog import Catalog
 from tfkf.checkpoint import load_trained
 
@@ -85,8 +86,13 @@ def padded_catalog(catalog: Catalog, embeddings: np.ndarray, size: int, seed: in
   rng = np.random.default_rng(seed)
   noise = rng.standard_normal((extra, real.shape[1])).astype(np.float32) * (0.3 * real.std(axis=0))
   synthetic = real[rng.integers(0, len(real), extra)] + noise
-  ids = np.concatenate([catalog.item_ids, np.array([f"synthetic-{i}" for i in range(extra)], object)])
-  return ids, np.concatenate([embeddings, synthetic]).astype(np.float32)
+  return padded_item_ids(catalog, size), np.concatenate([embeddings, synthetic]).astype(np.float32)
+
+
+def padded_item_ids(catalog: Catalog, size: int) -> np.ndarray:
+  """The catalog's item ids (reserved rows included), then synthetic ones up to `size` real items."""
+  extra = max(0, size - (catalog.num_items - features.NUM_RESERVED_IDS))
+  return np.concatenate([catalog.item_ids, np.array([f"synthetic-{i}" for i in range(extra)], object)])
 
 
 def export(model, data_dir, item_ids, embeddings, index, top_k, path) -> float:

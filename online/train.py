@@ -24,7 +24,10 @@ of landed files (the local stand-in for a Pub/Sub or Kafka topic):
 
 Every --export_every_s, the newest committed generation is exported with
 serving.export (checked against the Keras model, catalog and index rebuilt) as
-the next version under --export_base, which serving.server picks up. Landed
+the next version under --export_base, which serving.server picks up. With
+--servable=user_tower that export is the user tower alone, and the item index
+goes to --index_export_base every --index_every_s: the split servables of
+docs/scaling.md §4, whose tower refresh does not rebuild the index. Landed
 files: regular files matching --pattern whose names do not start with "." or
 "_" or end in ".tmp"; producers write elsewhere and rename them in. Files are
 consumed in name order.
@@ -351,16 +354,20 @@ def last_export(export_base: str):
   return None
 
 
-def export_generation(args, state_dir: StateDir, since_generation: int) -> dict:
-  """Exports the committed generation as the next version; its lineage names the files
-  consumed since `since_generation` (the last exported one)."""
+def export_generation(args, state_dir: StateDir, since_generation: int,
+                      servable: str = None, export_base: str = None) -> dict:
+  """Exports the committed generation as the next version of `servable` (default
+  --servable) under `export_base` (default --export_base); its lineage names the
+  files consumed since `since_generation` (the last exported one)."""
+  servable, export_base = servable or args.servable, export_base or args.export_base
   number, gen = state_dir.current()
-  staging = os.path.join(args.export_base, EXPORT_STAGING)
+  staging = os.path.join(export_base, EXPORT_STAGING)
   shutil.rmtree(staging, ignore_errors=True)  # Left by a killed export: never published.
-  version = max(existing_versions(args.export_base), default=0) + 1
+  version = max(existing_versions(export_base), default=0) + 1
   started = time.perf_counter()
   result = export(gen, gen, staging, index=args.index, top_k=args.top_k, version=version,
-                  verify_examples=args.verify_examples, min_recall=args.min_recall)
+                  verify_examples=args.verify_examples, min_recall=args.min_recall,
+                  servable=servable)
   state = StreamState.read(gen)
   lineage = {"version": version, "generation": number, "exported_at": time.time(),
              "batch": data.metadata(gen)["online"],  # the newest generation's record
@@ -371,10 +378,10 @@ def export_generation(args, state_dir: StateDir, since_generation: int) -> dict:
   with open(os.path.join(result["path"], LINEAGE), "w") as f:
     json.dump(lineage, f, indent=1, sort_keys=True)
   # Published in one rename: the server never sees a version without its lineage.
-  os.rename(result["path"], os.path.join(args.export_base, str(version)))
+  os.rename(result["path"], os.path.join(export_base, str(version)))
   shutil.rmtree(staging, ignore_errors=True)
-  log(event="exported", version=version, generation=number, new_files=lineage["new_files"],
-      export_s=lineage["export_s"])
+  log(event="exported", servable=servable, version=version, generation=number,
+      new_files=lineage["new_files"], export_s=lineage["export_s"])
   kill_point("exported", number)
   return lineage
 
@@ -392,6 +399,9 @@ def run(args, beam_args=()) -> dict:
   exported = last_export(args.export_base) if args.export_base else None
   exported_generation = exported["generation"] if exported else -1
   exported_at = exported["exported_at"] if exported else -math.inf
+  indexed = last_export(args.index_export_base) if args.index_export_base else None
+  indexed_generation = indexed["generation"] if indexed else -1
+  indexed_at = indexed["exported_at"] if indexed else -math.inf
   batches, idle_since = 0, time.monotonic()
   enough = lambda: args.max_batches is not None and batches >= args.max_batches
   while True:
@@ -409,6 +419,11 @@ def run(args, beam_args=()) -> dict:
     if args.export_base and number > exported_generation and (due or stopping):
       lineage = export_generation(args, state_dir, exported_generation)
       exported_generation, exported_at = lineage["generation"], lineage["exported_at"]
+    index_due = time.time() - indexed_at >= args.index_every_s
+    if args.index_export_base and number > indexed_generation and (index_due or stopping):
+      lineage = export_generation(args, state_dir, indexed_generation, "item_index",
+                                  args.index_export_base)
+      indexed_generation, indexed_at = lineage["generation"], lineage["exported_at"]
     if stopping:
       return {"generation": number, "batches": batches, "exported_generation": exported_generation}
     if not pending:
@@ -435,6 +450,12 @@ def parse_args(argv=None):
   p.add_argument("--export_base", default=None, help="versions go to <export_base>/<N>/")
   p.add_argument("--export_every_s", type=float, default=60.0,
                  help="least seconds between exports (0: after every micro-batch)")
+  p.add_argument("--servable", choices=["retriever", "user_tower"], default="retriever",
+                 help="what --export_base gets (serving.export --servable)")
+  p.add_argument("--index_export_base", default=None,
+                 help="--servable=user_tower: item index versions go to <index_export_base>/<N>/")
+  p.add_argument("--index_every_s", type=float, default=600.0,
+                 help="least seconds between item index exports")
   p.add_argument("--index", choices=["scann", "brute_force"], default="scann")
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--verify_examples", type=int, default=256)
@@ -450,6 +471,9 @@ def main(argv=None):
   args, beam_args = parse_args(argv)
   if args.format in ("csv", "jsonl", "parquet") and not args.columns:
     raise SystemExit(f"online.train: --format={args.format} needs --columns")
+  if (args.servable == "user_tower") != bool(args.index_export_base):
+    raise SystemExit("online.train: --servable=user_tower and --index_export_base go together "
+                     "(the tower needs an index to query; a retriever has its own)")
   log(event="done", **run(args, beam_args))
 
 

@@ -274,17 +274,33 @@ def test_killed_trainer_resumed_and_consumed_every_file_exactly_once(stream, onl
     assert json.load(f)["online"]["optimizer_step"] == start + sum(r["steps"] for r in committed)
 
 
-def test_freshness_benchmark_on_the_stream(stream, online, tmp_path):
+def test_freshness_benchmark_of_the_split_at_a_larger_catalog(stream, online, tmp_path):
   """benchmarks.freshness on this module's stream, build and first model (after the
-  online fixture is done with the CPU): one batch landed, trained on and served."""
-  out = tmp_path / "freshness.json"
-  cli.run("benchmarks.freshness", f"--prepared_dir={stream['dir']}", f"--workdir={tmp_path / 'w'}",
-          "--batches=1", "--index=brute_force", f"--top_k={K}", f"--output={out}")
+  online fixture is done with the CPU), padded to a catalog of 5,000 items and served
+  split: one batch landed, trained on and served as a new user tower; the item index,
+  on its own cadence, is exported again only by the stopping trainer."""
+  out, work, size = tmp_path / "freshness.json", tmp_path / "w", 5000
+  cli.run("benchmarks.freshness", f"--prepared_dir={stream['dir']}", f"--workdir={work}",
+          "--batches=1", "--index=brute_force", f"--top_k={K}", f"--catalog_size={size}",
+          "--servable=user_tower", f"--output={out}")
   result = json.loads(out.read_text())
   (row,) = result["batches"]
   assert row["file"] == os.path.basename(stream["batches"][0]) and row["version"] == 2
   assert row["rows_in"] > 0 and row["train_steps"] > 0
   assert 0 <= row["pickup_s"] < row["freshness_s"] == result["median_freshness_s"]
+  assert set(result["peak_rss_mb"]) == {"online.train", "serving.server"}
+  assert min(result["peak_rss_mb"].values()) > 100
+  assert sorted(os.listdir(work / "models" / "user_tower")) == ["1", "2"]
+  # The index's own cadence (600 s) never came due: its version 2 is the stopping trainer's.
+  tower, index = ([_lineage(work / "models" / name, v) for v in (1, 2)] for name in ("user_tower", "item_index"))
+  assert sorted(os.listdir(work / "models" / "item_index")) == ["1", "2"]
+  assert [l["generation"] for l in tower] == [l["generation"] for l in index] == [0, 1]
+  assert index[1]["exported_at"] > tower[1]["exported_at"], "the tower first, then the index"
+  number, _, state = _state(work / "state")
+  assert number == 1 and len(state.items) == size + row["new_items"]
+  with open(os.path.join(stream["data"], "vocab", "item.txt")) as f:
+    built = f.read().splitlines()
+  assert state.items[:size] == built + [f"synthetic-{i}" for i in range(size - len(built))]
   from benchmarks.report import render
   assert "Online learning freshness" in render([result])
 
