@@ -16,7 +16,8 @@ At catalog scale (docs/scaling.md): --catalog_size=N starts the trainer from tha
 first model over N items (the trained ones, then synthetic ones:
 benchmarks.scale_step start), and --servable=user_tower serves the split of
 deploy/split/models.config, the trainer exporting the user tower per micro-batch
-and the item index every --index_every_s; freshness is then the tower's.
+and the item index every --index_every_s; freshness is then the tower's. With
+--catalog_size the trainer runs each export in a process of its own (--export_in_child).
 """
 
 import argparse
@@ -150,7 +151,7 @@ def measure(args, work, files) -> (list, dict):
                    f"--export_base={exports}", "--export_every_s=0", f"--index={args.index}",
                    f"--top_k={args.top_k}", "--max_files_per_batch=1", "--poll_interval_s=0.2",
                    f"--max_batches={args.batches}", f"--epochs_per_batch={args.epochs_per_batch}",
-                   *split)
+                   *split, *(["--export_in_child"] if args.catalog_size else []))
   procs = {"serving.server": server, "online.train": trainer}
   rows, peak_rss = [], {}
   try:

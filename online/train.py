@@ -40,6 +40,8 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from fnmatch import fnmatch
 from typing import Dict, List
@@ -365,9 +367,12 @@ def export_generation(args, state_dir: StateDir, since_generation: int,
   shutil.rmtree(staging, ignore_errors=True)  # Left by a killed export: never published.
   version = max(existing_versions(export_base), default=0) + 1
   started = time.perf_counter()
-  result = export(gen, gen, staging, index=args.index, top_k=args.top_k, version=version,
-                  verify_examples=args.verify_examples, min_recall=args.min_recall,
-                  servable=servable)
+  options = dict(index=args.index, top_k=args.top_k, version=version,
+                 verify_examples=args.verify_examples, min_recall=args.min_recall, servable=servable)
+  if args.export_in_child:
+    result = _export_in_child(gen, staging, **options)
+  else:
+    result = export(gen, gen, staging, **options)
   state = StreamState.read(gen)
   lineage = {"version": version, "generation": number, "exported_at": time.time(),
              "batch": data.metadata(gen)["online"],  # the newest generation's record
@@ -384,6 +389,16 @@ def export_generation(args, state_dir: StateDir, since_generation: int,
       new_files=lineage["new_files"], export_s=lineage["export_s"])
   kill_point("exported", number)
   return lineage
+
+
+def _export_in_child(gen: str, export_base: str, **options) -> dict:
+  """serving.export's result, from `python -m serving.export` in a process of its own: its
+  memory (an index export peaks at ~13 GB at 10M items) goes back when it exits."""
+  flags = [f"--{name}={value}" for name, value in options.items()]
+  done = subprocess.run([sys.executable, "-m", "serving.export", f"--model_dir={gen}",
+                         f"--data_dir={gen}", f"--export_base={export_base}", *flags],
+                        stdout=subprocess.PIPE, check=True, text=True)
+  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # -- the loop -------------------------------------------------------------------------
@@ -456,6 +471,9 @@ def parse_args(argv=None):
                  help="--servable=user_tower: item index versions go to <index_export_base>/<N>/")
   p.add_argument("--index_every_s", type=float, default=600.0,
                  help="least seconds between item index exports")
+  p.add_argument("--export_in_child", action="store_true",
+                 help="run each export in a process of its own (python -m serving.export), "
+                      "whose memory goes back to the machine: for catalogs of millions of items")
   p.add_argument("--index", choices=["scann", "brute_force"], default="scann")
   p.add_argument("--top_k", type=int, default=100)
   p.add_argument("--verify_examples", type=int, default=256)

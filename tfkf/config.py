@@ -45,7 +45,7 @@ class KuaiFormerConfig(JsonConfig):
   remove_accidental_hits: bool = True
   temperature: float = 0.05          # embeddings are L2-normalised; scores are cosines
   # False: interests and item embeddings are not L2-normalised and scores are dot products
-  # (SASRec's scoring; pair it with temperature 1).
+  # (SASRec's scoring; pair it with temperature 1). No better on Games (see PRESETS).
   normalize_embeddings: bool = True
   # Real catalog items drawn uniformly and added to every training batch's in-batch
   # negatives ("mixed negative sampling", Yang et al. 2020): in-batch negatives follow
@@ -127,7 +127,9 @@ PRESETS = {
     # HR@10 within +-0.009 (games_uniform_bce_repeat_600s.json). With it, one run each at
     # 600 s, none better: a near-full-catalog softmax (16,384 mixed negatives), k 1 (HR@10 and
     # HR@100 lower), residual dropout 0.3, label smoothing 0 (HR@500 lower), 0.2 or 0.3,
-    # averaging 0.998 (screens/games_mixed_negatives16k_aux_600s.json, games_aux_*_600s.json).
+    # averaging 0.998 (screens/games_mixed_negatives16k_aux_600s.json, games_aux_*_600s.json),
+    # SASRec's dot-product scoring (normalize_embeddings False, temperature 1: slower to the
+    # same peak, also at 1200 s; games_aux_dot_product_600s.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3,
                             uniform_bce_weight=1.0),
