@@ -16,8 +16,11 @@ At catalog scale (docs/scaling.md): --catalog_size=N starts the trainer from tha
 first model over N items (the trained ones, then synthetic ones:
 benchmarks.scale_step start), and --servable=user_tower serves the split of
 deploy/split/models.config, the trainer exporting the user tower per micro-batch
-and the item index every --index_every_s; freshness is then the tower's. With
---catalog_size the trainer runs each export in a process of its own (--export_in_child).
+and the item index every --index_every_s; freshness is then the tower's.
+--index_every_s=0 serves the tower alone (the index is another job's and another
+server's: at 10M items a server holding both beside the trainer does not fit in
+24 GB). --export_in_child runs each of the trainer's exports in a process of its own;
+--no_server runs the trainer alone and measures landed -> published.
 """
 
 import argparse
@@ -70,9 +73,15 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _published(base):
+  """Versions under `base` as if served the moment they are published (--no_server)."""
+  return {int(n): "AVAILABLE" for n in os.listdir(base) if n.isdigit()}
+
+
 def _wait_served(port, base, name, procs, timeout_s, model=MODEL, peak_rss=None):
   """(time the first AVAILABLE version trained on file `name` was seen, its lineage).
-  peak_rss: {process name: MB}, each process's peak RSS as last polled."""
+  port None: the first version published. peak_rss: {process name: MB}, each process's
+  peak RSS as last polled."""
   deadline = time.monotonic() + timeout_s
   while time.monotonic() < deadline:
     for proc_name, proc in procs.items():
@@ -80,7 +89,7 @@ def _wait_served(port, base, name, procs, timeout_s, model=MODEL, peak_rss=None)
         raise RuntimeError(f"{proc_name} exited with {proc.returncode}")
       if peak_rss is not None:
         peak_rss[proc_name] = max(peak_rss.get(proc_name, 0.0), _peak_rss_mb(proc.pid))
-    for version, state in sorted(_status(port, model).items()):
+    for version, state in sorted((_status(port, model) if port else _published(base)).items()):
       if state == "AVAILABLE":
         lineage = _lineage(base, version)
         if name in lineage["new_files"] or (name is None and version >= 1):
@@ -120,10 +129,11 @@ def start_at_size(args, work) -> (str, str):
   """(init data dir, init model dir): data/ and run/, or both over --catalog_size items."""
   if not args.catalog_size:
     return f"{work}/data", f"{work}/run"
-  out = f"{work}/size-{args.catalog_size}"
+  out = f"{work}/size-{args.catalog_size}{'-lazy_adam' if args.lazy_adam else ''}"
   if not os.path.exists(os.path.join(out, "run")):
     subprocess.run([sys.executable, "-m", "benchmarks.scale_step", "start", f"--work_dir={work}",
-                    f"--size={args.catalog_size}", f"--seed={args.seed}", f"--out={out}"],
+                    f"--size={args.catalog_size}", f"--seed={args.seed}", f"--out={out}",
+                    *(["--lazy_adam"] if args.lazy_adam else [])],
                    cwd=common.ROOT, env=_env(), check=True)
   return os.path.join(out, "data"), os.path.join(out, "run")
 
@@ -134,25 +144,32 @@ def measure(args, work, files) -> (list, dict):
   os.makedirs(base)
   os.makedirs(incoming)
   init_data, init_model = start_at_size(args, work)
-  port = common.free_port()
+  port = None if args.no_server else common.free_port()
   if args.servable == "user_tower":
     model, exports = "user_tower", os.path.join(base, "user_tower")
-    served = [f"--model_config_file={common.split_config(base)}"]
-    split = ["--servable=user_tower", f"--index_export_base={base}/item_index",
-             f"--index_every_s={args.index_every_s}"]
+    os.makedirs(exports)
+    split = ["--servable=user_tower"]
+    if args.index_every_s:
+      served = [f"--model_config_file={common.split_config(base)}"]
+      split += [f"--index_export_base={base}/item_index", f"--index_every_s={args.index_every_s}"]
+    else:
+      served = [f"--model_name={model}", f"--model_base_path={exports}"]
   else:
     model, exports = MODEL, base
     served, split = [f"--model_name={MODEL}", f"--model_base_path={base}"], []
-  server = _start(os.path.join(work, "server.log"), "serving.server", *served,
-                  f"--rest_api_port={port}", "--port=0", "--file_system_poll_wait_seconds=0.2")
-  trainer = _start(os.path.join(work, "trainer.log"), "online.train", f"--stream_dir={incoming}",
-                   f"--state_dir={work}/state", f"--init_data_dir={init_data}",
-                   f"--init_model_dir={init_model}", f"--item_features={files['items']}",
-                   f"--export_base={exports}", "--export_every_s=0", f"--index={args.index}",
-                   f"--top_k={args.top_k}", "--max_files_per_batch=1", "--poll_interval_s=0.2",
-                   f"--max_batches={args.batches}", f"--epochs_per_batch={args.epochs_per_batch}",
-                   *split, *(["--export_in_child"] if args.catalog_size else []))
-  procs = {"serving.server": server, "online.train": trainer}
+  procs = {} if args.no_server else {"serving.server": _start(
+      os.path.join(work, "server.log"), "serving.server", *served, f"--rest_api_port={port}",
+      "--port=0", "--file_system_poll_wait_seconds=0.2")}
+  procs["online.train"] = _start(
+      os.path.join(work, "trainer.log"), "online.train", f"--stream_dir={incoming}",
+      f"--state_dir={work}/state", f"--init_data_dir={init_data}", f"--init_model_dir={init_model}",
+      f"--item_features={files['items']}", f"--export_base={exports}", "--export_every_s=0",
+      f"--index={args.index}", f"--top_k={args.top_k}", "--max_files_per_batch=1",
+      "--poll_interval_s=0.2", f"--max_batches={args.batches}",
+      f"--epochs_per_batch={args.epochs_per_batch}", *split,
+      *(["--export_in_child"] if args.export_in_child else []),
+      *([f"--before_training_examples={args.before_training_examples}"]
+        if args.before_training_examples else []))
   rows, peak_rss = [], {}
   try:
     _wait_served(port, exports, None, procs, 1800, model, peak_rss)  # version 1: the start
@@ -170,7 +187,7 @@ def measure(args, work, files) -> (list, dict):
           "pickup_s": batch["started_at"] - landed, **batch["timings"],
           "export_s": lineage["export_s"], "load_s": served - lineage["exported_at"]})
       print(json.dumps(rows[-1]), flush=True)
-    trainer.wait(timeout=600)
+    procs["online.train"].wait(timeout=600)
   finally:
     for proc in procs.values():
       if proc.poll() is None:
@@ -197,7 +214,18 @@ def parse_args(argv=None):
   p.add_argument("--servable", choices=["retriever", "user_tower"], default="retriever",
                  help="user_tower: serve and measure the split (tower per batch, index on a cadence)")
   p.add_argument("--index_every_s", type=float, default=600.0,
-                 help="--servable=user_tower: least seconds between item index exports")
+                 help="--servable=user_tower: least seconds between item index exports "
+                      "(0: no index, the tower served alone)")
+  p.add_argument("--lazy_adam", action="store_true",
+                 help="with --catalog_size: the model continues with LazyAdam (tfkf.optimizers): "
+                      "only the batch's rows move, where Adam rewrites the whole table each step")
+  p.add_argument("--before_training_examples", type=int, default=None,
+                 help="online.train's test-then-train users per batch (default all)")
+  p.add_argument("--export_in_child", action="store_true",
+                 help="online.train --export_in_child: each export in a process of its own")
+  p.add_argument("--no_server", action="store_true",
+                 help="the trainer alone: landed -> published (for catalogs whose trainer and "
+                      "server do not fit one machine; the server's load is bench-scale's swap)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=None, help="keep the artifacts here (default: a temp dir)")
   p.add_argument("--prepared_dir", default=None,
@@ -213,7 +241,8 @@ def main(argv=None):
   files = reuse(args.prepared_dir, work, args.batches) if args.prepared_dir else prepare(args, work)
   rows, peak_rss = measure(args, work, files)
   fresh = [r["freshness_s"] for r in rows]
-  payload = {"command": " ".join(["python -m benchmarks.freshness", *(argv or sys.argv[1:])]),
+  env = [f"{k}={os.environ[k]}" for k in ("TF_ENABLE_ONEDNN_OPTS",) if k in os.environ]
+  payload = {"command": " ".join([*env, "python -m benchmarks.freshness", *(argv or sys.argv[1:])]),
              "config": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")},
              "batches": rows, "peak_rss_mb": peak_rss, "median_freshness_s": statistics.median(fresh),
              "max_freshness_s": max(fresh), "min_freshness_s": min(fresh),

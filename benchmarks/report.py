@@ -432,15 +432,23 @@ def _freshness(r) -> list:
   size, split = c.get("catalog_size"), c.get("servable") == "user_tower"
   title = "## Online learning freshness (`make bench-freshness`)"
   scale = ""
-  if size or split:
+  if size or split or c.get("no_server"):
     title = (f"## Online learning freshness at {size or c['items']:,} items"
              f"{', split servables' if split else ''}")
     scale = (f"`{r.get('command', '')}`. " if r.get("command") else "") + (
         f"The first model padded to a catalog of {size:,} items (trained ones, then synthetic "
         "ones: `benchmarks.scale_step start`). " if size else "") + (
-        "Served split (deploy/split/models.config): the trainer exports the user tower per "
-        f"micro-batch and the item index every {c['index_every_s']:.0f} s; export and server "
-        "load are the tower's. " if split else "")
+        ("Served split (deploy/split/models.config): the trainer exports the user tower per "
+         f"micro-batch and the item index every {c['index_every_s']:.0f} s; export and server "
+         "load are the tower's. " if c["index_every_s"] else
+         "The user tower alone, exported per micro-batch and served (the item index is another "
+         "job's and another server's). ") if split else "") + (
+        "**No server** (`--no_server`): the trainer alone; freshness is landed → published, "
+        "and the server's load is bench-scale's swap. " if c.get("no_server") else "") + (
+        "LazyAdam (only the batch's rows move). " if c.get("lazy_adam") else "") + (
+        f"Test-then-train on {c['before_training_examples']} users per batch. "
+        if c.get("before_training_examples") else "") + (
+        "Each export in a process of its own. " if c.get("export_in_child") else "")
   lines = [title, "", scale +
            f"`online.train` with `serving.server` on the same machine: synthetic stream "
            f"({c['users']:,} users, {c['items']:,} initial items, {c['new_items_per_batch']} new "

@@ -5,7 +5,7 @@ the server being measured needs 9+ GB (benchmarks/scale.py runs every step throu
   python -m benchmarks.scale_step export --work_dir=W --size=N --servable=retriever \
       --index=scann --top_k=100 --seed=0 --out=PATH
   python -m benchmarks.scale_step recall --work_dir=W --scann=PATH --exact=PATH --users=100
-  python -m benchmarks.scale_step start --work_dir=W --size=N --seed=0 --out=DIR
+  python -m benchmarks.scale_step start --work_dir=W --size=N --seed=0 --out=DIR [--lazy_adam]
 
 export: bench-serving's trained model (in --work_dir) over a catalog of --size items (the
 trained ones, then synthetic ones: benchmarks.serving.padded_catalog for the index,
@@ -35,7 +35,7 @@ from serving import export as exporter, verify
 from serving.retriever import DEFAULT_MAX_HISTORY_LENGTH
 from tfkf import data_files, features
 from tfkf.catalog import Catalog
-from tfkf.checkpoint import CONFIG_FILE, WEIGHTS, build_model, load_trained, read_config
+from tfkf.checkpoint import CONFIG_FILE, WEIGHTS, build_model, config_json, load_trained, read_config
 
 
 def padded_model(model, catalog: Catalog, item_ids: np.ndarray, seed: int):
@@ -130,11 +130,13 @@ def start(a) -> dict:
   metadata["vocab_sizes"]["item"] = padded.num_items
   with open(os.path.join(out_data, data_files.METADATA), "w") as f:
     f.write(data_files.metadata_json(metadata))
-  trainable = build_model(model.config, padded, learning_rate=1e-3)  # Adam's slots, as tfkf.train saves
+  config = model.config.replace(lazy_adam=a.lazy_adam)
+  trainable = build_model(config, padded, learning_rate=1e-3)  # Adam's slots, as tfkf.train saves
   for target, weight in zip(trainable.weights, big.weights):
     target.assign(weight)
   trainable.save_weights(os.path.join(out_run, WEIGHTS))
-  shutil.copy(os.path.join(model_dir, CONFIG_FILE), os.path.join(out_run, CONFIG_FILE))
+  with open(os.path.join(out_run, CONFIG_FILE), "w") as f:
+    f.write(config_json(config))
   return {"data_dir": out_data, "model_dir": out_run, "seconds": time.perf_counter() - began}
 
 
@@ -154,6 +156,8 @@ def parse_args(argv=None):
   p.add_argument("--scann", help="recall: the ScaNN export")
   p.add_argument("--exact", help="recall: the brute-force export")
   p.add_argument("--users", type=int, default=100, help="recall: test histories")
+  p.add_argument("--lazy_adam", action="store_true",
+                 help="start: the model continues with LazyAdam (only the batch's rows move)")
   return p.parse_args(argv)
 
 

@@ -26,8 +26,9 @@ Every --export_every_s, the newest committed generation is exported with
 serving.export (checked against the Keras model, catalog and index rebuilt) as
 the next version under --export_base, which serving.server picks up. With
 --servable=user_tower that export is the user tower alone, and the item index
-goes to --index_export_base every --index_every_s: the split servables of
-docs/scaling.md §4, whose tower refresh does not rebuild the index. Landed
+goes to --index_export_base every --index_every_s (without it, another job keeps
+the index): the split servables of docs/scaling.md §4, whose tower refresh does
+not rebuild the index. Landed
 files: regular files matching --pattern whose names do not start with "." or
 "_" or end in ".tmp"; producers write elsewhere and rename them in. Files are
 consumed in name order.
@@ -313,11 +314,14 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
   _write_metadata(work, base, state, splits, online)
   lap("examples_s")
 
-  model = continue_model(prev_path, Catalog.load(prev_path), Catalog.load(work), args.learning_rate)
+  model = continue_model(prev_path, Catalog.load(work), args.learning_rate)
   lap("load_model_s")
   if test:  # Test-then-train: the model that is served now, on events it has not seen.
     online["before_training"] = evaluate.evaluate(
-        evaluate.model_scorer(model), work, "test", config.max_len, config.event_features)
+        evaluate.model_scorer(model), work, "test", config.max_len, config.event_features,
+        batch_size=evaluate.scoring_batch_size(model.side_features.num_items,
+                                               config.num_query_tokens),
+        max_examples=args.before_training_examples)
   steps = 0
   if train:
     tf.keras.utils.set_random_seed(args.seed + number)
@@ -459,6 +463,9 @@ def parse_args(argv=None):
                  help="passes over each micro-batch's examples")
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--learning_rate", type=float, default=1e-3)
+  p.add_argument("--before_training_examples", type=int, default=None,
+                 help="test-then-train on at most this many of the batch's users (default all): "
+                      "full-catalog scoring costs users x items, on the way to the export")
   p.add_argument("--count_decay", type=float, default=0.5,
                  help="per micro-batch decay of the item counts behind the logQ probabilities")
   p.add_argument("--seed", type=int, default=0)
@@ -468,7 +475,8 @@ def parse_args(argv=None):
   p.add_argument("--servable", choices=["retriever", "user_tower"], default="retriever",
                  help="what --export_base gets (serving.export --servable)")
   p.add_argument("--index_export_base", default=None,
-                 help="--servable=user_tower: item index versions go to <index_export_base>/<N>/")
+                 help="--servable=user_tower: item index versions go to <index_export_base>/<N>/ "
+                      "(default: none, another job keeps the index)")
   p.add_argument("--index_every_s", type=float, default=600.0,
                  help="least seconds between item index exports")
   p.add_argument("--export_in_child", action="store_true",
@@ -489,9 +497,9 @@ def main(argv=None):
   args, beam_args = parse_args(argv)
   if args.format in ("csv", "jsonl", "parquet") and not args.columns:
     raise SystemExit(f"online.train: --format={args.format} needs --columns")
-  if (args.servable == "user_tower") != bool(args.index_export_base):
-    raise SystemExit("online.train: --servable=user_tower and --index_export_base go together "
-                     "(the tower needs an index to query; a retriever has its own)")
+  if args.index_export_base and args.servable != "user_tower":
+    raise SystemExit("online.train: --index_export_base is for --servable=user_tower "
+                     "(a retriever has its own index)")
   log(event="done", **run(args, beam_args))
 
 

@@ -282,7 +282,8 @@ def test_freshness_benchmark_of_the_split_at_a_larger_catalog(stream, online, tm
   out, work, size = tmp_path / "freshness.json", tmp_path / "w", 5000
   cli.run("benchmarks.freshness", f"--prepared_dir={stream['dir']}", f"--workdir={work}",
           "--batches=1", "--index=brute_force", f"--top_k={K}", f"--catalog_size={size}",
-          "--servable=user_tower", f"--output={out}")
+          "--servable=user_tower", "--lazy_adam", "--before_training_examples=50", "--export_in_child",
+          f"--output={out}")
   result = json.loads(out.read_text())
   (row,) = result["batches"]
   assert row["file"] == os.path.basename(stream["batches"][0]) and row["version"] == 2
@@ -296,8 +297,12 @@ def test_freshness_benchmark_of_the_split_at_a_larger_catalog(stream, online, tm
   assert sorted(os.listdir(work / "models" / "item_index")) == ["1", "2"]
   assert [l["generation"] for l in tower] == [l["generation"] for l in index] == [0, 1]
   assert index[1]["exported_at"] > tower[1]["exported_at"], "the tower first, then the index"
-  number, _, state = _state(work / "state")
+  number, path, state = _state(work / "state")
   assert number == 1 and len(state.items) == size + row["new_items"]
+  with open(os.path.join(path, "metadata.json")) as f:
+    assert json.load(f)["online"]["before_training"]["examples"] == 50
+  with open(os.path.join(path, "config.json")) as f:
+    assert json.load(f)["lazy_adam"], "the padded start continues with LazyAdam"
   with open(os.path.join(stream["data"], "vocab", "item.txt")) as f:
     built = f.read().splitlines()
   assert state.items[:size] == built + [f"synthetic-{i}" for i in range(size - len(built))]

@@ -170,6 +170,15 @@ def popularity_scorer(data_dir: str, split: str = "train"):
   return lambda batch: tf.tile(log_count[None], [tf.shape(batch[features.TARGET_ITEM])[0], 1])
 
 
+SCORE_BUDGET = 2 ** 28  # float32 cells of one batch's [b, k, N] maxsim scores: 1 GiB
+
+
+def scoring_batch_size(num_items: int, num_interests: int, largest: int = 256) -> int:
+  """Examples per full-catalog scoring batch whose [b, k, N] scores fit SCORE_BUDGET: 6 at
+  10M items and k 4, where [256, 4, N] needs 41 GB."""
+  return max(1, min(largest, SCORE_BUDGET // (num_items * num_interests)))
+
+
 def evaluate(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
              exclude_history: bool = True, batch_size: int = 256, max_examples: int = None,
              negatives: np.ndarray = None) -> dict:
