@@ -441,8 +441,8 @@ def _freshness(r) -> list:
         ("Served split (deploy/split/models.config): the trainer exports the user tower per "
          f"micro-batch and the item index every {c['index_every_s']:.0f} s; export and server "
          "load are the tower's. " if c["index_every_s"] else
-         "The user tower alone, exported per micro-batch and served (the item index is another "
-         "job's and another server's). ") if split else "") + (
+         "The user tower alone, exported per micro-batch (the item index is another job's and "
+         "another server's). ") if split else "") + (
         "**No server** (`--no_server`): the trainer alone; freshness is landed → published, "
         "and the server's load is bench-scale's swap. " if c.get("no_server") else "") + (
         "LazyAdam (only the batch's rows move). " if c.get("lazy_adam") else "") + (
@@ -450,7 +450,8 @@ def _freshness(r) -> list:
         if c.get("before_training_examples") else "") + (
         "Each export in a process of its own. " if c.get("export_in_child") else "")
   lines = [title, "", scale +
-           f"`online.train` with `serving.server` on the same machine: synthetic stream "
+           ("`online.train` alone" if c.get("no_server") else
+            "`online.train` with `serving.server` on the same machine") + ": synthetic stream "
            f"({c['users']:,} users, {c['items']:,} initial items, {c['new_items_per_batch']} new "
            f"items per batch), small preset, max_len {c['max_len']}, {c['index']} index, top "
            f"{c['top_k']}, `--export_every_s=0`, {c['epochs_per_batch']} epoch(s) per micro-batch. "
@@ -469,9 +470,10 @@ def _freshness(r) -> list:
   peaks = r.get("peak_rss_mb") or {}
   memory = (" Peak RSS: " + ", ".join(f"{name} {mb:,.0f} MB" for name, mb in sorted(peaks.items()))
             + "." if peaks else "")
+  note = [r["note"], ""] if r.get("note") else []
   return lines + ["", f"Median freshness **{r['median_freshness_s']:.1f} s** (min "
                   f"{r['min_freshness_s']:.1f}, max {r['max_freshness_s']:.1f}) over "
-                  f"{len(r['batches'])} batches.{memory}", ""]
+                  f"{len(r['batches'])} batches.{memory}", ""] + note
 
 
 def _growth_word(slope: float) -> str:
