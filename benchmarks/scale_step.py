@@ -119,13 +119,13 @@ def start(a) -> dict:
   shutil.copytree(data_dir, out_data)
   write_vocabulary(item_ids, os.path.join(out_data, data_files.vocab_path("item")))
   counts = pd.read_csv(os.path.join(data_dir, data_files.CATALOG), usecols=["count"])["count"].to_numpy()
-  real = padded.real_items
-  table = pd.DataFrame({"index": np.arange(features.NUM_RESERVED_IDS, padded.num_items),
-                        "item_id": item_ids[real], "tag": padded.tag[real],
-                        "author": padded.author[real], "duration_bucket": padded.duration[real],
-                        "count": np.concatenate([counts, np.zeros(len(item_ids) - catalog.num_items, np.int64)]),
-                        "sampling_probability": padded.sampling_probability[real]})
-  table.to_csv(os.path.join(out_data, data_files.CATALOG), columns=data_files.CATALOG_COLUMNS, index=False)
+  counts = np.concatenate([np.zeros(features.NUM_RESERVED_IDS, np.int64), counts,
+                           np.zeros(len(item_ids) - catalog.num_items, np.int64)])
+  rows = ((i, item_ids[i], padded.tag[i], padded.author[i], padded.duration[i], counts[i],
+           padded.sampling_probability[i])
+          for i in range(features.NUM_RESERVED_IDS, padded.num_items))
+  with open(os.path.join(out_data, data_files.CATALOG), "w") as f:
+    f.write(data_files.catalog_csv(rows))
   metadata = data_files.read_metadata(data_dir)
   metadata["vocab_sizes"]["item"] = padded.num_items
   with open(os.path.join(out_data, data_files.METADATA), "w") as f:
