@@ -168,6 +168,7 @@ def measure(args, work, files) -> (list, dict):
       "--poll_interval_s=0.2", f"--max_batches={args.batches}",
       f"--epochs_per_batch={args.epochs_per_batch}", *split,
       *(["--export_in_child"] if args.export_in_child else []),
+      *(["--batch_in_child"] if args.batch_in_child else []),
       *([f"--before_training_examples={args.before_training_examples}"]
         if args.before_training_examples else []))
   rows, peak_rss = [], {}
@@ -223,6 +224,8 @@ def parse_args(argv=None):
                  help="online.train's test-then-train users per batch (default all)")
   p.add_argument("--export_in_child", action="store_true",
                  help="online.train --export_in_child: each export in a process of its own")
+  p.add_argument("--batch_in_child", action="store_true",
+                 help="online.train --batch_in_child: each micro-batch in a process of its own")
   p.add_argument("--no_server", action="store_true",
                  help="the trainer alone: landed -> published (for catalogs whose trainer and "
                       "server do not fit one machine; the server's load is bench-scale's swap)")

@@ -277,13 +277,13 @@ def test_killed_trainer_resumed_and_consumed_every_file_exactly_once(stream, onl
 def test_freshness_benchmark_of_the_split_at_a_larger_catalog(stream, online, tmp_path):
   """benchmarks.freshness on this module's stream, build and first model (after the
   online fixture is done with the CPU), padded to a catalog of 5,000 items and served
-  split: one batch landed, trained on and served as a new user tower; the item index,
-  on its own cadence, is exported again only by the stopping trainer."""
+  split: one batch landed, trained on (in a process of its own) and served as a new user
+  tower; the item index, on its own cadence, is exported again only by the stopping trainer."""
   out, work, size = tmp_path / "freshness.json", tmp_path / "w", 5000
   cli.run("benchmarks.freshness", f"--prepared_dir={stream['dir']}", f"--workdir={work}",
           "--batches=1", "--index=brute_force", f"--top_k={K}", f"--catalog_size={size}",
           "--servable=user_tower", "--lazy_adam", "--before_training_examples=50", "--export_in_child",
-          f"--output={out}")
+          "--batch_in_child", f"--output={out}")
   result = json.loads(out.read_text())
   (row,) = result["batches"]
   assert row["file"] == os.path.basename(stream["batches"][0]) and row["version"] == 2
