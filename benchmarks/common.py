@@ -27,11 +27,15 @@ def versions(*packages) -> dict:
   return {p: version(p) for p in packages}
 
 
+def module_env() -> dict:
+  """The environment of a project module run as a process of its own (python -m, cwd ROOT)."""
+  return {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+
+
 def timed_module(module: str, *args: str) -> float:
   """Wall seconds of `python -m module args` (process start included); raises on failure."""
-  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=module_env(),
                         capture_output=True, text=True)
   if proc.returncode:
     raise RuntimeError(f"{module} failed:\n{proc.stderr[-3000:]}")

@@ -40,14 +40,10 @@ from benchmarks import common
 MODEL = "kuaiformer"
 
 
-def _env():
-  return {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-          "PYTHONPATH": common.ROOT}
-
-
 def _start(log_path, module, *args):
-  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=common.ROOT, env=_env(),
-                          stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=common.ROOT,
+                          env=common.module_env(), stdout=open(log_path, "w"),
+                          stderr=subprocess.STDOUT)
 
 
 def _status(port, model=MODEL):
@@ -134,7 +130,7 @@ def start_at_size(args, work) -> (str, str):
     subprocess.run([sys.executable, "-m", "benchmarks.scale_step", "start", f"--work_dir={work}",
                     f"--size={args.catalog_size}", f"--seed={args.seed}", f"--out={out}",
                     *(["--lazy_adam"] if args.lazy_adam else [])],
-                   cwd=common.ROOT, env=_env(), check=True)
+                   cwd=common.ROOT, env=common.module_env(), check=True)
   return os.path.join(out, "data"), os.path.join(out, "run")
 
 

@@ -134,10 +134,9 @@ def train_command(data_dir: str, model_dir: str, flags, args, curve_dir: str = N
 def train(data_dir: str, model_dir: str, flags, args, curve_dir: str = None) -> dict:
   """Runs tfkf.train (train_command)."""
   cmd = [sys.executable, *train_command(data_dir, model_dir, flags, args, curve_dir)]
-  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-         "PYTHONPATH": common.ROOT}
   start = time.perf_counter()
-  proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True, check=False)
+  proc = subprocess.run(cmd, cwd=common.ROOT, env=common.module_env(), capture_output=True,
+                        text=True, check=False)
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
   final = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -431,24 +431,34 @@ def _freshness(r) -> list:
   c = r["config"]
   size, split = c.get("catalog_size"), c.get("servable") == "user_tower"
   title = "## Online learning freshness (`make bench-freshness`)"
-  scale = ""
+  parts = []  # what a run at catalog scale changes, in the order of its flags
   if size or split or c.get("no_server"):
     title = (f"## Online learning freshness at {size or c['items']:,} items"
              f"{', split servables' if split else ''}")
-    scale = (f"`{r.get('command', '')}`. " if r.get("command") else "") + (
-        f"The first model padded to a catalog of {size:,} items (trained ones, then synthetic "
-        "ones: `benchmarks.scale_step start`). " if size else "") + (
-        ("Served split (deploy/split/models.config): the trainer exports the user tower per "
-         f"micro-batch and the item index every {c['index_every_s']:.0f} s; export and server "
-         "load are the tower's. " if c["index_every_s"] else
-         "The user tower alone, exported per micro-batch (the item index is another job's and "
-         "another server's). ") if split else "") + (
-        "**No server** (`--no_server`): the trainer alone; freshness is landed → published, "
-        "and the server's load is bench-scale's swap. " if c.get("no_server") else "") + (
-        "LazyAdam (only the batch's rows move). " if c.get("lazy_adam") else "") + (
-        f"Test-then-train on {c['before_training_examples']} users per batch. "
-        if c.get("before_training_examples") else "") + (
-        "Each export in a process of its own. " if c.get("export_in_child") else "")
+    if r.get("command"):
+      parts.append(f"`{r['command']}`.")
+    if size:
+      parts.append(f"The first model padded to a catalog of {size:,} items (trained ones, then "
+                   "synthetic ones: `benchmarks.scale_step start`).")
+    if split and c["index_every_s"]:
+      parts.append("Served split (deploy/split/models.config): the trainer exports the user tower "
+                   f"per micro-batch and the item index every {c['index_every_s']:.0f} s; export "
+                   "and server load are the tower's.")
+    elif split:
+      parts.append("The user tower alone, exported per micro-batch (the item index is another "
+                   "job's and another server's).")
+    if c.get("no_server"):
+      parts.append("**No server** (`--no_server`): the trainer alone; freshness is landed → "
+                   "published, and the server's load is bench-scale's swap.")
+    if c.get("lazy_adam"):
+      parts.append("LazyAdam (only the batch's rows move).")
+    if c.get("before_training_examples"):
+      parts.append(f"Test-then-train on {c['before_training_examples']} users per batch.")
+    if c.get("batch_in_child"):
+      parts.append("Each micro-batch in a process of its own.")
+    if c.get("export_in_child"):
+      parts.append("Each export in a process of its own.")
+  scale = "".join(f"{part} " for part in parts)
   lines = [title, "", scale +
            ("`online.train` alone" if c.get("no_server") else
             "`online.train` with `serving.server` on the same machine") + ": synthetic stream "

@@ -113,10 +113,9 @@ def swap(base: str, staged: str, version: int, port: int, timeout_s: float = 180
 
 def step(args, *flags: str) -> dict:
   """One benchmarks.scale_step in a process of its own: the JSON line it prints."""
-  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
   proc = subprocess.run([sys.executable, "-m", "benchmarks.scale_step", *flags,
                          f"--work_dir={args.work_dir}", f"--top_k={args.top_k}", f"--seed={args.seed}"],
-                        cwd=common.ROOT, env=env, capture_output=True, text=True)
+                        cwd=common.ROOT, env=common.module_env(), capture_output=True, text=True)
   if proc.returncode:
     raise RuntimeError(f"scale_step {' '.join(flags)} failed:\n{proc.stderr[-3000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])

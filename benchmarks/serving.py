@@ -306,9 +306,9 @@ def served(base: str, log_path: str, *flags, models=("kuaiformer",)):
   port, grpc_port = common.free_port(), common.free_port()
   model = [f"--model_base_path={base}", f"--model_name={models[0]}"] if base else []
   flags = [*model, f"--rest_api_port={port}", f"--port={grpc_port}", "--num_threads=32", *flags]
-  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
-  process = subprocess.Popen([sys.executable, "-m", "serving.server", *flags], cwd=common.ROOT, env=env,
-                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+  process = subprocess.Popen([sys.executable, "-m", "serving.server", *flags], cwd=common.ROOT,
+                             env=common.module_env(), stdout=open(log_path, "w"),
+                             stderr=subprocess.STDOUT)
   try:
     for name in models:
       wait_until_available("127.0.0.1", port, name, timeout_s=600)

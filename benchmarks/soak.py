@@ -162,11 +162,11 @@ def run(args) -> dict:
   base, log = (args.export_base, args.log) if args.export_base else prepare(work)
   histories = sample_histories(log)
   rest, grpc_port = common.free_port(), common.free_port()
-  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": common.ROOT}
   server = subprocess.Popen([sys.executable, "-m", "serving.server", f"--model_name={MODEL}",
                              f"--model_base_path={base}", f"--rest_api_port={rest}", f"--port={grpc_port}",
                              *args.server_flags],
-                            cwd=common.ROOT, env=env, stdout=open(os.path.join(work, "server.log"), "w"),
+                            cwd=common.ROOT, env=common.module_env(),
+                            stdout=open(os.path.join(work, "server.log"), "w"),
                             stderr=subprocess.STDOUT)
   try:
     wait_until_available("127.0.0.1", rest, MODEL, timeout_s=180)
