@@ -94,6 +94,30 @@ def test_embedding_dropout_drops_history_tokens_while_training_only():
   np.testing.assert_allclose(dropped.numpy()[~zero], 2 * kept.numpy()[~zero], rtol=1e-5)
 
 
+def test_history_augmentation_changes_the_inputs_while_training_only_never_the_targets():
+  config = PRESETS["small"].replace(compression_windows=(), max_len=24, event_feature_dropout=0.0,
+                                    training_targets="every_event", event_substitution=0.5,
+                                    event_dropout=0.5)
+  model = model_for(config)
+  batch = histories(config, [24, 10])
+  items = tf.constant(batch[features.HISTORY_ITEM], tf.int64)
+  substituted = model.user_tower.event_substitution(items, training=True).numpy()
+  real = items.numpy() >= features.NUM_RESERVED_IDS
+  assert (substituted[~real] == items.numpy()[~real]).all()  # padding stays padding
+  assert 0.3 < (substituted[real] != items.numpy()[real]).mean() < 0.6
+  assert (substituted >= features.NUM_RESERVED_IDS).sum() == real.sum()
+  tokens, valid = model.user_tower.events(batch, training=True)
+  dropped = np.all(tokens.numpy() == 0, axis=-1)
+  assert 0.3 < dropped[valid.numpy()].mean() < 0.7  # whole event tokens, not elements
+  np.testing.assert_array_equal(valid.numpy(), real)
+  np.testing.assert_allclose(model.user_tower.events(batch)[0].numpy(),
+                             model.user_tower.events(batch)[0].numpy())  # not at inference
+  batch[features.TARGET_ITEM] = np.array([5, 6])
+  _, targets, _ = model._every_event_targets(batch, training=True)
+  logged = items.numpy()
+  np.testing.assert_array_equal(targets.numpy(), np.concatenate([logged[0, 1:], [5], logged[1, -9:], [6]]))
+
+
 def test_an_all_padding_compression_window_contributes_nothing():
   base = PRESETS["small"].replace(max_len=40, compression_windows=(8,))
   more_windows = base.replace(max_len=56, compression_windows=(8, 8, 8))

@@ -32,6 +32,12 @@ class KuaiFormerConfig(JsonConfig):
   # embedding dropout); the candidate tower's item embeddings are not dropped. The cpu
   # preset's 0.3: see PRESETS.
   embedding_dropout: float = 0.0
+  # History augmentation while training (CL4SRec's "mask" and a noise form of its
+  # "substitute"): each history event's whole token dropped (event_dropout), or its item
+  # replaced by a uniformly random one (event_substitution), at these rates. Inputs only:
+  # the targets stay the logged items.
+  event_dropout: float = 0.0
+  event_substitution: float = 0.0
   feature_dim: int = 16              # width of each side-feature embedding
   max_len: int = features.MAX_LEN
   compression_windows: Tuple[int, ...] = features.COMPRESSION_WINDOWS  # () = no compression
@@ -86,6 +92,9 @@ class KuaiFormerConfig(JsonConfig):
       raise ValueError(f"training_targets={self.training_targets!r}: 'last' or 'every_event'")
     if self.logq_weight < 0:
       raise ValueError(f"logq_weight={self.logq_weight}: 0 (no correction) or more")
+    for name in ("embedding_dropout", "event_dropout", "event_substitution"):
+      if not 0 <= getattr(self, name) < 1:
+        raise ValueError(f"{name}={getattr(self, name)}: a rate in [0, 1)")
     if self.mixed_negatives < 0:
       raise ValueError(f"mixed_negatives={self.mixed_negatives}: 0 (in-batch only) or more")
     if self.uniform_bce_negatives < 1:

@@ -37,6 +37,9 @@ class UserTower(tf.keras.layers.Layer):
                    for i in range(c.num_layers)]
     self.final_norm = layers.RMSNorm(name="final_norm")
     self.embedding_dropout = tf.keras.layers.Dropout(c.embedding_dropout)
+    self.event_dropout = tf.keras.layers.Dropout(c.event_dropout, noise_shape=(None, None, 1))
+    self.event_substitution = layers.EventSubstitution(c.event_substitution,
+                                                       self.side_features.num_items)
 
   def events(self, inputs, training=False):
     """(tokens [b, S, d], valid [b, S]): the compressed windows, then the latest events as they are.
@@ -60,11 +63,12 @@ class UserTower(tf.keras.layers.Layer):
   def _embed(self, inputs, width, training):
     """(tokens [b, width, d], valid [b, width]) of the latest `width` events, left-padded."""
     items = _fit_length(inputs[features.HISTORY_ITEM], width)
-    per_event = {"item": items, **self.side_features(items)}
+    seen = self.event_substitution(items, training=training)
+    per_event = {"item": seen, **self.side_features(seen)}
     for name in self.config.event_features:
       per_event[name] = _fit_length(inputs[features.history_key(name)], width)
-    tokens = self.embedding_dropout(self.token_embedding(per_event, training=training),
-                                    training=training)
+    tokens = self.token_embedding(per_event, training=training)
+    tokens = self.event_dropout(self.embedding_dropout(tokens, training=training), training=training)
     return tokens, tf.not_equal(items, features.PAD_ID)
 
   def _compressed(self, inputs, training):

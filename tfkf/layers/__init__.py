@@ -1,5 +1,6 @@
 """Keras layers of KuaiFormer, one mechanism per module."""
 
+from tfkf.layers.augmentation import EventSubstitution
 from tfkf.layers.attention import RotaryMultiHeadAttention, rotary
 from tfkf.layers.compression import GroupCompressor
 from tfkf.layers.embedding import CandidateTower, ItemSideFeatures, TokenEmbedding, serialize_unbuilt
