@@ -453,3 +453,39 @@ def test_several_uniform_negatives_per_target_train_through_fit():
 def test_a_uniform_loss_without_negatives_is_refused():
   with pytest.raises(ValueError, match="uniform_bce_negatives=0: 1 or more"):
     PRESETS["small"].replace(uniform_bce_negatives=0)
+
+
+def test_view_contrastive_loss_is_infonce_over_other_histories_in_both_directions():
+  from tfkf.losses import view_contrastive_loss
+  rng = np.random.default_rng(5)
+  a, b = (rng.normal(size=[5, 2, 4]).astype("float32") for _ in range(2))
+  rows = np.array([0, 0, 1, 2, 2])
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  sim = np.einsum("ikd,jkd->ij", unit(a), unit(b)) / 2 / 0.1  # mean cosine of the k pairs
+  negative = (rows[:, None] != rows[None, :]) | np.eye(5, dtype=bool)
+
+  def infonce(logits):
+    logits = np.where(negative, logits, -np.inf)
+    return -np.diag(logits) + np.log(np.exp(logits).sum(axis=1))
+
+  expected = np.mean((infonce(sim) + infonce(sim.T)) / 2)
+  assert float(view_contrastive_loss(a, b, rows, 0.1)) == pytest.approx(expected, rel=1e-5)
+  # Views that agree pair by pair cost less than views of other histories.
+  assert float(view_contrastive_loss(a, a, rows, 0.1)) < float(view_contrastive_loss(a, b, rows, 0.1))
+
+
+def test_the_contrastive_loss_joins_every_event_training_and_leaves_validation_alone():
+  config = PRESETS["small"].replace(training_targets="every_event", embedding_dropout=0.3)
+  batch = histories(config, [10, 20, 30, 40])
+  batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
+  plain = model_for(config)
+  contrastive = model_for(config.replace(contrastive_weight=1.0))
+  contrastive.set_weights(plain.get_weights())
+  for training in (False, True):
+    tf.random.set_seed(0)
+    a = float(plain.compute_loss(batch, training=training))
+    tf.random.set_seed(0)
+    b = float(contrastive.compute_loss(batch, training=training))
+    assert (b > a) if training else (b == pytest.approx(a))
+  with pytest.raises(ValueError, match="contrastive_weight needs training_targets='every_event'"):
+    config.replace(training_targets="last", contrastive_weight=0.1)

@@ -38,6 +38,11 @@ class KuaiFormerConfig(JsonConfig):
   # the targets stay the logged items.
   event_dropout: float = 0.0
   event_substitution: float = 0.0
+  # every_event training: weight of a contrastive loss between two passes over the same
+  # histories (each with its own dropout and augmentation; losses.view_contrastive_loss,
+  # as DuoRec and CL4SRec): a second user-tower pass per step. 0 = off.
+  contrastive_weight: float = 0.0
+  contrastive_temperature: float = 0.1
   feature_dim: int = 16              # width of each side-feature embedding
   max_len: int = features.MAX_LEN
   compression_windows: Tuple[int, ...] = features.COMPRESSION_WINDOWS  # () = no compression
@@ -95,6 +100,8 @@ class KuaiFormerConfig(JsonConfig):
     for name in ("embedding_dropout", "event_dropout", "event_substitution"):
       if not 0 <= getattr(self, name) < 1:
         raise ValueError(f"{name}={getattr(self, name)}: a rate in [0, 1)")
+    if self.contrastive_weight and self.training_targets != "every_event":
+      raise ValueError("contrastive_weight needs training_targets='every_event'")
     if self.mixed_negatives < 0:
       raise ValueError(f"mixed_negatives={self.mixed_negatives}: 0 (in-batch only) or more")
     if self.uniform_bce_negatives < 1:

@@ -94,6 +94,24 @@ def uniform_negative_bce(interests: tf.Tensor, positives: tf.Tensor, negatives: 
                                     + tf.reduce_mean(tf.nn.softplus(neg), axis=1))
 
 
+def view_contrastive_loss(view_a: tf.Tensor, view_b: tf.Tensor, rows: tf.Tensor,
+                          temperature: float) -> tf.Tensor:
+  """InfoNCE between two views of the same n cut points (two passes with their own dropout
+  and augmentation), mean over the global batch, both directions: view_a[i] should be
+  closer to view_b[i] than to any view_b[j] of another history (a user's other cut points
+  are no negatives, `same_history_mask`). The views' similarity is the mean cosine of
+  their k interests, pair by pair. view_a, view_b [n, k, d]; rows [n]."""
+  k = tf.cast(tf.shape(view_a)[1], view_a.dtype)
+  a = tf.reshape(tf.math.l2_normalize(view_a, -1), [tf.shape(view_a)[0], -1])
+  b = tf.reshape(tf.math.l2_normalize(view_b, -1), [tf.shape(view_b)[0], -1])
+  logits = tf.matmul(a, b, transpose_b=True) / (k * temperature)               # [n, n]
+  logits = tf.where(same_history_mask(rows), logits, MIN_FLOAT)
+  labels = tf.range(tf.shape(logits)[0])
+  per_pair = (tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+              + tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.transpose(logits)))
+  return tf.nn.compute_average_loss(per_pair / 2)
+
+
 def same_history_mask(rows: tf.Tensor) -> tf.Tensor:
   """tfrs Retrieval's score_mask [n, n] for targets of one pass: target j is no negative of
   target i when both come from the same history (batch row), unless j == i. A user's other

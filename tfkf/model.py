@@ -9,7 +9,7 @@ from tfkf.catalog import Catalog
 from tfkf.config import KuaiFormerConfig
 from tfkf.losses import (SmoothedInBatchSoftmax, floor_unseen, mixed_sampling_probability,
                          same_history_mask, uniform_items, uniform_negative_bce,
-                         with_logq_correction, with_uniform_negatives)
+                         view_contrastive_loss, with_logq_correction, with_uniform_negatives)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfkf")
@@ -170,11 +170,15 @@ class KuaiFormer(tfrs.Model):
 
   def compute_loss(self, inputs, training=False):
     # Validation scores the example's own target in both modes: that is the held-out one.
-    score_mask = None
+    score_mask, contrastive = None, 0.0
     if self.config.training_targets == "every_event" and training:
       interests, targets, rows = self._every_event_targets(inputs, training)
       if self.config.mask_same_history:
         score_mask = same_history_mask(rows)
+      if self.config.contrastive_weight:
+        second_view, _, _ = self._every_event_targets(inputs, training)
+        contrastive = self.config.contrastive_weight * view_contrastive_loss(
+            interests, second_view, rows, self.config.contrastive_temperature)
     else:
       interests = self.user_tower(inputs, training=training)
       targets = tf.cast(inputs[features.TARGET_ITEM], tf.int64)
@@ -195,7 +199,7 @@ class KuaiFormer(tfrs.Model):
                                                    self.config.logq_weight, self.config.temperature)
     # tfrs Retrieval: candidate i is query i's positive, the extra candidates negatives for all.
     return (self.task(interests, candidates, candidate_ids=candidate_ids, score_mask=score_mask)
-            + self.config.uniform_bce_weight * auxiliary)
+            + self.config.uniform_bce_weight * auxiliary + contrastive)
 
   def _uniform_negative_bce(self, interests, positives):
     """losses.uniform_negative_bce against uniform_bce_negatives uniform items per target
