@@ -729,13 +729,19 @@ def _selected_points(models: dict) -> str:
   return "; ".join(kept)
 
 
-def _auxiliary_loss(datasets: dict) -> str:
-  """The auxiliary SASRec loss of the run's KuaiFormer (its recorded config, which outlives
-  the preset's defaults)."""
-  weights = {d["models"]["kuaiformer"]["config"].get("uniform_bce_weight", 0.0)
-             for d in datasets.values() if "kuaiformer" in d["models"]}
-  return "".join(f", auxiliary SASRec loss weight {w:g}" if w else ", no auxiliary loss"
+def _loss_and_augmentation(datasets: dict) -> str:
+  """The auxiliary SASRec loss and history augmentation of the run's KuaiFormer (its
+  recorded config, which outlives the preset's defaults)."""
+  configs = [d["models"]["kuaiformer"]["config"] for d in datasets.values()
+             if "kuaiformer" in d["models"]]
+  weights = {c.get("uniform_bce_weight", 0.0) for c in configs}
+  text = "".join(f", auxiliary SASRec loss weight {w:g}" if w else ", no auxiliary loss"
                  for w in sorted(weights))
+  for key, what in (("event_substitution", "history events replaced by random items at rate"),
+                    ("event_dropout", "whole history events dropped at rate"),
+                    ("contrastive_weight", "contrastive loss between two passes, weight")):
+    text += "".join(f", {what} {v:g}" for v in sorted({c.get(key, 0.0) for c in configs}) if v)
+  return text
 
 
 def _quality(r) -> list:
@@ -764,7 +770,7 @@ def _quality(r) -> list:
                f"({b.get('kuaiformer_lr_schedule', 'constant')})"
                + (f", weights averaged with momentum {b['kuaiformer_average_weights']:g}"
                   if b.get("kuaiformer_average_weights") else "")
-               + _auxiliary_loss(r["datasets"]) if "kuaiformer" in trained else
+               + _loss_and_augmentation(r["datasets"]) if "kuaiformer" in trained else
                "no KuaiFormer in this run")
             + f". Seed {r['seed']}. "
             "train (s): the whole `tfkf.train` process (start-up and validation included); "
