@@ -424,18 +424,22 @@ def test_uniform_negative_bce_is_sasrecs_loss_on_maxsim_logits():
   assert float(uniform_negative_bce(interests, pos, neg, 0.1)) == pytest.approx(several, rel=1e-5)
 
 
-def test_the_uniform_negative_loss_joins_training_and_leaves_validation_alone():
-  config = PRESETS["small"]
+@pytest.mark.parametrize("base, auxiliary", [
+    ({}, {"uniform_bce_weight": 1.0}),
+    ({"training_targets": "every_event", "embedding_dropout": 0.3}, {"contrastive_weight": 1.0}),
+], ids=["uniform_negative_bce", "view_contrastive"])
+def test_an_auxiliary_loss_joins_training_and_leaves_validation_alone(base, auxiliary):
+  config = PRESETS["small"].replace(**base)
   batch = histories(config, [10, 20, 30, 40])
   batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
-  tf.random.set_seed(0)
   plain = model_for(config)
-  with_bce = model_for(config.replace(uniform_bce_weight=1.0))
+  with_auxiliary = model_for(config.replace(**auxiliary))
+  with_auxiliary.set_weights(plain.get_weights())
   for training in (False, True):
     tf.random.set_seed(0)
     a = float(plain.compute_loss(batch, training=training))
     tf.random.set_seed(0)
-    b = float(with_bce.compute_loss(batch, training=training))
+    b = float(with_auxiliary.compute_loss(batch, training=training))
     assert (b > a) if training else (b == pytest.approx(a))
 
 
@@ -474,18 +478,6 @@ def test_view_contrastive_loss_is_infonce_over_other_histories_in_both_direction
   assert float(view_contrastive_loss(a, a, rows, 0.1)) < float(view_contrastive_loss(a, b, rows, 0.1))
 
 
-def test_the_contrastive_loss_joins_every_event_training_and_leaves_validation_alone():
-  config = PRESETS["small"].replace(training_targets="every_event", embedding_dropout=0.3)
-  batch = histories(config, [10, 20, 30, 40])
-  batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
-  plain = model_for(config)
-  contrastive = model_for(config.replace(contrastive_weight=1.0))
-  contrastive.set_weights(plain.get_weights())
-  for training in (False, True):
-    tf.random.set_seed(0)
-    a = float(plain.compute_loss(batch, training=training))
-    tf.random.set_seed(0)
-    b = float(contrastive.compute_loss(batch, training=training))
-    assert (b > a) if training else (b == pytest.approx(a))
+def test_the_contrastive_loss_is_refused_without_every_event_training():
   with pytest.raises(ValueError, match="contrastive_weight needs training_targets='every_event'"):
-    config.replace(training_targets="last", contrastive_weight=0.1)
+    PRESETS["small"].replace(training_targets="last", contrastive_weight=0.1)
