@@ -233,7 +233,8 @@ def test_quality_benchmark(tmp_path):
   text = render([result])
   assert "| SASRec (paper) | 0.7410 | 0.5360 |" in text and "| KuaiFormer |" in text
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
-  assert "auxiliary SASRec loss weight 1." in text  # the cpu preset's, read from the run's config
+  # The cpu preset's loss and augmentation, read from the run's config.
+  assert "auxiliary SASRec loss weight 1, history events replaced by random items at rate 0.3." in text
   assert "![learning curves](benchmarks/plots/learning_curve_games.png)" in text
   assert "KuaiFormer minus each model, paired" in text and "95% bootstrap interval" in text
   assert ("lowest validation loss, `tfkf.train`'s EarlyStopping; KuaiFormer keeps its learning "
