@@ -110,8 +110,13 @@ def test_history_augmentation_changes_the_inputs_while_training_only_never_the_t
   dropped = np.all(tokens.numpy() == 0, axis=-1)
   assert 0.3 < dropped[valid.numpy()].mean() < 0.7  # whole event tokens, not elements
   np.testing.assert_array_equal(valid.numpy(), real)
+  # At inference the augmented model is the one without augmentation.
+  plain = model_for(config.replace(event_substitution=0.0, event_dropout=0.0))
+  plain.set_weights(model.get_weights())
   np.testing.assert_allclose(model.user_tower.events(batch)[0].numpy(),
-                             model.user_tower.events(batch)[0].numpy())  # not at inference
+                             plain.user_tower.events(batch)[0].numpy())
+  with pytest.raises(ValueError, match=r"event_substitution=1.0: a rate in \[0, 1\)"):
+    config.replace(event_substitution=1.0)
   batch[features.TARGET_ITEM] = np.array([5, 6])
   _, targets, _ = model._every_event_targets(batch, training=True)
   logged = items.numpy()
