@@ -178,6 +178,23 @@ def add_intervals(results: dict, ranks: dict, users, args) -> dict:
           for other, theirs in values.items() if ours and other != "kuaiformer"}
 
 
+# Lower bounds of the buckets of by_target_popularity: how often a test target is a train target.
+POPULARITY_BUCKETS = (0, 1, 3, 10, 30, 100)
+
+
+def by_target_popularity(ranks: dict, popularity: np.ndarray) -> dict:
+  """Each model's sampled HR@10 and full HR@100 over the test examples grouped by their
+  target's train count (`popularity`, [examples]): where in the catalog a model wins."""
+  bucket = np.searchsorted(POPULARITY_BUCKETS, popularity, side="right") - 1
+  groups = [bucket == b for b in range(len(POPULARITY_BUCKETS))]
+  hit_rate = lambda hits: [float(hits[g].mean()) if g.any() else None for g in groups]  # noqa: E731
+  return {"lower_bounds": list(POPULARITY_BUCKETS),
+          "examples": [int(g.sum()) for g in groups],
+          "models": {name: {"sampled_hr@10": hit_rate(r["sampled"] < 10),
+                            "hr@100": hit_rate(r["full"] < 100)}
+                     for name, r in ranks.items()}}
+
+
 def read_json(path: str):
   with open(path) as f:
     return json.load(f)
@@ -214,7 +231,7 @@ def reused_record(key: str, name: str, model_dir: str, command: list, builds: di
 def run_dataset(key: str, args) -> dict:
   import tfkf  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
   from tfkf import evaluate
-  from tfkf.data import split_users
+  from tfkf.data import split_targets, split_users
   from tfkf.baselines.item_knn import ItemKNN
   from tfkf.catalog import Catalog
   from tfkf.checkpoint import load_trained
@@ -263,9 +280,11 @@ def run_dataset(key: str, args) -> dict:
                                    for p in metrics}}}), flush=True)
   users = split_users(eval_dir, "test")[:args.max_examples]
   paired = add_intervals(results, ranks, users, args)
+  popularity = evaluate.target_counts(eval_dir)[split_targets(eval_dir, "test")[:args.max_examples]]
   return {"title": spec["title"], "format": spec["format"], "input": spec["input"],
           "split_flags": spec.get("build_flags", []), "builds": builds,
-          "anchors": ANCHORS.get(key, {}), "models": results, "kuaiformer_minus": paired}
+          "anchors": ANCHORS.get(key, {}), "models": results, "kuaiformer_minus": paired,
+          "by_target_popularity": by_target_popularity(ranks, popularity)}
 
 
 def run(args) -> dict:

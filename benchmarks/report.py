@@ -818,6 +818,7 @@ def _quality(r) -> list:
                             for metric, v in sorted(by_metric["full"].items(), key=_metric_order)
                             if metric != "hr@10")
                         for other, by_metric in d["kuaiformer_minus"].items()) + "."]
+    lines += _by_target_popularity(d.get("by_target_popularity"), order)
     if any("learning_curve" in m for m in d["models"].values()):
       examples = r["budget"].get("curve_examples")
       lines += ["", f"Learning curves (full-catalog HR@100 on {examples} valid examples against "
@@ -828,6 +829,27 @@ def _quality(r) -> list:
       lines += ["", f"SASRec (BCE) against {name}, sampled: " + ", ".join(
           f"{k.upper()} {ours['sampled'][k] / v - 1:+.1%}" for k, v in anchor.items()) + "."]
     lines.append("")
+  return lines
+
+
+def _by_target_popularity(table, order) -> list:
+  """The quality section's table of hit rates by the test target's train count."""
+  if not table:
+    return []
+  bounds = table["lower_bounds"]
+  labels = [f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}" for lo, hi in zip(bounds, bounds[1:])]
+  labels.append(f"{bounds[-1]}+")
+  names = [n for n in order if n in table["models"]]
+  cell = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+  lines = ["", "Sampled HR@10 / HR@100 by how often the test target is a training target "
+               "(where in the catalog each model wins):", "",
+           "| target's train count | test examples | " + " | ".join(
+               QUALITY_NAMES.get(n, n) for n in names) + " |",
+           "|---|---:|" + "---:|" * len(names)]
+  for i, label in enumerate(labels):
+    lines.append(f"| {label} | {table['examples'][i]:,} | " + " | ".join(
+        f"{cell(table['models'][n]['sampled_hr@10'][i])} / {cell(table['models'][n]['hr@100'][i])}"
+        for n in names) + " |")
   return lines
 
 

@@ -229,8 +229,17 @@ def test_quality_benchmark(tmp_path):
   paired = minus["item_knn"]["full"]["hr@50"]
   assert np.isclose(paired["difference"], trained["full"]["hr@50"] - models["item_knn"]["full"]["hr@50"])
   assert paired["interval"][0] <= paired["difference"] <= paired["interval"][1]
+  # The popularity buckets partition the test examples: their weighted hit rates are the totals.
+  popularity = result["datasets"]["games"]["by_target_popularity"]
+  assert sum(popularity["examples"]) == 60
+  for name, m in models.items():
+    for protocol, metric, key in (("sampled", "hr@10", "sampled_hr@10"), ("full", "hr@100", "hr@100")):
+      rates = popularity["models"][name][key]
+      weighted = sum(n * (r or 0) for n, r in zip(popularity["examples"], rates)) / 60
+      assert np.isclose(weighted, m[protocol][metric]), (name, key)
   from benchmarks.report import render
   text = render([result])
+  assert "| target's train count | test examples | Most popular | ItemKNN (cosine) | KuaiFormer |" in text
   assert "| SASRec (paper) | 0.7410 | 0.5360 |" in text and "| KuaiFormer |" in text
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
   # The cpu preset's loss and augmentation, read from the run's config.

@@ -84,10 +84,19 @@ def dataset(data_dir: str, split: str, batch_size: int, max_len: int,
 
 def split_users(data_dir: str, split: str) -> np.ndarray:
   """[examples] user ids of a split, in the order of dataset(..., shuffle=False)."""
-  spec = {features.USER_ID: tf.io.FixedLenFeature([], tf.string)}
-  users = _files(data_dir, split, shuffle=False, seed=None).batch(4096).map(
-      lambda s: tf.io.parse_example(s, spec)[features.USER_ID])
-  return np.concatenate([b.numpy() for b in users] or [np.array([], object)])
+  return _split_column(data_dir, split, features.USER_ID, tf.string, np.array([], object))
+
+
+def split_targets(data_dir: str, split: str) -> np.ndarray:
+  """[examples] target item ids of a split, in the order of dataset(..., shuffle=False)."""
+  return _split_column(data_dir, split, features.TARGET_ITEM, tf.int64, np.array([], np.int64))
+
+
+def _split_column(data_dir, split, name, dtype, empty):
+  spec = {name: tf.io.FixedLenFeature([], dtype)}
+  column = _files(data_dir, split, shuffle=False, seed=None).batch(4096).map(
+      lambda s: tf.io.parse_example(s, spec)[name])
+  return np.concatenate([b.numpy() for b in column] or [empty])
 
 
 def _length_bucketed(serialized, max_len, event_features, targets_per_batch, targets_per_example):

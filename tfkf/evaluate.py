@@ -160,13 +160,17 @@ def summarize_interest_usage(target_interest: np.ndarray, from_interest: np.ndar
           "interests_in_top_k": float((from_interest > 0).sum(axis=1).mean())}
 
 
+def target_counts(data_dir: str, split: str = "train") -> np.ndarray:
+  """[items] how often each item id is a target of `split` (catalog.csv's counts include the
+  held-out splits' events)."""
+  num_items = data.metadata(data_dir)["vocab_sizes"]["item"]
+  return np.bincount(data.split_targets(data_dir, split), minlength=num_items)
+
+
 def popularity_scorer(data_dir: str, split: str = "train"):
   """Most popular: items by how often they are a target of `split` (never the held-out
-  splits, whose events catalog.csv's counts include)."""
-  num_items = data.metadata(data_dir)["vocab_sizes"]["item"]
-  targets = data.dataset(data_dir, split, 4096, 1, (), shuffle=False, drop_remainder=False)
-  counts = sum(np.bincount(b[features.TARGET_ITEM].numpy(), minlength=num_items) for b in targets)
-  log_count = tf.constant(np.log1p(counts.astype(np.float64)), tf.float32)
+  splits)."""
+  log_count = tf.constant(np.log1p(target_counts(data_dir, split).astype(np.float64)), tf.float32)
   return lambda batch: tf.tile(log_count[None], [tf.shape(batch[features.TARGET_ITEM])[0], 1])
 
 
