@@ -459,9 +459,26 @@ def test_several_uniform_negatives_per_target_train_through_fit():
   assert np.isfinite(history.history["loss"][-1]) and history.history["loss"][-1] < before
 
 
+def test_the_uniform_loss_takes_its_own_temperature_and_defaults_to_the_softmaxs():
+  config = PRESETS["small"].replace(uniform_bce_weight=1.0)
+  batch = histories(config, [10, 20, 30, 40])
+  batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
+  models = [model_for(config.replace(uniform_bce_temperature=t))
+            for t in (0.0, config.temperature, 1.0)]
+  losses = []
+  for model in models:
+    model.set_weights(models[0].get_weights())
+    tf.random.set_seed(0)
+    losses.append(float(model.compute_loss(batch, training=True)))
+  default, same, warmer = losses
+  assert same == pytest.approx(default) and warmer != pytest.approx(default, rel=1e-3)
+
+
 def test_a_uniform_loss_without_negatives_is_refused():
   with pytest.raises(ValueError, match="uniform_bce_negatives=0: 1 or more"):
     PRESETS["small"].replace(uniform_bce_negatives=0)
+  with pytest.raises(ValueError, match="uniform_bce_temperature=-1"):
+    PRESETS["small"].replace(uniform_bce_temperature=-1.0)
 
 
 def test_view_contrastive_loss_is_infonce_over_other_histories_in_both_directions():

@@ -84,6 +84,9 @@ class KuaiFormerConfig(JsonConfig):
   uniform_bce_weight: float = 0.0
   # Uniformly drawn negatives per target of that loss (its negative term is their mean).
   uniform_bce_negatives: int = 1
+  # Temperature of that loss's logits (maxsim / T); 0 = `temperature`. At the softmax's 0.05
+  # a uniform negative's loss saturates once its cosine is below about -0.15.
+  uniform_bce_temperature: float = 0.0
   # Train with tfkf.optimizers.LazyAdam: an item's embedding moves only in the steps that
   # hold it, instead of coasting on Adam's decaying moments after each (rare) hit.
   lazy_adam: bool = False
@@ -104,6 +107,9 @@ class KuaiFormerConfig(JsonConfig):
       raise ValueError("contrastive_weight needs training_targets='every_event'")
     if self.mixed_negatives < 0:
       raise ValueError(f"mixed_negatives={self.mixed_negatives}: 0 (in-batch only) or more")
+    if self.uniform_bce_temperature < 0:
+      raise ValueError(f"uniform_bce_temperature={self.uniform_bce_temperature}: 0 "
+                       "(the softmax's temperature) or more")
     if self.uniform_bce_negatives < 1:
       raise ValueError(f"uniform_bce_negatives={self.uniform_bce_negatives}: 1 or more")
     if self.d_model % self.num_heads:

@@ -208,7 +208,8 @@ class KuaiFormer(tfrs.Model):
     n, m = tf.shape(positives)[0], self.config.uniform_bce_negatives
     negatives = self.candidate_tower(uniform_items(n * m, self.side_features.num_items))
     negatives = tf.reshape(negatives, [n, m, negatives.shape[-1]])
-    return uniform_negative_bce(interests, positives, negatives, self.config.temperature)
+    return uniform_negative_bce(interests, positives, negatives,
+                                self.config.uniform_bce_temperature or self.config.temperature)
 
   def _every_event_targets(self, inputs, training):
     """(interests [n, k, d], next items [n], batch row of each [n]) after each real one of
