@@ -166,7 +166,8 @@ PRESETS = {
     # run each: substitution 0.5 is lower (HR@500 0.5343); within the preset's two runs: plus
     # event_dropout 0.1 (sampled HR@10 0.7626 against 0.7579-0.7585; on the 1200 s test
     # table 0.7367 against 0.7347, screens/quality_games_event_dropout_1200s.json), the
-    # auxiliary loss at uniform_bce_temperature 0.1 or 0.2 (games_uniform_bce_temperature_600s.json).
+    # auxiliary loss at uniform_bce_temperature 0.1 or 0.2 (games_uniform_bce_temperature_600s.json);
+    # untied item embeddings are lower on every metric (games_untied_embeddings_600s.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3,
                             uniform_bce_weight=1.0, event_substitution=0.3),
