@@ -252,8 +252,9 @@ def run_dataset(key: str, args) -> dict:
   catalog = Catalog.load(eval_dir)
   negatives = evaluate.sampled_negatives(eval_dir, "test", args.num_negatives, args.seed)
   results, ranks = {}, {}
-  metrics, ranks["most_popular"] = evaluate_all(evaluate.popularity_scorer(eval_dir), eval_dir,
-                                                args.max_len, negatives, args)
+  counts = evaluate.target_counts(eval_dir)
+  metrics, ranks["most_popular"] = evaluate_all(
+      evaluate.popularity_scorer(eval_dir, counts=counts), eval_dir, args.max_len, negatives, args)
   results["most_popular"] = {**metrics, "params": 0}
   start = time.perf_counter()
   knn = ItemKNN.fit(eval_dir, args.num_neighbors)
@@ -280,7 +281,7 @@ def run_dataset(key: str, args) -> dict:
                                    for p in metrics}}}), flush=True)
   users = split_users(eval_dir, "test")[:args.max_examples]
   paired = add_intervals(results, ranks, users, args)
-  popularity = evaluate.target_counts(eval_dir)[split_targets(eval_dir, "test")[:args.max_examples]]
+  popularity = counts[split_targets(eval_dir, "test")[:args.max_examples]]
   return {"title": spec["title"], "format": spec["format"], "input": spec["input"],
           "split_flags": spec.get("build_flags", []), "builds": builds,
           "anchors": ANCHORS.get(key, {}), "models": results, "kuaiformer_minus": paired,

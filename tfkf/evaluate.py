@@ -167,10 +167,11 @@ def target_counts(data_dir: str, split: str = "train") -> np.ndarray:
   return np.bincount(data.split_targets(data_dir, split), minlength=num_items)
 
 
-def popularity_scorer(data_dir: str, split: str = "train"):
+def popularity_scorer(data_dir: str, split: str = "train", counts: np.ndarray = None):
   """Most popular: items by how often they are a target of `split` (never the held-out
-  splits)."""
-  log_count = tf.constant(np.log1p(target_counts(data_dir, split).astype(np.float64)), tf.float32)
+  splits), or by `counts` (target_counts) when the caller has them already."""
+  counts = target_counts(data_dir, split) if counts is None else counts
+  log_count = tf.constant(np.log1p(counts.astype(np.float64)), tf.float32)
   return lambda batch: tf.tile(log_count[None], [tf.shape(batch[features.TARGET_ITEM])[0], 1])
 
 
