@@ -41,7 +41,7 @@ CASES = {
     "GroupCompressor": (lambda: layers.GroupCompressor((2, 2, 1, 1), 2, 12, dropout=0.1),
                         lambda: (_tokens(), _valid()), {}),
     "QueryTokens": (lambda: layers.QueryTokens(3), lambda: (_tokens(), _valid()), {}),
-    "EventSubstitution": (lambda: layers.EventSubstitution(0.5, 40),
+    "EventSubstitution": (lambda: layers.EventSubstitution(0.5, 40, "in_batch"),
                           lambda: (tf.constant([[0, 0, 5, 7], [3, 1, 9, 2]], tf.int64),), {}),
     "ItemSideFeatures": (lambda: _model().side_features, lambda: (tf.constant([[2, 3, 4]], tf.int64),), {}),
     "TokenEmbedding": (lambda: _model().token_embedding, lambda: (_events(),), {}),

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfkf import features
+from tfkf import features, layers
 from tfkf.config import PRESETS
 from tfkf.losses import (SmoothedInBatchSoftmax, mixed_sampling_probability, with_logq_correction,
                          with_uniform_negatives)
@@ -121,6 +121,23 @@ def test_history_augmentation_changes_the_inputs_while_training_only_never_the_t
   _, targets, _ = model._every_event_targets(batch, training=True)
   logged = items.numpy()
   np.testing.assert_array_equal(targets.numpy(), np.concatenate([logged[0, 1:], [5], logged[1, -9:], [6]]))
+
+
+def test_in_batch_substitutes_are_the_batch_own_events_at_their_frequency():
+  pad, first = features.PAD_ID, features.NUM_RESERVED_IDS
+  # 3/4 of the real events are `first`, 1/4 `first + 1`; the catalog has 10,000 items.
+  items = tf.constant([[pad, pad] + [first] * 6 + [first + 1] * 2] * 500, tf.int64)
+  real = items.numpy() != pad
+  in_batch = layers.EventSubstitution(0.5, 10_000, "in_batch")(items, training=True).numpy()
+  np.testing.assert_array_equal(in_batch[~real], pad)
+  assert set(np.unique(in_batch[real])) == {first, first + 1}
+  drawn_first = (in_batch[:, 2:] == first).mean()  # 0.5 * 3/4 kept + 0.5 * 3/4 drawn
+  assert 0.72 < drawn_first < 0.78
+  uniform = layers.EventSubstitution(0.5, 10_000, "uniform")(items, training=True).numpy()
+  assert 0.45 < (uniform[real] > first + 1).mean() < 0.55  # tail items enter the history
+  np.testing.assert_array_equal(layers.EventSubstitution(0.5, 10_000, "in_batch")(items), items)
+  with pytest.raises(ValueError, match="event_substitution_source='popular'"):
+    PRESETS["small"].replace(event_substitution_source="popular")
 
 
 def test_an_all_padding_compression_window_contributes_nothing():

@@ -38,6 +38,9 @@ class KuaiFormerConfig(JsonConfig):
   # the targets stay the logged items.
   event_dropout: float = 0.0
   event_substitution: float = 0.0
+  # Where a substitute item comes from: "uniform" over the catalog (mostly tail items) or
+  # "in_batch", the batch's own history events (the log's popularity, as in-batch negatives).
+  event_substitution_source: str = "uniform"
   # every_event training: weight of a contrastive loss between two passes over the same
   # histories (each with its own dropout and augmentation; losses.view_contrastive_loss,
   # as DuoRec and CL4SRec): a second user-tower pass per step. 0 = off.
@@ -103,6 +106,9 @@ class KuaiFormerConfig(JsonConfig):
     for name in ("embedding_dropout", "event_dropout", "event_substitution"):
       if not 0 <= getattr(self, name) < 1:
         raise ValueError(f"{name}={getattr(self, name)}: a rate in [0, 1)")
+    if self.event_substitution_source not in ("uniform", "in_batch"):
+      raise ValueError(f"event_substitution_source={self.event_substitution_source!r}: "
+                       "'uniform' or 'in_batch'")
     if self.contrastive_weight and self.training_targets != "every_event":
       raise ValueError("contrastive_weight needs training_targets='every_event'")
     if self.mixed_negatives < 0:

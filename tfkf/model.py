@@ -38,8 +38,8 @@ class UserTower(tf.keras.layers.Layer):
     self.final_norm = layers.RMSNorm(name="final_norm")
     self.embedding_dropout = tf.keras.layers.Dropout(c.embedding_dropout)
     self.event_dropout = tf.keras.layers.Dropout(c.event_dropout, noise_shape=(None, None, 1))
-    self.event_substitution = layers.EventSubstitution(c.event_substitution,
-                                                       self.side_features.num_items)
+    self.event_substitution = layers.EventSubstitution(
+        c.event_substitution, self.side_features.num_items, c.event_substitution_source)
 
   def events(self, inputs, training=False):
     """(tokens [b, S, d], valid [b, S]): the compressed windows, then the latest events as they are.
