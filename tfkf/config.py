@@ -174,6 +174,10 @@ PRESETS = {
     # table 0.7367 against 0.7347, screens/quality_games_event_dropout_1200s.json), the
     # auxiliary loss at uniform_bce_temperature 0.1 or 0.2 (games_uniform_bce_temperature_600s.json);
     # untied item embeddings are lower on every metric (games_untied_embeddings_600s.json).
+    # Also within that noise: d 96 (ffn 384), 8 uniform negatives, warm-up + cosine at peak
+    # 2e-3 (at 1e-3 lower); substitutes drawn from the batch's events (event_substitution_source
+    # "in_batch") are lower on every metric (games_width_uniform_negatives_600s.json,
+    # games_lr_cosine_600s.json, games_substitution_in_batch_600s.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3,
                             uniform_bce_weight=1.0, event_substitution=0.3),
