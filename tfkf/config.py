@@ -175,8 +175,9 @@ PRESETS = {
     # auxiliary loss at uniform_bce_temperature 0.1 or 0.2 (games_uniform_bce_temperature_600s.json);
     # untied item embeddings are lower on every metric (games_untied_embeddings_600s.json).
     # Also within that noise: d 96 (ffn 384), 8 uniform negatives, warm-up + cosine at peak
-    # 2e-3 (at 1e-3 lower; at 1200 s on valid also the same, games_lr_cosine_1200s.json); substitutes drawn from the batch's events (event_substitution_source
-    # "in_batch") are lower on every metric (games_width_uniform_negatives_600s.json,
+    # 2e-3 (at 1e-3 lower; at 1200 s on valid also the same, games_lr_cosine_1200s.json);
+    # substitutes drawn from the batch's events (event_substitution_source "in_batch") are
+    # lower on every metric (games_width_uniform_negatives_600s.json,
     # games_lr_cosine_600s.json, games_substitution_in_batch_600s.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3,
