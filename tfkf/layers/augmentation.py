@@ -31,13 +31,12 @@ class EventSubstitution(tf.keras.layers.Layer):
       return items
     real = items >= features.NUM_RESERVED_IDS
     swap = tf.logical_and(real, tf.random.uniform(tf.shape(items)) < self.rate)
-    draw = self._uniform if self.source == "uniform" else self._in_batch
-    return tf.where(swap, draw(items, real), items)
-
-  def _uniform(self, items, real):
-    del real
-    return tf.random.uniform(tf.shape(items), features.NUM_RESERVED_IDS, self.num_items,
-                             dtype=items.dtype)
+    if self.source == "in_batch":
+      substitutes = self._in_batch(items, real)
+    else:
+      substitutes = tf.random.uniform(tf.shape(items), features.NUM_RESERVED_IDS, self.num_items,
+                                      dtype=items.dtype)
+    return tf.where(swap, substitutes, items)
 
   @staticmethod
   def _in_batch(items, real):
