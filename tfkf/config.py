@@ -179,7 +179,8 @@ PRESETS = {
     # substitutes drawn from the batch's events (event_substitution_source "in_batch") are
     # lower on every metric (games_width_uniform_negatives_600s.json,
     # games_lr_cosine_600s.json, games_substitution_in_batch_600s.json); logq_weight 0.8 keeps
-    # sampled HR@10 and loses HR@500 (games_logq_weight08_600s.json).
+    # sampled HR@10 and loses HR@500 (games_logq_weight08_600s.json), uniform_bce_weight 2 keeps
+    # it and loses the full-catalog metrics (games_uniform_bce_weight2_600s.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3,
                             uniform_bce_weight=1.0, event_substitution=0.3),
