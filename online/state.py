@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tfkf import data_files, features
+from tfkf.catalog import Catalog
 
 CURRENT = "CURRENT"
 GENERATIONS = "generations"
@@ -58,6 +59,19 @@ class StreamState:
   def sampling_probability(self) -> np.ndarray:
     total = self.recent_count.sum() or 1.0
     return np.maximum(self.recent_count / total, 1e-9)
+
+  def catalog(self, table_rows: int = None) -> Catalog:
+    """The Catalog that Catalog.load reads back from this state's files (write)."""
+    reserved = lambda values, fill, dtype: np.concatenate(  # noqa: E731
+        [np.full(features.NUM_RESERVED_IDS, fill, dtype), np.asarray(values, dtype)])
+    lines = lambda values: len(values) + features.NUM_RESERVED_IDS  # noqa: E731
+    return Catalog(
+        item_ids=reserved(self.items, "", object), tag=reserved(self.item_tag, features.PAD_ID, np.int64),
+        author=reserved(self.item_author, features.PAD_ID, np.int64),
+        duration=reserved(self.item_duration, features.PAD_ID, np.int64),
+        sampling_probability=reserved(self.sampling_probability(), 1e-9, np.float32),
+        vocab_sizes={"item": lines(self.items), "tag": lines(self.tags), "author": lines(self.authors)},
+        table_rows=table_rows)
 
   # -- files ---------------------------------------------------------------------
   def write(self, out: str) -> None:

@@ -18,12 +18,14 @@ of landed files (the local stand-in for a Pub/Sub or Kafka topic):
      to 48 targets of a user, as tfkf.train trains it (new_examples); each user's
      newest max_len events are kept for the next batch;
   4. the current model is scored on the batch before it trains on it
-     (test-then-train), then model.fit continues it, Adam state included;
+     (test-then-train), then model.fit continues it, Adam state included. The
+     model stays in memory between micro-batches (online/model.py ResidentModel:
+     the item tables keep spare rows for new ids), and so does the stream state;
   5. the new generation is committed atomically with the names of the files it
      consumed (online/state.py): exactly once over files, across kills.
 
 Every --export_every_s, the newest committed generation is exported with
-serving.export (checked against the Keras model, catalog and index rebuilt) as
+serving.export from the model in memory (checked against it, catalog and index rebuilt) as
 the next version under --export_base, which serving.server picks up. With
 --servable=user_tower that export is the user tower alone, and the item index
 goes to --index_export_base every --index_every_s (without it, another job keeps
@@ -55,10 +57,10 @@ import tensorflow as tf
 
 from beam_pipelines import formats
 from beam_pipelines import transforms as T
-from online.model import continue_model, step_count
+from online.model import ResidentModel, step_count
 from online.parse import COUNTS, parse_files
 from online.state import HISTORY_KEYS, StateDir, StreamState, consumed_files
-from serving.export import existing_versions, export
+from serving.export import existing_versions, export, export_model
 from tfkf import data, data_files, evaluate, features
 from tfkf.catalog import Catalog
 from tfkf.checkpoint import CONFIG_FILE, WEIGHTS, read_config
@@ -147,13 +149,14 @@ def bootstrap(state_dir: StateDir, data_dir: str, model_dir: str) -> None:
   log(event="bootstrapped", generation=0, items=len(state.items), users=len(state.histories))
 
 
-def _write_metadata(out: str, base: dict, state: StreamState, splits: dict, online: dict) -> None:
+def _write_metadata(out: str, base: dict, state: StreamState, splits: dict, online: dict,
+                    **extra) -> None:
   """metadata.json as beam_pipelines.build writes it, counts over the stream, plus "online"."""
   metadata = data_files.metadata(
       base.get("flags", {}), base["event_features"],
       {**state.counts, "users": len(state.histories), "items": len(state.items)},
       {"item": len(state.items), "tag": len(state.tags), "author": len(state.authors)},
-      splits, online=online)
+      splits, online=online, **extra)
   with open(os.path.join(out, data_files.METADATA), "w") as f:
     f.write(data_files.metadata_json(metadata))
 
@@ -253,8 +256,11 @@ def _write_records(path: str, payloads) -> None:
       w.write(payload)
 
 
-def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> int:
-  """Consumes the landed files `names` into the next generation; returns its number."""
+def process_batch(args, state_dir: StateDir, names: List[str], beam_args=(),
+                  resident: ResidentModel = None) -> int:
+  """Consumes the landed files `names` into the next generation; returns its number.
+  `resident` keeps the model and stream state in memory for the next micro-batch."""
+  resident = resident or ResidentModel(args.learning_rate, args.spare_item_rows)
   timings, started = {}, time.time()
   clock = [time.perf_counter()]
 
@@ -265,7 +271,7 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
 
   previous, prev_path = state_dir.current()
   number = previous + 1
-  state = StreamState.read(prev_path)
+  state = resident.take_state(previous) or StreamState.read(prev_path)
   work = state_dir.work_dir(number)
   paths = [os.path.join(os.path.abspath(args.stream_dir), n) for n in names]
   sizes = {p: os.path.getsize(p) for p in paths}
@@ -315,7 +321,8 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
   _write_metadata(work, base, state, splits, online)
   lap("examples_s")
 
-  model = continue_model(prev_path, Catalog.load(work), args.learning_rate)
+  table_rows = base.get("item_table_rows", base["vocab_sizes"]["item"])
+  model = resident.continued(previous, prev_path, state.catalog(), table_rows)
   lap("load_model_s")
   if test:  # Test-then-train: the model that is served now, on events it has not seen.
     online["before_training"] = evaluate.evaluate(
@@ -331,16 +338,20 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=()) -> 
     steps = max(1, math.ceil(len(train) * args.epochs_per_batch / args.batch_size))
     history = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
     online["train_loss"] = float(history.history["loss"][-1])
+  lap("train_s")
   model.save_weights(os.path.join(work, WEIGHTS))
   shutil.copy(os.path.join(prev_path, CONFIG_FILE), os.path.join(work, CONFIG_FILE))
-  lap("train_s")
+  lap("save_s")
   kill_point("trained", number)
 
-  online.update(steps=steps, optimizer_step=step_count(model), timings=timings,
+  online.update(steps=steps, optimizer_step=step_count(model), model_in_place=resident.in_place,
+                timings=timings,
                 started_at=started, committed_at=time.time())
-  _write_metadata(work, base, state, splits, online)
+  _write_metadata(work, base, state, splits, online,
+                  item_table_rows=model.side_features.num_items)
   kill_point("staged", number)
   state_dir.commit(work, number, before_pointer=lambda: kill_point("renamed", number))
+  resident.committed(number, state)
   lap("commit_s")
   log(event="committed", generation=number, files=names, new_items=len(new_items),
       examples=len(train), steps=steps, optimizer_step=online["optimizer_step"],
@@ -362,10 +373,12 @@ def last_export(export_base: str):
 
 
 def export_generation(args, state_dir: StateDir, since_generation: int,
-                      servable: str = None, export_base: str = None) -> dict:
+                      servable: str = None, export_base: str = None,
+                      resident: ResidentModel = None) -> dict:
   """Exports the committed generation as the next version of `servable` (default
   --servable) under `export_base` (default --export_base); its lineage names the
-  files consumed since `since_generation` (the last exported one)."""
+  files consumed since `since_generation` (the last exported one). The model comes
+  from `resident` when it holds that generation, else from the generation's files."""
   servable, export_base = servable or args.servable, export_base or args.export_base
   number, gen = state_dir.current()
   staging = os.path.join(export_base, EXPORT_STAGING)
@@ -376,6 +389,8 @@ def export_generation(args, state_dir: StateDir, since_generation: int,
                  verify_examples=args.verify_examples, min_recall=args.min_recall, servable=servable)
   if args.export_in_child:
     result = _export_in_child(gen, staging, **options)
+  elif resident is not None and resident.generation == number:
+    result = export_model(resident.model, resident.catalog, gen, staging, **options)
   else:
     result = export(gen, gen, staging, **options)
   state = StreamState.read(gen)
@@ -435,6 +450,7 @@ def run(args, beam_args=()) -> dict:
   indexed = last_export(args.index_export_base) if args.index_export_base else None
   indexed_generation = indexed["generation"] if indexed else -1
   indexed_at = indexed["exported_at"] if indexed else -math.inf
+  resident = ResidentModel(args.learning_rate, args.spare_item_rows)
   batches, idle_since = 0, time.monotonic()
   enough = lambda: args.max_batches is not None and batches >= args.max_batches
   while True:
@@ -443,8 +459,10 @@ def run(args, beam_args=()) -> dict:
     pending = [n for n in landed_files(args.stream_dir, args.pattern) if n not in consumed]
     if pending and not enough():
       batch = pending[:args.max_files_per_batch]
-      run_batch = _process_batch_in_child if args.batch_in_child else process_batch
-      number = run_batch(args, state_dir, batch, beam_args)
+      if args.batch_in_child:
+        number = _process_batch_in_child(args, state_dir, batch, beam_args)
+      else:
+        number = process_batch(args, state_dir, batch, beam_args, resident)
       batches += 1
       idle_since = time.monotonic()
     idle = (args.exit_when_idle_s is not None and not pending
@@ -452,12 +470,12 @@ def run(args, beam_args=()) -> dict:
     stopping = enough() or idle
     due = time.time() - exported_at >= args.export_every_s
     if args.export_base and number > exported_generation and (due or stopping):
-      lineage = export_generation(args, state_dir, exported_generation)
+      lineage = export_generation(args, state_dir, exported_generation, resident=resident)
       exported_generation, exported_at = lineage["generation"], lineage["exported_at"]
     index_due = time.time() - indexed_at >= args.index_every_s
     if args.index_export_base and number > indexed_generation and (index_due or stopping):
       lineage = export_generation(args, state_dir, indexed_generation, "item_index",
-                                  args.index_export_base)
+                                  args.index_export_base, resident)
       indexed_generation, indexed_at = lineage["generation"], lineage["exported_at"]
     if stopping:
       return {"generation": number, "batches": batches, "exported_generation": exported_generation}
@@ -479,6 +497,10 @@ def parse_args(argv=None):
                  help="passes over each micro-batch's examples")
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--learning_rate", type=float, default=1e-3)
+  p.add_argument("--spare_item_rows", type=int, default=None,
+                 help="rows the item tables keep for new ids, so the model stays in memory "
+                      "between micro-batches (default: 1%% of the catalog, at least 1024); "
+                      "when they run out it is built again with as many to spare")
   p.add_argument("--before_training_examples", type=int, default=None,
                  help="test-then-train on at most this many of the batch's users (default all): "
                       "full-catalog scoring costs users x items, on the way to the export")

@@ -99,9 +99,20 @@ def export(model_dir: str, data_dir: str, export_base: str, index: str = "brute_
            min_recall: float = 0.95, servable: str = "retriever") -> dict:
   """Returns {"path", "version", "verification"}; raises ExportMismatch (and publishes
   nothing) if the export disagrees with the Keras model."""
-  version = new_version(export_base, version)
   catalog = Catalog.load(data_dir)
-  model = load_trained(model_dir, catalog)
+  return export_model(load_trained(model_dir, catalog), catalog, data_dir, export_base, index,
+                      top_k, version, exclude_history, max_history_length, verify_examples,
+                      min_recall, servable)
+
+
+def export_model(model, catalog: Catalog, data_dir: str, export_base: str,
+                 index: str = "brute_force", top_k: int = 100, version: int = None,
+                 exclude_history: bool = True,
+                 max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH, verify_examples: int = 256,
+                 min_recall: float = 0.95, servable: str = "retriever") -> dict:
+  """export() of a model in memory (an online trainer's) over `catalog`, the catalog of
+  `data_dir` (its vocabulary and test split)."""
+  version = new_version(export_base, version)
   module, signatures = serving_module(servable, model, catalog,
                                       os.path.join(data_dir, "vocab", "item.txt"), index, top_k,
                                       exclude_history, max_history_length)

@@ -520,3 +520,44 @@ def test_view_contrastive_loss_is_infonce_over_other_histories_in_both_direction
 def test_the_contrastive_loss_is_refused_without_every_event_training():
   with pytest.raises(ValueError, match="contrastive_weight needs training_targets='every_event'"):
     PRESETS["small"].replace(training_targets="last", contrastive_weight=0.1)
+
+
+def test_a_catalog_grown_in_place_gives_the_model_rebuilt_from_its_checkpoint(tmp_path):
+  """KuaiFormer.use_catalog (the online trainer's resident model): spare table rows are no
+  items until the catalog grows into them, and growing in place equals rebuilding."""
+  import dataclasses
+  from tfkf.checkpoint import build_model
+  from tiny_model import catalog
+  full, known = catalog(), 40
+  first = dataclasses.replace(full, **{name: getattr(full, name)[:known] for name in (
+      "item_ids", "tag", "author", "duration", "sampling_probability")}, table_rows=len(full.item_ids))
+  # Every uniform draw of training at once: negatives, the auxiliary loss's, substitutes.
+  config = PRESETS["small"].replace(mixed_negatives=64, uniform_bce_weight=1.0,
+                                    event_substitution=0.5)
+  model = build_model(config, first, 1e-2)
+  assert model.side_features.num_items == len(full.item_ids)
+  assert model.item_embeddings().shape[0] == known
+  batch = histories(config, [10, 20, 30, 40])
+  batch[features.HISTORY_ITEM] = np.minimum(batch[features.HISTORY_ITEM], known - 1)
+  batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
+  table = model.token_embedding.item_table.embeddings
+  before = table.numpy()
+  model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), epochs=1, verbose=0)
+  spare = before[known:]
+  np.testing.assert_array_equal(table.numpy()[known:], spare)  # never drawn, never moved
+  assert not np.allclose(table.numpy()[2:6], before[2:6])
+
+  model.use_catalog(full)
+  np.testing.assert_array_equal(model.side_features.tables["tag"].numpy(), full.tag)
+  grown = histories(config, [10, 20, 30, 40], seed=3)  # ids up to 49: the new items too
+  grown[features.TARGET_ITEM] = np.array([45, 46, 3, 4])
+  model.fit(tf.data.Dataset.from_tensors(grown).repeat(2), epochs=1, verbose=0)  # traced anew
+  assert not np.allclose(table.numpy()[45], spare[45 - known])
+  model.save_weights(str(tmp_path / "weights"))
+  rebuilt = build_model(config, full, 1e-2)
+  rebuilt.load_weights(str(tmp_path / "weights")).assert_existing_objects_matched()
+  np.testing.assert_allclose(model.item_embeddings(), rebuilt.item_embeddings(), atol=1e-6)
+  np.testing.assert_allclose(model(grown), rebuilt(grown), atol=1e-6)
+  np.testing.assert_allclose(model.sampling_probability, rebuilt.sampling_probability)
+  with pytest.raises(ValueError, match="table rows"):
+    model.use_catalog(dataclasses.replace(full, table_rows=len(full.item_ids) + 1))

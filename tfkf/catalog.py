@@ -19,10 +19,21 @@ class Catalog:
   duration: np.ndarray              # [num_items] int64 duration buckets
   sampling_probability: np.ndarray  # [num_items] float32, reserved rows tiny but > 0
   vocab_sizes: dict
+  # Rows of the model's item-indexed tables: num_items, or more when an online trainer keeps
+  # spare rows for the ids still to come, so its model never changes shape (metadata.json
+  # "item_table_rows"). Spare rows are no items: never drawn, scored or served.
+  table_rows: int = None
+
+  def __post_init__(self):
+    self.table_rows = max(self.table_rows or 0, self.num_items)
 
   @property
   def num_items(self) -> int:
     return len(self.item_ids)
+
+  def padded(self, values: np.ndarray, fill) -> np.ndarray:
+    """[num_items] -> [table_rows]: the spare rows filled with `fill`."""
+    return np.concatenate([values, np.full(self.table_rows - len(values), fill, values.dtype)])
 
   @property
   def real_items(self) -> slice:
@@ -44,4 +55,4 @@ class Catalog:
                author=pad("author", features.PAD_ID, np.int64),
                duration=pad("duration_bucket", features.PAD_ID, np.int64),
                sampling_probability=pad("sampling_probability", 1e-9, np.float32),
-               vocab_sizes=metadata["vocab_sizes"])
+               vocab_sizes=metadata["vocab_sizes"], table_rows=metadata.get("item_table_rows"))

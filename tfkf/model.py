@@ -39,7 +39,7 @@ class UserTower(tf.keras.layers.Layer):
     self.embedding_dropout = tf.keras.layers.Dropout(c.embedding_dropout)
     self.event_dropout = tf.keras.layers.Dropout(c.event_dropout, noise_shape=(None, None, 1))
     self.event_substitution = layers.EventSubstitution(
-        c.event_substitution, self.side_features.num_items, c.event_substitution_source)
+        c.event_substitution, self.side_features.catalog_size, c.event_substitution_source)
 
   def events(self, inputs, training=False):
     """(tokens [b, S, d], valid [b, S]): the compressed windows, then the latest events as they are.
@@ -147,10 +147,9 @@ class KuaiFormer(tfrs.Model):
   def __init__(self, config: KuaiFormerConfig, catalog: Catalog, **kwargs):
     super().__init__(**kwargs)
     self.config = config
-    vocab = {**catalog.vocab_sizes, "item": catalog.num_items}
+    vocab = {**catalog.vocab_sizes, "item": catalog.table_rows}
     self.side_features = layers.ItemSideFeatures(
-        catalog.num_items, {"tag": catalog.tag, "author": catalog.author,
-                            "duration": catalog.duration}, name="item_side_features")
+        catalog.table_rows, _side_tables(catalog), catalog.num_items, name="item_side_features")
     self.token_embedding = layers.TokenEmbedding(
         config.d_model, config.feature_dim, vocab, config.item_features, config.event_features,
         config.event_feature_dropout, name="token_embedding")
@@ -158,7 +157,7 @@ class KuaiFormer(tfrs.Model):
     self.candidate_tower = layers.CandidateTower(
         self.token_embedding, self.side_features, config.tie_item_embeddings,
         normalize=config.normalize_embeddings, name="candidate_tower")
-    self.sampling_probability = tf.constant(floor_unseen(catalog.sampling_probability), tf.float32)
+    self.sampling_probability = _sampling_probability(catalog)
     self.task = tfrs.tasks.Retrieval(
         loss=SmoothedInBatchSoftmax(config.label_smoothing),
         batch_metrics=[tf.keras.metrics.CategoricalAccuracy(name="in_batch_accuracy")],
@@ -183,7 +182,7 @@ class KuaiFormer(tfrs.Model):
       interests = self.user_tower(inputs, training=training)
       targets = tf.cast(inputs[features.TARGET_ITEM], tf.int64)
     mixed = self.config.mixed_negatives if training else 0
-    num_items = self.side_features.num_items
+    num_items = self.side_features.catalog_size
     candidate_ids = with_uniform_negatives(targets, num_items, mixed) if mixed else targets
     if score_mask is not None and mixed:
       score_mask = tf.pad(score_mask, [[0, 0], [0, mixed]], constant_values=True)
@@ -206,7 +205,7 @@ class KuaiFormer(tfrs.Model):
     (rarely the target itself or a history item: SASRec redraws those, at 23k+ items they
     are noise)."""
     n, m = tf.shape(positives)[0], self.config.uniform_bce_negatives
-    negatives = self.candidate_tower(uniform_items(n * m, self.side_features.num_items))
+    negatives = self.candidate_tower(uniform_items(n * m, self.side_features.catalog_size))
     negatives = tf.reshape(negatives, [n, m, negatives.shape[-1]])
     return uniform_negative_bce(interests, positives, negatives,
                                 self.config.uniform_bce_temperature or self.config.temperature)
@@ -251,7 +250,33 @@ class KuaiFormer(tfrs.Model):
     return self
 
   def item_embeddings(self, batch_size: int = 4096) -> tf.Tensor:
-    """Embeddings of every catalog row [num_items, d] (rows 0 and 1 are reserved)."""
-    ids = tf.range(self.side_features.num_items, dtype=tf.int64)
+    """Embeddings of every catalog row [num_items, d] (rows 0 and 1 are reserved; spare
+    table rows are not items)."""
+    size = self.side_features.catalog_size
+    ids = tf.range(size, dtype=tf.int64)
     return tf.concat([self.candidate_tower(ids[i:i + batch_size])
-                      for i in range(0, self.side_features.num_items, batch_size)], axis=0)
+                      for i in range(0, size, batch_size)], axis=0)
+
+  def use_catalog(self, catalog: Catalog) -> None:
+    """Continues on `catalog`, grown within the item tables' rows (its new ids take spare
+    rows, which hold their initial values): side features, sampling probabilities and item
+    count in place, no weight rebuilt. The training step is traced again: it holds the
+    catalog's size and probabilities as constants."""
+    if catalog.table_rows != self.side_features.num_items:
+      raise ValueError(f"a catalog of {catalog.table_rows} table rows for a model of "
+                       f"{self.side_features.num_items}")
+    self.side_features.set_tables(_side_tables(catalog), catalog.num_items)
+    self.user_tower.event_substitution.num_items = catalog.num_items
+    self.sampling_probability = _sampling_probability(catalog)
+    self.train_function = None
+
+
+def _side_tables(catalog: Catalog) -> dict:
+  """The catalog's side-feature columns over the model's table rows (spare rows: padding)."""
+  return {name: catalog.padded(getattr(catalog, name), features.PAD_ID)
+          for name in ("tag", "author", "duration")}
+
+
+def _sampling_probability(catalog: Catalog) -> tf.Tensor:
+  """[table rows] float32: the logQ correction's probabilities (spare rows are never candidates)."""
+  return tf.constant(catalog.padded(floor_unseen(catalog.sampling_probability), 1e-9), tf.float32)

@@ -12,12 +12,16 @@ from tfkf import features
 class ItemSideFeatures(tf.keras.layers.Layer):
   """Item id -> its catalog side features, held as non-trainable tables.
 
-  [...] int item ids -> {"tag", "author", "duration"} of the same shape.
+  [...] int item ids -> {"tag", "author", "duration"} of the same shape. The
+  tables have `num_items` rows; the catalog's items are the first `catalog_size`
+  (default all), the rest spare rows for ids still to come (Catalog.table_rows).
   """
 
-  def __init__(self, num_items: int, tables: Dict[str, np.ndarray] = None, **kwargs):
+  def __init__(self, num_items: int, tables: Dict[str, np.ndarray] = None,
+               catalog_size: int = None, **kwargs):
     super().__init__(**kwargs)
     self.num_items = num_items
+    self.catalog_size = num_items if catalog_size is None else catalog_size
     self._initial = tables
 
   def build(self, input_shape):
@@ -31,8 +35,16 @@ class ItemSideFeatures(tf.keras.layers.Layer):
     # embedding_lookup, not gather: it also reads a table split over parameter servers.
     return {name: tf.nn.embedding_lookup(table, item_ids) for name, table in self.tables.items()}
 
+  def set_tables(self, tables: Dict[str, np.ndarray], catalog_size: int) -> None:
+    """A grown catalog's tables ([num_items] each) and item count, in place."""
+    if not 0 < catalog_size <= self.num_items:
+      raise ValueError(f"{catalog_size} catalog items do not fit {self.num_items} table rows")
+    for name, table in self.tables.items():
+      table.assign(tables[name])
+    self.catalog_size = catalog_size
+
   def get_config(self):
-    return {**super().get_config(), "num_items": self.num_items}
+    return {**super().get_config(), "num_items": self.num_items, "catalog_size": self.catalog_size}
 
 
 def serialize_unbuilt(layer: tf.keras.layers.Layer) -> dict:
