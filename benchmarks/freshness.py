@@ -180,7 +180,8 @@ def measure(args, work, files) -> (list, dict):
       rows.append({
           "file": name, "version": lineage["version"], "rows_in": batch["batch_counts"]["rows_in"],
           "examples": batch["batch_counts"]["examples"], "new_items": batch["new_items"],
-          "train_steps": batch["steps"], "freshness_s": served - landed,
+          "train_steps": batch["steps"], "model_in_place": batch.get("model_in_place", False),
+          "freshness_s": served - landed,
           "pickup_s": batch["started_at"] - landed, **batch["timings"],
           "export_s": lineage["export_s"], "load_s": served - lineage["exported_at"]})
       print(json.dumps(rows[-1]), flush=True)

@@ -459,6 +459,8 @@ def _freshness(r) -> list:
     if c.get("export_in_child"):
       parts.append("Each export in a process of its own.")
   scale = "".join(f"{part} " for part in parts)
+  # Runs before the trainer timed its checkpoint apart count it in "test + train".
+  save_header = "save weights | " if all("save_s" in b for b in r["batches"]) else ""
   lines = [title, "", scale +
            ("`online.train` alone" if c.get("no_server") else
             "`online.train` with `serving.server` on the same machine") + ": synthetic stream "
@@ -469,14 +471,16 @@ def _freshness(r) -> list:
            "file's rename into the stream directory to the first AVAILABLE version trained on it "
            "(REST status polled every 50 ms). With `--export_every_s=S` add up to S seconds.", "",
            "| file | rows | examples | new items | steps | pickup | parse (Beam) | make examples | "
-           "load model | test + train | export | server load | **freshness (s)** |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           f"load model | test + train | {save_header}export | server load | **freshness (s)** |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * (3 + bool(save_header))]
   for b in r["batches"]:
+    save = f"{b['save_s']:.1f} | " if save_header else ""
     lines.append(
         f"| {b['file']} | {b['rows_in']:,} | {b['examples']:,} | {b['new_items']} | "
         f"{b['train_steps']} | {b['pickup_s']:.1f} | {b['parse_s']:.1f} | {b['examples_s']:.1f} | "
-        f"{b['load_model_s']:.1f} | {b['train_s']:.1f} | "
-        f"{b['export_s']:.1f} | {b['load_s']:.1f} | **{b['freshness_s']:.1f}** |")
+        f"{b['load_model_s']:.1f}{' (in place)' if b.get('model_in_place') else ''} | "
+        f"{b['train_s']:.1f} | {save}{b['export_s']:.1f} | {b['load_s']:.1f} | "
+        f"**{b['freshness_s']:.1f}** |")
   peaks = r.get("peak_rss_mb") or {}
   memory = (" Peak RSS: " + ", ".join(f"{name} {mb:,.0f} MB" for name, mb in sorted(peaks.items()))
             + "." if peaks else "")

@@ -100,9 +100,16 @@ class ResidentModel:
     self.generation: Optional[int] = None   # the committed generation held
     self.in_place = False                   # the last `continued` kept the model it held
 
-  def continued(self, generation: int, path: str, catalog: Catalog, table_rows: int) -> KuaiFormer:
-    """Generation `generation`'s model (committed at `path`, item tables of `table_rows`
-    rows) over `catalog`, the catalog it grew into, ready to fit."""
+  def load(self, generation: int, path: str) -> None:
+    """Holds committed generation `generation` (at `path`): its model and stream state."""
+    from online.state import StreamState  # online.state holds no model: no cycle
+    state = StreamState.read(path)
+    self.continued(generation, path, state.catalog())
+    self.committed(generation, state)
+
+  def continued(self, generation: int, path: str, catalog: Catalog) -> KuaiFormer:
+    """Generation `generation`'s model (committed at `path`) over `catalog`, the catalog it
+    grew into, ready to fit."""
     held, self.generation = self.generation, None  # nothing is held until the batch commits
     if self.model is not None and held == generation:
       rows = self.model.side_features.num_items
@@ -114,7 +121,8 @@ class ResidentModel:
     self.model, self.state = None, None
     gc.collect()
     spare = self.spare_rows if self.spare_rows is not None else max(1024, catalog.num_items // 100)
-    self.catalog = dataclasses.replace(catalog, table_rows=max(catalog.num_items + spare, table_rows))
+    saved_rows = Catalog.load_table_rows(path)  # the checkpoint's tables: never fewer rows
+    self.catalog = dataclasses.replace(catalog, table_rows=max(catalog.num_items + spare, saved_rows))
     self.model = continue_model(path, self.catalog, self.learning_rate)
     self.in_place = False
     return self.model

@@ -321,8 +321,7 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=(),
   _write_metadata(work, base, state, splits, online)
   lap("examples_s")
 
-  table_rows = base.get("item_table_rows", base["vocab_sizes"]["item"])
-  model = resident.continued(previous, prev_path, state.catalog(), table_rows)
+  model = resident.continued(previous, prev_path, state.catalog())
   lap("load_model_s")
   if test:  # Test-then-train: the model that is served now, on events it has not seen.
     online["before_training"] = evaluate.evaluate(
@@ -451,6 +450,8 @@ def run(args, beam_args=()) -> dict:
   indexed_generation = indexed["generation"] if indexed else -1
   indexed_at = indexed["exported_at"] if indexed else -math.inf
   resident = ResidentModel(args.learning_rate, args.spare_item_rows)
+  if not args.batch_in_child:  # held from the start: exports of it need no second copy
+    resident.load(*state_dir.current())
   batches, idle_since = 0, time.monotonic()
   enough = lambda: args.max_batches is not None and batches >= args.max_batches
   while True:

@@ -39,6 +39,11 @@ class Catalog:
   def real_items(self) -> slice:
     return slice(features.NUM_RESERVED_IDS, None)
 
+  @staticmethod
+  def load_table_rows(data_dir: str) -> int:
+    """The table_rows of Catalog.load(data_dir), from its metadata alone."""
+    return _table_rows(data_files.read_metadata(data_dir))
+
   @classmethod
   def load(cls, data_dir: str) -> "Catalog":
     metadata = data_files.read_metadata(data_dir)
@@ -55,4 +60,8 @@ class Catalog:
                author=pad("author", features.PAD_ID, np.int64),
                duration=pad("duration_bucket", features.PAD_ID, np.int64),
                sampling_probability=pad("sampling_probability", 1e-9, np.float32),
-               vocab_sizes=metadata["vocab_sizes"], table_rows=metadata.get("item_table_rows"))
+               vocab_sizes=metadata["vocab_sizes"], table_rows=_table_rows(metadata))
+
+
+def _table_rows(metadata: dict) -> int:
+  return metadata.get("item_table_rows", metadata["vocab_sizes"]["item"])
