@@ -422,7 +422,7 @@ def catalog_csv(rows: List[Dict], tag_ids: Dict[str, int], author_ids: Dict[str,
     return (r["index"], r["item_id"], tag_ids.get(r["tag"], features.OOV_ID),
             author_ids.get(r["author"], features.OOV_ID), int(duration), r["count"],
             r["sampling_probability"])
-  return data_files.catalog_csv(map(row, rows))
+  return data_files.catalog_csv(data_files.catalog_columns(map(row, rows)))
 
 
 class WriteDeadLetters(beam.PTransform):

@@ -479,7 +479,7 @@ def _freshness(r) -> list:
         f"| {b['file']} | {b['rows_in']:,} | {b['examples']:,} | {b['new_items']} | "
         f"{b['train_steps']} | {b['pickup_s']:.1f} | {b['parse_s']:.1f} | {b['examples_s']:.1f} | "
         f"{b['load_model_s']:.1f}{' (in place)' if b.get('model_in_place') else ''} | "
-        f"{b['train_s']:.1f} | {save}{b['export_s']:.1f} | {b['load_s']:.1f} | "
+        f"{b.get('test_s', 0) + b['train_s']:.1f} | {save}{b['export_s']:.1f} | {b['load_s']:.1f} | "
         f"**{b['freshness_s']:.1f}** |")
   peaks = r.get("peak_rss_mb") or {}
   memory = (" Peak RSS: " + ", ".join(f"{name} {mb:,.0f} MB" for name, mb in sorted(peaks.items()))

@@ -121,11 +121,13 @@ def start(a) -> dict:
   counts = pd.read_csv(os.path.join(data_dir, data_files.CATALOG), usecols=["count"])["count"].to_numpy()
   counts = np.concatenate([np.zeros(features.NUM_RESERVED_IDS, np.int64), counts,
                            np.zeros(len(item_ids) - catalog.num_items, np.int64)])
-  rows = ((i, item_ids[i], padded.tag[i], padded.author[i], padded.duration[i], counts[i],
-           padded.sampling_probability[i])
-          for i in range(features.NUM_RESERVED_IDS, padded.num_items))
+  real = padded.real_items
+  columns = {"index": np.arange(padded.num_items)[real], "item_id": item_ids[real],
+             "tag": padded.tag[real], "author": padded.author[real],
+             "duration_bucket": padded.duration[real], "count": counts[real],
+             "sampling_probability": padded.sampling_probability[real]}
   with open(os.path.join(out_data, data_files.CATALOG), "w") as f:
-    f.write(data_files.catalog_csv(rows))
+    f.write(data_files.catalog_csv(columns))
   metadata = data_files.read_metadata(data_dir)
   metadata["vocab_sizes"]["item"] = padded.num_items
   with open(os.path.join(out_data, data_files.METADATA), "w") as f:

@@ -167,7 +167,7 @@ def grow_vocabulary(state: StreamState, events: List[Dict], item_features: Dict[
   """Appends items never seen (most frequent first, ties by id) and their new tags and
   authors; updates the counts. Returns the new items. Old ids never change."""
   batch_counts = collections.Counter(e["item"] for e in events)
-  known = set(state.items)
+  known = state.item_ids()
   new = [item for item, _ in T.vocab_order((i, c) for i, c in batch_counts.items() if i not in known)]
   durations = {}
   for e in events:
@@ -198,10 +198,11 @@ def grow_vocabulary(state: StreamState, events: List[Dict], item_features: Dict[
   state.item_duration = grow(state.item_duration, rows["duration"])
   state.item_count = grow(state.item_count, [0] * len(new))
   state.recent_count = grow(state.recent_count, [0.0] * len(new)) * count_decay
-  row = {item: i for i, item in enumerate(state.items)}
+  ids = state.item_ids()
   for item, c in batch_counts.items():
-    state.item_count[row[item]] += c
-    state.recent_count[row[item]] += c
+    row = ids[item] - features.NUM_RESERVED_IDS
+    state.item_count[row] += c
+    state.recent_count[row] += c
   return new
 
 
@@ -216,7 +217,7 @@ def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len
   new target is supervised once. Returns (train payloads, test payloads: each
   user's newest example, stats).
   """
-  item_index = T.vocab_ids(state.items)
+  item_index = state.item_ids()
   by_user = collections.defaultdict(list)
   for e in events:
     by_user[e["user"]].append(e)
@@ -324,11 +325,10 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=(),
   model = resident.continued(previous, prev_path, state.catalog())
   lap("load_model_s")
   if test:  # Test-then-train: the model that is served now, on events it has not seen.
-    online["before_training"] = evaluate.evaluate(
-        evaluate.model_scorer(model), work, "test", config.max_len, config.event_features,
-        batch_size=evaluate.scoring_batch_size(model.side_features.num_items,
-                                               config.num_query_tokens),
-        max_examples=args.before_training_examples)
+    online["before_training"] = evaluate.summarize(evaluate.model_ranks_in_chunks(
+        model, work, "test", config.max_len, config.event_features,
+        max_examples=args.before_training_examples))
+  lap("test_s")
   steps = 0
   if train:
     tf.keras.utils.set_random_seed(args.seed + number)

@@ -78,11 +78,3 @@ def test_interest_usage_credits_each_served_item_to_its_maxsim_interest():
   assert summary["target_wins"] == [0.0, 1.0] and summary["hit_target_wins"] == [0.0, 1.0]
   assert summary["top_k_from_interest"] == [1.5, 1.5]
   assert summary["top_k_from_interest_sorted"] == [2.0, 1.0] and summary["interests_in_top_k"] == 2.0
-
-
-def test_full_catalog_scoring_batches_shrink_with_the_catalog():
-  from tfkf.evaluate import SCORE_BUDGET, scoring_batch_size
-  assert scoring_batch_size(3_000, 4) == 256
-  assert scoring_batch_size(10_000_000, 4) == 6            # [256, 4, 10M] float32 would be 41 GB
-  assert 6 * 4 * 10_000_000 <= SCORE_BUDGET < 7 * 4 * 10_000_000
-  assert scoring_batch_size(10**9, 4) == 1

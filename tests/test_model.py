@@ -561,3 +561,23 @@ def test_a_catalog_grown_in_place_gives_the_model_rebuilt_from_its_checkpoint(tm
   np.testing.assert_allclose(model.sampling_probability, rebuilt.sampling_probability)
   with pytest.raises(ValueError, match="table rows"):
     model.use_catalog(dataclasses.replace(full, table_rows=len(full.item_ids) + 1))
+
+
+@pytest.mark.parametrize("exclude_history", [True, False])
+def test_ranks_scored_chunk_by_chunk_are_those_of_the_whole_catalog(exclude_history):
+  from tfkf import evaluate, scoring
+  config = PRESETS["small"]
+  model = model_for(config)
+  batch = histories(config, [1, 5, 20, 40, 64, 3])
+  items = model.item_embeddings()
+  targets = tf.constant([7, 11, 2, 49, 30, 5], tf.int64)
+  targets = tf.tensor_scatter_nd_update(targets, [[4]], batch[features.HISTORY_ITEM][4:5, -1])  # one repeats
+  interests = model(batch)
+  whole = evaluate.target_ranks(scoring.maxsim(interests, items)[0], batch[features.HISTORY_ITEM],
+                                targets, exclude_history)
+  for chunk in (1, 7, 48, 1000):
+    chunked = evaluate.chunked_target_ranks(interests, batch[features.HISTORY_ITEM], targets,
+                                            model.candidate_tower, items.shape[0], exclude_history,
+                                            chunk)
+    np.testing.assert_array_equal(chunked, whole)
+  assert len(set(whole.numpy())) > 3

@@ -271,7 +271,12 @@ def test_killed_trainer_resumed_and_consumed_every_file_exactly_once(stream, onl
   committed = [r for records in restarts for r in records if r["event"] == "committed"]
   assert [r["generation"] for r in committed] == list(range(1, BATCHES + 1))
   with open(os.path.join(path, "metadata.json")) as f:
-    assert json.load(f)["online"]["optimizer_step"] == start + sum(r["steps"] for r in committed)
+    metadata = json.load(f)
+  assert metadata["online"]["optimizer_step"] == start + sum(r["steps"] for r in committed)
+  # The restarted trainer held its model from the start: the batch grew it in place, into
+  # the spare rows its tables keep beyond the vocabulary.
+  assert metadata["online"]["model_in_place"]
+  assert metadata["item_table_rows"] > metadata["vocab_sizes"]["item"] == len(state.items) + 2
 
 
 def test_freshness_benchmark_of_the_split_at_a_larger_catalog(stream, online, tmp_path):

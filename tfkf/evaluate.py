@@ -53,6 +53,52 @@ def target_ranks(scores: tf.Tensor, history: tf.Tensor, targets: tf.Tensor,
   return tf.reduce_sum(tf.cast(scores >= target_score[:, None], tf.int32), axis=1) - 1
 
 
+def chunked_target_ranks(interests: tf.Tensor, history: tf.Tensor, targets: tf.Tensor,
+                         embed_items, num_items: int, exclude_history: bool,
+                         chunk: int = 1 << 16) -> tf.Tensor:
+  """target_ranks of maxsim scores without the [b, N] scores or the [N, d] item embeddings:
+  `embed_items(ids)` embeds `chunk` catalog rows at a time, each scored for all b examples
+  (at 10M items those two take 1 GB per 6 examples and 2.6 GB). interests [b, k, d]."""
+  targets = tf.cast(targets, tf.int64)
+  history = tf.cast(history, tf.int64)
+  target_score = tf.reduce_max(tf.einsum("bkd,bd->bk", interests, embed_items(targets)), axis=1)
+  hidden = tf.logical_and(history >= features.NUM_RESERVED_IDS, exclude_history)
+  ranks = tf.zeros(tf.shape(targets), tf.int32)
+  for start in range(features.NUM_RESERVED_IDS, num_items, chunk):
+    ranks += _ranks_in_chunk(interests, history, hidden, targets, target_score, embed_items,
+                             start, min(start + chunk, num_items))
+  # A history item's score is -inf: a target in the history is ranked last, as target_ranks does.
+  in_history = tf.reduce_any(tf.logical_and(hidden, history == targets[:, None]), axis=1)
+  return tf.where(in_history, num_items - 1, ranks)
+
+
+def _ranks_in_chunk(interests, history, hidden, targets, target_score, embed_items, start, end):
+  """How many items of rows [start, end), history and target aside, score >= the target: [b]."""
+  ids = tf.range(start, end, dtype=tf.int64)
+  scores = tf.reduce_max(tf.einsum("bkd,nd->bkn", interests, embed_items(ids)), axis=1)
+  in_chunk = tf.logical_and(hidden, tf.logical_and(history >= start, history < end))
+  scores = scoring.mask_items(scores, history - start, in_chunk)
+  beaten = tf.logical_and(scores >= target_score[:, None], ids[None, :] != targets[:, None])
+  return tf.reduce_sum(tf.cast(beaten, tf.int32), axis=1)
+
+
+def model_ranks_in_chunks(model, data_dir: str, split: str, max_len: int, event_features=(),
+                          exclude_history: bool = True, batch_size: int = 256,
+                          max_examples: int = None, chunk: int = 1 << 16) -> np.ndarray:
+  """protocol_ranks(model_scorer(model), ...)["full"] by chunked_target_ranks: for catalogs
+  whose [N, d] embeddings should not be held (the online trainer's test-then-train)."""
+  ranks = []
+  embed = tf.function(model.candidate_tower)
+  for batch in data.dataset(data_dir, split, batch_size, max_len, event_features, shuffle=False,
+                            drop_remainder=False):
+    ranks.append(chunked_target_ranks(
+        model(batch), batch[features.HISTORY_ITEM], batch[features.TARGET_ITEM], embed,
+        model.side_features.catalog_size, exclude_history, chunk).numpy())
+    if max_examples and sum(map(len, ranks)) >= max_examples:
+      break
+  return np.concatenate(ranks)[:max_examples]
+
+
 def sampled_target_ranks(scores: tf.Tensor, targets: tf.Tensor, negatives: tf.Tensor) -> tf.Tensor:
   """0-based rank of each target among itself and its negatives. negatives [b, m]."""
   target_score = tf.gather(scores, targets, batch_dims=1)
@@ -173,15 +219,6 @@ def popularity_scorer(data_dir: str, split: str = "train", counts: np.ndarray = 
   counts = target_counts(data_dir, split) if counts is None else counts
   log_count = tf.constant(np.log1p(counts.astype(np.float64)), tf.float32)
   return lambda batch: tf.tile(log_count[None], [tf.shape(batch[features.TARGET_ITEM])[0], 1])
-
-
-SCORE_BUDGET = 2 ** 28  # float32 cells of one batch's [b, k, N] maxsim scores: 1 GiB
-
-
-def scoring_batch_size(num_items: int, num_interests: int, largest: int = 256) -> int:
-  """Examples per full-catalog scoring batch whose [b, k, N] scores fit SCORE_BUDGET: 6 at
-  10M items and k 4, where [256, 4, N] needs 41 GB."""
-  return max(1, min(largest, SCORE_BUDGET // (num_items * num_interests)))
 
 
 def evaluate(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
