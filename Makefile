@@ -67,8 +67,18 @@ bench-soak: venv
 
 # 1M, 3M and 10M items: export, SavedModel size, server RSS, p50/p99 at concurrency 1 and 32,
 # ScaNN recall@100 against brute force, refresh (index rebuilt, swapped in under load).
+# Then landed -> served at each size: the online trainer from a first model padded to that
+# many items, the user tower served alone beside it, one client calling it 20 times a second.
+# oneDNN off: its allocator kept the trainer's peak after each micro-batch (docs/scaling.md).
+SCALE_SIZES = 1000000 3000000 10000000
 bench-scale: venv tools
 	$(PY) -m benchmarks.scale --catalogs 1000000,3000000,10000000 --concurrency 1,32 --seconds 8
+	for n in $(SCALE_SIZES); do \
+	  TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m benchmarks.freshness --batches 3 --index scann \
+	      --catalog_size $$n --servable user_tower --index_every_s 0 --lazy_adam \
+	      --before_training_examples 256 --load_client --load_client_rate 20 \
+	      --output benchmarks/results/freshness_$$n.json || exit 1; \
+	done
 	$(PY) -m benchmarks.report
 
 bench-freshness: venv

@@ -32,8 +32,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+
+import numpy as np
 
 from benchmarks import common
 
@@ -92,6 +95,37 @@ def _wait_served(port, base, name, procs, timeout_s, model=MODEL, peak_rss=None)
           return time.time(), lineage
     time.sleep(0.05)
   raise TimeoutError(f"no served version trained on {name} after {timeout_s}s")
+
+
+class LoadClient(threading.Thread):
+  """One client calling the served model (--load_client) from the first version on, through
+  every swap, back to back or `rate` calls a second: each failed call is counted with its
+  error."""
+
+  def __init__(self, port: int, model: str, data_dir: str, rate: float = 0, seed: int = 0):
+    super().__init__(daemon=True)
+    self.interval = 1.0 / rate if rate else 0.0
+    from serving.client import rest_predict
+    from tfkf import data_files
+    items = data_files.read_vocab(data_dir, "item")[:1000]
+    rng = np.random.default_rng(seed)
+    self.histories = [list(rng.choice(items, 20)) for _ in range(64)]
+    self.call = lambda history: rest_predict("127.0.0.1", port, model, [history])
+    self.stopped, self.calls, self.errors = threading.Event(), 0, []
+
+  def run(self):
+    while not self.stopped.wait(self.interval):
+      try:
+        self.call(self.histories[self.calls % len(self.histories)])
+      except Exception as e:  # noqa: BLE001  (every failure is the measurement)
+        self.errors.append(f"{type(e).__name__}: {e}")
+      self.calls += 1
+
+  def result(self) -> dict:
+    self.stopped.set()
+    self.join(timeout=60)
+    return {"calls": self.calls, "failed": len(self.errors), "errors": self.errors[:5],
+            "calls_per_s": 1.0 / self.interval if self.interval else "back to back"}
 
 
 def prepare(args, work) -> dict:
@@ -167,9 +201,12 @@ def measure(args, work, files) -> (list, dict):
       *(["--batch_in_child"] if args.batch_in_child else []),
       *([f"--before_training_examples={args.before_training_examples}"]
         if args.before_training_examples else []))
-  rows, peak_rss = [], {}
+  rows, peak_rss, client = [], {}, None
   try:
     _wait_served(port, exports, None, procs, 1800, model, peak_rss)  # version 1: the start
+    if args.load_client and port:
+      client = LoadClient(port, model, init_data, args.load_client_rate, args.seed)
+      client.start()
     for path in files["batches"]:
       name = os.path.basename(path)
       shutil.copy(path, os.path.join(incoming, "." + name))
@@ -187,11 +224,12 @@ def measure(args, work, files) -> (list, dict):
       print(json.dumps(rows[-1]), flush=True)
     procs["online.train"].wait(timeout=600)
   finally:
+    load = client.result() if client else None
     for proc in procs.values():
       if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=60)
-  return rows, peak_rss
+  return rows, peak_rss, load
 
 
 def parse_args(argv=None):
@@ -226,6 +264,12 @@ def parse_args(argv=None):
   p.add_argument("--no_server", action="store_true",
                  help="the trainer alone: landed -> published (for catalogs whose trainer and "
                       "server do not fit one machine; the server's load is bench-scale's swap)")
+  p.add_argument("--load_client", action="store_true",
+                 help="one client calls the served model throughout; its failed calls are "
+                      "reported")
+  p.add_argument("--load_client_rate", type=float, default=0,
+                 help="--load_client's calls per second (0: back to back; on 2 cores the "
+                      "client, the server and the trainer then share them)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--workdir", default=None, help="keep the artifacts here (default: a temp dir)")
   p.add_argument("--prepared_dir", default=None,
@@ -239,12 +283,12 @@ def main(argv=None):
   work = args.workdir or tempfile.mkdtemp(prefix="tfkf-bench-freshness-")
   os.makedirs(work, exist_ok=True)
   files = reuse(args.prepared_dir, work, args.batches) if args.prepared_dir else prepare(args, work)
-  rows, peak_rss = measure(args, work, files)
+  rows, peak_rss, load = measure(args, work, files)
   fresh = [r["freshness_s"] for r in rows]
   env = [f"{k}={os.environ[k]}" for k in ("TF_ENABLE_ONEDNN_OPTS",) if k in os.environ]
   payload = {"command": " ".join([*env, "python -m benchmarks.freshness", *(argv or sys.argv[1:])]),
              "config": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")},
-             "batches": rows, "peak_rss_mb": peak_rss, "median_freshness_s": statistics.median(fresh),
+             "batches": rows, "peak_rss_mb": peak_rss, "load_client": load, "median_freshness_s": statistics.median(fresh),
              "max_freshness_s": max(fresh), "min_freshness_s": min(fresh),
              "versions": common.versions("tensorflow", "apache-beam", "scann")}
   print(f"wrote {common.write('freshness', payload, args.output)}")

@@ -68,7 +68,7 @@ class StreamState:
     total = self.recent_count.sum() or 1.0
     return np.maximum(self.recent_count / total, 1e-9)
 
-  def catalog(self, table_rows: int = None) -> Catalog:
+  def catalog(self) -> Catalog:
     """The Catalog that Catalog.load reads back from this state's files (write)."""
     reserved = lambda values, fill, dtype: np.concatenate(  # noqa: E731
         [np.full(features.NUM_RESERVED_IDS, fill, dtype), np.asarray(values, dtype)])
@@ -78,8 +78,7 @@ class StreamState:
         author=reserved(self.item_author, features.PAD_ID, np.int64),
         duration=reserved(self.item_duration, features.PAD_ID, np.int64),
         sampling_probability=reserved(self.sampling_probability(), 1e-9, np.float32),
-        vocab_sizes={"item": lines(self.items), "tag": lines(self.tags), "author": lines(self.authors)},
-        table_rows=table_rows)
+        vocab_sizes={"item": lines(self.items), "tag": lines(self.tags), "author": lines(self.authors)})
 
   # -- files ---------------------------------------------------------------------
   def write(self, out: str) -> None:

@@ -158,7 +158,7 @@ def test_scale_benchmark(trained, tmp_path):
   assert "## Catalog scale" in text and "| 3,000 |" in text and f"0 of {refresh['calls']:,} |" in text
   assert "two servables" in text and (f"0 of {split['tower_refresh']['calls']:,}, "
                                       f"0 of {split['index_refresh']['calls']:,} | [1] |") in text
-  plot_scale(result, str(tmp_path / "scale.png"))
+  plot_scale(result, str(tmp_path / "scale.png"), landed_to_served={3000: 12.5, 30000: 20.0})
   assert (tmp_path / "scale.png").stat().st_size > 0
   # A size the machine could not hold is a row that says why, not a gap.
   short = render([{**result, "not_measured": [{"items": 10**7, "reason": "killed by the OOM killer"}]}])

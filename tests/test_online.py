@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
@@ -273,6 +274,12 @@ def test_killed_trainer_resumed_and_consumed_every_file_exactly_once(stream, onl
   with open(os.path.join(path, "metadata.json")) as f:
     metadata = json.load(f)
   assert metadata["online"]["optimizer_step"] == start + sum(r["steps"] for r in committed)
+  # The catalog the trainer keeps in memory is the one its files give back.
+  from tfkf.catalog import Catalog
+  loaded, held = Catalog.load(path), state.catalog()
+  for field in ("item_ids", "tag", "author", "duration", "sampling_probability"):
+    np.testing.assert_array_equal(getattr(held, field), getattr(loaded, field), err_msg=field)
+  assert held.vocab_sizes == loaded.vocab_sizes
   # The restarted trainer held its model from the start: the batch grew it in place, into
   # the spare rows its tables keep beyond the vocabulary.
   assert metadata["online"]["model_in_place"]
@@ -288,9 +295,10 @@ def test_freshness_benchmark_of_the_split_at_a_larger_catalog(stream, online, tm
   cli.run("benchmarks.freshness", f"--prepared_dir={stream['dir']}", f"--workdir={work}",
           "--batches=1", "--index=brute_force", f"--top_k={K}", f"--catalog_size={size}",
           "--servable=user_tower", "--lazy_adam", "--before_training_examples=50", "--export_in_child",
-          "--batch_in_child", f"--output={out}")
+          "--batch_in_child", "--load_client", f"--output={out}")
   result = json.loads(out.read_text())
   (row,) = result["batches"]
+  assert result["load_client"]["calls"] > 10 and result["load_client"]["failed"] == 0, result["load_client"]
   assert row["file"] == os.path.basename(stream["batches"][0]) and row["version"] == 2
   assert row["rows_in"] > 0 and row["train_steps"] > 0
   assert 0 <= row["pickup_s"] < row["freshness_s"] == result["median_freshness_s"]
