@@ -581,23 +581,3 @@ def test_ranks_scored_chunk_by_chunk_are_those_of_the_whole_catalog(exclude_hist
                                             chunk)
     np.testing.assert_array_equal(chunked, whole)
   assert len(set(whole.numpy())) > 3
-
-
-def test_an_item_bias_learnt_against_uniform_items_joins_every_score():
-  from tfkf import scoring
-  from tfkf.checkpoint import build_model
-  from tiny_model import catalog
-  with pytest.raises(ValueError, match="uniform_bce_weight"):
-    PRESETS["small"].replace(item_bias=True)
-  config = PRESETS["small"].replace(item_bias=True, uniform_bce_weight=1.0, uniform_bce_temperature=0.2)
-  model = build_model(config, catalog(), 1e-2)
-  batch = histories(config, [10, 20, 30, 40])
-  batch[features.TARGET_ITEM] = np.array([2, 3, 4, 5])
-  model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), epochs=1, verbose=0)
-  bias = model.item_bias.embeddings.numpy()[:, 0]
-  assert bias[2:6].mean() > 0 > bias[6:].mean(), "targets rise, uniformly drawn items sink"
-  interests, items = model(batch), model.item_embeddings()
-  assert interests.shape[-1] == items.shape[-1] == config.d_model + 1
-  plain = scoring.maxsim(model.user_tower(batch), model.candidate_tower(tf.range(items.shape[0])))[0]
-  np.testing.assert_allclose(scoring.maxsim(interests, items)[0], plain + 0.2 * bias[None, :],
-                             rtol=1e-5, atol=1e-5)

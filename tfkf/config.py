@@ -90,11 +90,6 @@ class KuaiFormerConfig(JsonConfig):
   # Temperature of that loss's logits (maxsim / T); 0 = `temperature`. At the softmax's 0.05
   # a uniform negative's loss saturates once its cosine is below about -0.15.
   uniform_bce_temperature: float = 0.0
-  # A learned logit bias per item, trained by that loss only (against uniform items, as
-  # SASRec's free embedding norms are), added to every score: interests get a column of 1,
-  # item embeddings one of T * bias ([u, 1] . [e, T b]: maxsim stays exact). Screen only:
-  # the user-tower servable does not add the column yet.
-  item_bias: bool = False
   # Train with tfkf.optimizers.LazyAdam: an item's embedding moves only in the steps that
   # hold it, instead of coasting on Adam's decaying moments after each (rare) hit.
   lazy_adam: bool = False
@@ -121,8 +116,6 @@ class KuaiFormerConfig(JsonConfig):
     if self.uniform_bce_temperature < 0:
       raise ValueError(f"uniform_bce_temperature={self.uniform_bce_temperature}: 0 "
                        "(the softmax's temperature) or more")
-    if self.item_bias and not self.uniform_bce_weight:
-      raise ValueError("item_bias is trained by the uniform-negative loss: needs uniform_bce_weight")
     if self.uniform_bce_negatives < 1:
       raise ValueError(f"uniform_bce_negatives={self.uniform_bce_negatives}: 1 or more")
     if self.d_model % self.num_heads:

@@ -82,15 +82,14 @@ def with_logq_correction(interests: tf.Tensor, candidates: tf.Tensor, probabilit
 
 
 def uniform_negative_bce(interests: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor,
-                         temperature: float, positive_bias=0.0, negative_bias=0.0) -> tf.Tensor:
+                         temperature: float) -> tf.Tensor:
   """SASRec's objective on maxsim logits, mean over the global batch: -log s(pos / T) -
   mean_m log s(-neg_m / T) with each target's score against m uniformly drawn items. Uniform
   negatives teach every user that the tail of the catalog is not theirs, which in-batch
   negatives (drawn by popularity) rarely do. interests [n, k, d]; positives [n, d];
-  negatives [n, m, d]; the items' logit biases (KuaiFormerConfig.item_bias) [n] and [n, m]."""
+  negatives [n, m, d]."""
   pos = tf.reduce_max(tf.einsum("nkd,nd->nk", interests, positives), axis=1) / temperature
   neg = tf.reduce_max(tf.einsum("nkd,nmd->nmk", interests, negatives), axis=2) / temperature
-  pos, neg = pos + positive_bias, neg + negative_bias
   return tf.nn.compute_average_loss(tf.nn.softplus(-pos)
                                     + tf.reduce_mean(tf.nn.softplus(neg), axis=1))
 

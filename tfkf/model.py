@@ -158,8 +158,6 @@ class KuaiFormer(tfrs.Model):
         self.token_embedding, self.side_features, config.tie_item_embeddings,
         normalize=config.normalize_embeddings, name="candidate_tower")
     self.sampling_probability = _sampling_probability(catalog)
-    self.item_bias = (tf.keras.layers.Embedding(catalog.table_rows, 1, embeddings_initializer="zeros",
-                                                name="item_bias") if config.item_bias else None)
     self.task = tfrs.tasks.Retrieval(
         loss=SmoothedInBatchSoftmax(config.label_smoothing),
         batch_metrics=[tf.keras.metrics.CategoricalAccuracy(name="in_batch_accuracy")],
@@ -167,16 +165,7 @@ class KuaiFormer(tfrs.Model):
         remove_accidental_hits=config.remove_accidental_hits)
 
   def call(self, inputs, training=False):
-    interests = self.user_tower(inputs, training=training)
-    if self.item_bias is None:
-      return interests
-    return tf.concat([interests, tf.ones_like(interests[..., :1])], axis=-1)  # [b, k, d + 1]
-
-  def _bias(self, ids):
-    """The items' learned logit biases, ids' shape (zeros without item_bias)."""
-    if self.item_bias is None:
-      return tf.zeros(tf.shape(ids))
-    return tf.squeeze(self.item_bias(ids), -1)
+    return self.user_tower(inputs, training=training)
 
   def compute_loss(self, inputs, training=False):
     # Validation scores the example's own target in both modes: that is the held-out one.
@@ -198,7 +187,7 @@ class KuaiFormer(tfrs.Model):
     if score_mask is not None and mixed:
       score_mask = tf.pad(score_mask, [[0, 0], [0, mixed]], constant_values=True)
     candidates = self.candidate_tower(candidate_ids)
-    auxiliary = (self._uniform_negative_bce(interests, candidates[:tf.shape(targets)[0]], targets)
+    auxiliary = (self._uniform_negative_bce(interests, candidates[:tf.shape(targets)[0]])
                  if training and self.config.uniform_bce_weight else 0.0)
     if self.config.use_logq:
       probability = tf.gather(self.sampling_probability, candidate_ids)
@@ -211,19 +200,15 @@ class KuaiFormer(tfrs.Model):
     return (self.task(interests, candidates, candidate_ids=candidate_ids, score_mask=score_mask)
             + self.config.uniform_bce_weight * auxiliary + contrastive)
 
-  def _uniform_negative_bce(self, interests, positives, targets):
+  def _uniform_negative_bce(self, interests, positives):
     """losses.uniform_negative_bce against uniform_bce_negatives uniform items per target
     (rarely the target itself or a history item: SASRec redraws those, at 23k+ items they
     are noise)."""
     n, m = tf.shape(positives)[0], self.config.uniform_bce_negatives
-    negative_ids = uniform_items(n * m, self.side_features.catalog_size)
-    negatives = self.candidate_tower(negative_ids)
+    negatives = self.candidate_tower(uniform_items(n * m, self.side_features.catalog_size))
     negatives = tf.reshape(negatives, [n, m, negatives.shape[-1]])
-    return uniform_negative_bce(interests, positives, negatives, self._uniform_temperature(),
-                                self._bias(targets), tf.reshape(self._bias(negative_ids), [n, m]))
-
-  def _uniform_temperature(self):
-    return self.config.uniform_bce_temperature or self.config.temperature
+    return uniform_negative_bce(interests, positives, negatives,
+                                self.config.uniform_bce_temperature or self.config.temperature)
 
   def _every_event_targets(self, inputs, training):
     """(interests [n, k, d], next items [n], batch row of each [n]) after each real one of
@@ -262,7 +247,6 @@ class KuaiFormer(tfrs.Model):
                   for f in self.config.event_features})
     self(dummy)  # through the model, so Keras marks it built (BackupAndRestore needs that)
     self.candidate_tower(tf.zeros([1], tf.int64))
-    self._bias(tf.zeros([1], tf.int64))  # the item bias's table, when there is one
     return self
 
   def item_embeddings(self, batch_size: int = 4096) -> tf.Tensor:
@@ -270,11 +254,8 @@ class KuaiFormer(tfrs.Model):
     table rows are not items)."""
     size = self.side_features.catalog_size
     ids = tf.range(size, dtype=tf.int64)
-    items = tf.concat([self.candidate_tower(ids[i:i + batch_size])
-                       for i in range(0, size, batch_size)], axis=0)
-    if self.item_bias is None:
-      return items
-    return tf.concat([items, self._uniform_temperature() * self.item_bias(ids)], axis=-1)  # [N, d + 1]
+    return tf.concat([self.candidate_tower(ids[i:i + batch_size])
+                      for i in range(0, size, batch_size)], axis=0)
 
   def use_catalog(self, catalog: Catalog) -> None:
     """Continues on `catalog`, grown within the item tables' rows (its new ids take spare
