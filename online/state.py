@@ -70,15 +70,11 @@ class StreamState:
 
   def catalog(self) -> Catalog:
     """The Catalog that Catalog.load reads back from this state's files (write)."""
-    reserved = lambda values, fill, dtype: np.concatenate(  # noqa: E731
-        [np.full(features.NUM_RESERVED_IDS, fill, dtype), np.asarray(values, dtype)])
     lines = lambda values: len(values) + features.NUM_RESERVED_IDS  # noqa: E731
-    return Catalog(
-        item_ids=reserved(self.items, "", object), tag=reserved(self.item_tag, features.PAD_ID, np.int64),
-        author=reserved(self.item_author, features.PAD_ID, np.int64),
-        duration=reserved(self.item_duration, features.PAD_ID, np.int64),
-        sampling_probability=reserved(self.sampling_probability(), 1e-9, np.float32),
-        vocab_sizes={"item": lines(self.items), "tag": lines(self.tags), "author": lines(self.authors)})
+    return Catalog.of_real_items(
+        self.items, self.item_tag, self.item_author, self.item_duration,
+        self.sampling_probability(),
+        {"item": lines(self.items), "tag": lines(self.tags), "author": lines(self.authors)})
 
   # -- files ---------------------------------------------------------------------
   def write(self, out: str) -> None:

@@ -53,14 +53,21 @@ class Catalog:
     if len(table) + features.NUM_RESERVED_IDS != n or (
         table["index"].to_numpy() != np.arange(features.NUM_RESERVED_IDS, n)).any():
       raise ValueError(f"{data_dir}/catalog.csv does not match metadata.json ({n} item ids)")
-    pad = lambda col, value, dtype: np.concatenate(
-        [np.full(features.NUM_RESERVED_IDS, value, dtype), table[col].to_numpy(dtype)])
-    return cls(item_ids=pad("item_id", "", object),
-               tag=pad("tag", features.PAD_ID, np.int64),
-               author=pad("author", features.PAD_ID, np.int64),
-               duration=pad("duration_bucket", features.PAD_ID, np.int64),
-               sampling_probability=pad("sampling_probability", 1e-9, np.float32),
-               vocab_sizes=metadata["vocab_sizes"], table_rows=_table_rows(metadata))
+    return cls.of_real_items(table["item_id"], table["tag"], table["author"],
+                             table["duration_bucket"], table["sampling_probability"],
+                             metadata["vocab_sizes"], _table_rows(metadata))
+
+  @classmethod
+  def of_real_items(cls, item_ids, tag, author, duration, sampling_probability,
+                    vocab_sizes: dict, table_rows: int = None) -> "Catalog":
+    """A catalog from the real items' columns (vocabulary order): the reserved rows prepended."""
+    pad = lambda values, fill, dtype: np.concatenate(  # noqa: E731
+        [np.full(features.NUM_RESERVED_IDS, fill, dtype), np.asarray(values, dtype)])
+    return cls(item_ids=pad(item_ids, "", object), tag=pad(tag, features.PAD_ID, np.int64),
+               author=pad(author, features.PAD_ID, np.int64),
+               duration=pad(duration, features.PAD_ID, np.int64),
+               sampling_probability=pad(sampling_probability, 1e-9, np.float32),
+               vocab_sizes=vocab_sizes, table_rows=table_rows)
 
 
 def _table_rows(metadata: dict) -> int:
