@@ -73,6 +73,10 @@ class KuaiFormerConfig(JsonConfig):
   # True: the candidate tower reuses the input item-id table (fewer parameters,
   # items seen only as targets still get trained input embeddings).
   tie_item_embeddings: bool = True
+  # False: the candidate tower's projection has no bias, so no vector is shared by every
+  # item embedding (with it, and with constant side features, an item whose own embedding
+  # is small - a rarely trained one - points along that shared offset).
+  candidate_bias: bool = True
   # "last": the paper's one target per example (k queries after the whole history).
   # "every_event": k queries after each of the latest (uncompressed) events, each
   # predicting the next one, in one pass (UserTower.interests_at).

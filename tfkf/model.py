@@ -156,7 +156,8 @@ class KuaiFormer(tfrs.Model):
     self.user_tower = UserTower(config, self.token_embedding, self.side_features, name="user_tower")
     self.candidate_tower = layers.CandidateTower(
         self.token_embedding, self.side_features, config.tie_item_embeddings,
-        normalize=config.normalize_embeddings, name="candidate_tower")
+        normalize=config.normalize_embeddings, use_bias=config.candidate_bias,
+        name="candidate_tower")
     self.sampling_probability = _sampling_probability(catalog)
     self.task = tfrs.tasks.Retrieval(
         loss=SmoothedInBatchSoftmax(config.label_smoothing),

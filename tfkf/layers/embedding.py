@@ -118,8 +118,10 @@ class CandidateTower(tf.keras.layers.Layer):
   """
 
   def __init__(self, token_embedding: TokenEmbedding, side_features: ItemSideFeatures,
-               tie_item_embeddings: bool = True, normalize: bool = True, **kwargs):
+               tie_item_embeddings: bool = True, normalize: bool = True, use_bias: bool = True,
+               **kwargs):
     super().__init__(**kwargs)
+    self.use_bias = use_bias
     self.token_embedding = token_embedding
     self.side_features = side_features
     self.tie_item_embeddings = tie_item_embeddings
@@ -132,7 +134,7 @@ class CandidateTower(tf.keras.layers.Layer):
       te.built = True
     self.item_table = (te.item_table if self.tie_item_embeddings else
                        tf.keras.layers.Embedding(te.vocab_sizes["item"], te.d_model, name="item"))
-    self.project = tf.keras.layers.Dense(te.d_model, name="project")
+    self.project = tf.keras.layers.Dense(te.d_model, use_bias=self.use_bias, name="project")
 
   def call(self, item_ids):
     side = self.side_features(item_ids)
@@ -143,7 +145,7 @@ class CandidateTower(tf.keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "tie_item_embeddings": self.tie_item_embeddings,
-            "normalize": self.normalize,
+            "normalize": self.normalize, "use_bias": self.use_bias,
             "token_embedding": serialize_unbuilt(self.token_embedding),
             "side_features": serialize_unbuilt(self.side_features)}
 
