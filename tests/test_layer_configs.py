@@ -49,6 +49,9 @@ CASES = {
     "CandidateTower (dot product)": (
         lambda: _model(CONFIG.replace(normalize_embeddings=False)).candidate_tower,
         lambda: (tf.constant([2, 5, 9], tf.int64),), {}),
+    "CandidateTower (no bias)": (
+        lambda: _model(CONFIG.replace(candidate_bias=False)).candidate_tower,
+        lambda: (tf.constant([2, 5, 9], tf.int64),), {}),
     "UserTower": (lambda: _model().user_tower, lambda: ({k: tf.constant(v) for k, v in histories(
         CONFIG, [3, 16], width=CONFIG.max_len).items()},), {}),
 }

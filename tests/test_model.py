@@ -431,6 +431,19 @@ def test_with_lazy_adam_an_items_embedding_stops_when_the_batches_stop_holding_i
   assert np.array_equal(table.numpy()[45], after_its_batch) == lazy
 
 
+@pytest.mark.parametrize("candidate_bias", [True, False])
+def test_without_candidate_bias_no_offset_is_shared_by_every_item(candidate_bias):
+  config = PRESETS["small"].replace(item_features=(), candidate_bias=candidate_bias)
+  model = model_for(config)
+  table = model.token_embedding.item_table.embeddings
+  if candidate_bias:  # zeros at initialisation; training moves it
+    model.candidate_tower.project.bias.assign(tf.ones([config.d_model]))
+  table.assign(tf.tensor_scatter_nd_update(table, [[7]], tf.zeros([1, config.d_model])))
+  untrained = model.candidate_tower(tf.constant([7], tf.int64)).numpy()[0]
+  # An item with nothing of its own: the shared offset's direction, or nothing at all.
+  assert np.allclose(untrained, 0.0) != candidate_bias
+
+
 def test_uniform_negative_bce_is_sasrecs_loss_on_maxsim_logits():
   from tfkf.losses import uniform_negative_bce
   rng = np.random.default_rng(3)
