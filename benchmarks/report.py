@@ -757,7 +757,11 @@ def _loss_and_augmentation(datasets: dict) -> str:
                     ("event_dropout", "whole history events dropped at rate"),
                     ("contrastive_weight", "contrastive loss between two passes, weight")):
     text += "".join(f", {what} {v:g}" for v in sorted({c.get(key, 0.0) for c in configs}) if v)
-  return text
+  if not all(c.get("candidate_bias", True) for c in configs):
+    text += ", no bias in the candidate projection"
+  used = [f"{d['title']}: {', '.join(d['models']['kuaiformer']['config']['item_features']) or 'none'}"
+          for d in datasets.values() if "kuaiformer" in d["models"]]
+  return text + f", item side features ({'; '.join(used)})"
 
 
 def _quality(r) -> list:

@@ -85,6 +85,23 @@ def test_a_killed_job_resumes_from_its_backup(data_dir, tmp_path):
   assert np.isclose(final[LEARNING_RATE], 0.01 * 0.5 * (1 + np.cos(np.pi * 119 / 120)), rtol=1e-4)
 
 
+def test_training_keeps_only_the_item_features_that_vary_over_the_catalog(data_dir):
+  from tfkf import data, train
+  from tfkf.baselines.sasrec import SASRecConfig
+  from tfkf.catalog import Catalog
+  from tfkf.config import PRESETS
+  from tfkf import features
+  meta, catalog = data.metadata(data_dir), Catalog.load(data_dir)
+  # Built without an item-feature file: every tag and author is "unknown"; durations come
+  # from the log's play records.
+  assert train.fitted_to_data(PRESETS["small"], meta, catalog).item_features == ("duration",)
+  catalog.tag[catalog.real_items] = np.arange(catalog.num_items - 2) % 3
+  assert train.fitted_to_data(PRESETS["small"], meta, catalog).item_features == ("tag", "duration")
+  catalog.duration[catalog.real_items] = features.OOV_ID
+  assert train.fitted_to_data(PRESETS["small"], meta, catalog).item_features == ("tag",)
+  assert train.fitted_to_data(SASRecConfig(), meta, catalog) == SASRecConfig()
+
+
 def test_a_chunk_build_is_refused_to_a_model_that_would_skip_its_targets():
   from tfkf.config import PRESETS
   from tfkf.train import check_layout

@@ -39,6 +39,11 @@ class Catalog:
   def real_items(self) -> slice:
     return slice(features.NUM_RESERVED_IDS, None)
 
+  def varies(self, side_feature: str) -> bool:
+    """Whether side feature `side_feature` ("tag", "author", "duration") takes more than
+    one value over the real items (a log without an item-feature file has none)."""
+    return len(np.unique(getattr(self, side_feature)[self.real_items])) > 1
+
   @staticmethod
   def load_table_rows(data_dir: str) -> int:
     """The table_rows of Catalog.load(data_dir), from its metadata alone."""

@@ -74,12 +74,9 @@ class KuaiFormerConfig(JsonConfig):
   # items seen only as targets still get trained input embeddings).
   tie_item_embeddings: bool = True
   # False: the candidate tower's projection has no bias, so no vector is shared by every
-  # item embedding (with it, and with constant side features, an item whose own embedding
-  # is small - a rarely trained one - points along that shared offset). On Games, with
-  # item_features () and event_dropout 0.1: two 1200 s test runs at sampled HR@10 0.7376 /
-  # 0.7383, above the preset's four (0.7320-0.7367), gained on targets seen 3-29 times
-  # (screens/quality_games_no_offset_evdrop_1200s*.json); not in the cpu preset until both
-  # quality tables are run with it.
+  # item embedding (with it, an item whose own embedding is small - a rarely trained one -
+  # points along that shared offset; tfkf.train drops the side features constant over the
+  # catalog for the same reason). The cpu preset's: see PRESETS.
   candidate_bias: bool = True
   # "last": the paper's one target per example (k queries after the whole history).
   # "every_event": k queries after each of the latest (uncompressed) events, each
@@ -189,9 +186,20 @@ PRESETS = {
     # games_lr_cosine_600s.json, games_substitution_in_batch_600s.json); logq_weight 0.8 keeps
     # sampled HR@10 and loses HR@500 (games_logq_weight08_600s.json), uniform_bce_weight 2 keeps
     # it and loses the full-catalog metrics (games_uniform_bce_weight2_600s.json).
+    # No offset shared by every item embedding (candidate_bias False, and tfkf.train's
+    # dropping of side features constant over the catalog: all of Games'): valid sampled
+    # HR@10 / HR@500 0.7544 / 0.5451 against 0.7523 / 0.5401 at 600 s
+    # (games_candidate_offset_600s.json); with event_dropout 0.1, two 1200 s Games test runs
+    # at sampled HR@10 0.7376 / 0.7383 against the preset's four 0.7320-0.7367, gained on
+    # targets seen 3-29 times (quality_games_no_offset_evdrop_1200s*.json); on ml at 900 s
+    # within the intervals of the preset's table (quality_ml_no_offset_evdrop_900s.json).
+    # Not better at 600 s: the latest event's own output as a 5th interest, the auxiliary loss
+    # as a softmax over 256 uniform negatives (games_last_event_interest_600s.json,
+    # games_uniform_softmax_stopped.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3,
-                            uniform_bce_weight=1.0, event_substitution=0.3),
+                            uniform_bce_weight=1.0, event_substitution=0.3, event_dropout=0.1,
+                            candidate_bias=False),
     # Tests and the demo: same mechanisms, short histories, tiny widths.
     "small": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=128,
                               dropout=0.0, max_len=64, compression_windows=(16, 16, 8),
