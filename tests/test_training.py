@@ -86,11 +86,10 @@ def test_a_killed_job_resumes_from_its_backup(data_dir, tmp_path):
 
 
 def test_training_keeps_only_the_item_features_that_vary_over_the_catalog(data_dir):
-  from tfkf import data, train
+  from tfkf import data, features, train
   from tfkf.baselines.sasrec import SASRecConfig
   from tfkf.catalog import Catalog
   from tfkf.config import PRESETS
-  from tfkf import features
   meta, catalog = data.metadata(data_dir), Catalog.load(data_dir)
   # Built without an item-feature file: every tag and author is "unknown"; durations come
   # from the log's play records.

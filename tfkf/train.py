@@ -254,8 +254,8 @@ def fitted_to_data(config, meta: dict, catalog: Catalog):
   features the build carries (a sasrec log has none) and KuaiFormer's item features that
   vary over the catalog. One constant over every item would add the same vector to each
   item's embedding: an offset shared by all, along which a rarely trained item points (on
-  Games, whose items have none, dropping it lifted the targets seen 3-29 times; see
-  tfkf.config PRESETS). Written to config.json, so every later load builds the same model."""
+  Games, whose items carry no side features, dropping them lifted the targets seen 3-29
+  times; see tfkf.config PRESETS). Written to config.json, so every later load builds the same model."""
   provided = meta["event_features"]
   config = config.replace(event_features=tuple(f for f in config.event_features if f in provided))
   if kind_of(config) == KUAIFORMER:
