@@ -748,8 +748,9 @@ def _selected_points(models: dict) -> str:
 def _loss_and_augmentation(datasets: dict) -> str:
   """The auxiliary SASRec loss and history augmentation of the run's KuaiFormer (its
   recorded config, which outlives the preset's defaults)."""
-  configs = [d["models"]["kuaiformer"]["config"] for d in datasets.values()
-             if "kuaiformer" in d["models"]]
+  by_title = {d["title"]: d["models"]["kuaiformer"]["config"] for d in datasets.values()
+              if "kuaiformer" in d["models"]}
+  configs = list(by_title.values())
   weights = {c.get("uniform_bce_weight", 0.0) for c in configs}
   text = "".join(f", auxiliary SASRec loss weight {w:g}" if w else ", no auxiliary loss"
                  for w in sorted(weights))
@@ -759,9 +760,8 @@ def _loss_and_augmentation(datasets: dict) -> str:
     text += "".join(f", {what} {v:g}" for v in sorted({c.get(key, 0.0) for c in configs}) if v)
   if not all(c.get("candidate_bias", True) for c in configs):
     text += ", no bias in the candidate projection"
-  used = [f"{d['title']}: {', '.join(d['models']['kuaiformer']['config']['item_features']) or 'none'}"
-          for d in datasets.values() if "kuaiformer" in d["models"]]
-  return text + f", item side features ({'; '.join(used)})"
+  used = "; ".join(f"{title}: {', '.join(c['item_features']) or 'none'}" for title, c in by_title.items())
+  return text + f", item side features ({used})"
 
 
 def _quality(r) -> list:
