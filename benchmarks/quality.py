@@ -142,7 +142,8 @@ def train(data_dir: str, model_dir: str, flags, args, curve_dir: str = None) -> 
   final = json.loads(proc.stdout.strip().splitlines()[-1])
   out = {"train_seconds": time.perf_counter() - start, "epochs": final["epochs"],
          "steps": final["epochs"] * args.steps_per_epoch, "final_loss": final["loss"],
-         "final_val_loss": final["val_loss"], "command": " ".join(cmd[1:])}
+         "final_val_loss": final.get("val_loss"),  # none when a curve metric selects
+         "command": " ".join(cmd[1:])}
   if curve_dir:
     with open(os.path.join(model_dir, "learning_curve.json")) as f:
       out["learning_curve"] = json.load(f)

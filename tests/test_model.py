@@ -23,6 +23,22 @@ def test_paper_preset_transformer_sees_55_plus_k_positions_for_256_events():
   assert valid.numpy()[0].all()
 
 
+def test_rotary_turns_each_pair_of_dims_by_its_position_and_scores_depend_on_offsets_only():
+  from tfkf.layers.attention import rotary
+  rng = np.random.default_rng(0)
+  x, positions = rng.normal(size=(2, 3, 5, 8)).astype("float32"), np.array([0, 1, 4, 9, 30])
+  angles = positions[:, None] * 10000.0 ** (-np.arange(0, 8, 2) / 8)         # [T, pairs]
+  a, b = x[..., 0::2], x[..., 1::2]
+  turned = np.stack([a * np.cos(angles) - b * np.sin(angles),
+                     a * np.sin(angles) + b * np.cos(angles)], -1).reshape(x.shape)
+  np.testing.assert_allclose(rotary(tf.constant(x), tf.constant(positions)), turned, atol=1e-5)
+  # RoPE: a query at m against a key at n scores by m - n, wherever both sit.
+  q, k = (tf.constant(rng.normal(size=(1, 1, 1, 8)).astype("float32")) for _ in range(2))
+  score = lambda m, n: float(tf.reduce_sum(rotary(q, tf.constant([m])) * rotary(k, tf.constant([n]))))
+  assert score(7, 3) == pytest.approx(score(104, 100), abs=1e-4)
+  assert score(7, 3) != pytest.approx(score(7, 5), abs=1e-3)
+
+
 def test_query_tokens_are_causal_among_themselves():
   config = PRESETS["small"]
   model = model_for(config)

@@ -139,6 +139,8 @@ def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir
   saved = evaluate.evaluate(evaluate.model_scorer(model), data_dir, "valid", model.config.max_len,
                             model.config.event_features, max_examples=150)
   assert saved["mrr"] == pytest.approx(best["mrr"], abs=1e-6)
+  # The curve is the run's validation: no validation-loss pass, nor its checkpoint.
+  assert not (run / "checkpoints").exists() and not (run / "logs" / "validation").exists()
   from tfkf import train
   with pytest.raises(SystemExit, match="give --curve_data_dir"):
     train.train(train.parse_args(_train_args(data_dir, tmp_path / "refused",
@@ -148,13 +150,13 @@ def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir
 def test_weight_average_validates_and_ends_on_the_average_while_training_steps_the_raw_weights():
   from tfkf.train import WeightAverage
 
-  def fit(callbacks):
+  def fit(callbacks, validate=True):
     tf.keras.utils.set_random_seed(0)
     model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(3,))])
     model.compile(optimizer=tf.keras.optimizers.SGD(0.1), loss="mse")
     x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
     y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
-    seen = {"raw": [], "validated": []}
+    seen = {"raw": [], "validated": [], "epoch_end": []}
 
     class Record(tf.keras.callbacks.Callback):
       def on_train_begin(self, logs=None):
@@ -166,8 +168,11 @@ def test_weight_average_validates_and_ends_on_the_average_while_training_steps_t
       def on_test_begin(self, logs=None):
         seen["validated"].append(_flat(self.model))
 
-    model.fit(x, y, batch_size=16, epochs=3, validation_data=(x, y), shuffle=False,
-              callbacks=[*callbacks, Record()], verbose=0)
+      def on_epoch_end(self, epoch, logs=None):
+        seen["epoch_end"].append(_flat(self.model))
+
+    model.fit(x, y, batch_size=16, epochs=3, validation_data=(x, y) if validate else None,
+              shuffle=False, callbacks=[*callbacks, Record()], verbose=0)
     return _flat(model), seen
 
   _, plain = fit([])
@@ -183,6 +188,11 @@ def test_weight_average_validates_and_ends_on_the_average_while_training_steps_t
   np.testing.assert_allclose(averaged["validated"], expected, rtol=1e-5)
   np.testing.assert_allclose(final, expected[-1], rtol=1e-5)
   assert not np.allclose(final, averaged["raw"][-1])
+  # Without validation (a curve-selected run) the epoch's end sees the average all the same.
+  for validate in (True, False):
+    final, seen = fit([WeightAverage(0.5)], validate)
+    np.testing.assert_allclose(seen["epoch_end"], expected, rtol=1e-5)
+    np.testing.assert_allclose(final, expected[-1], rtol=1e-5)
 
 
 def _flat(model):

@@ -1,21 +1,28 @@
 """Multi-head self-attention with rotary position embeddings (RoPE)."""
 
+import numpy as np
 import tensorflow as tf
 
 NEG_INF = -1e9  # Finite, so a row whose keys are all masked stays NaN-free.
 
 
 def rotary(x: tf.Tensor, positions: tf.Tensor = None, base: float = 10000.0) -> tf.Tensor:
-  """Applies RoPE along axis -2. x: [batch, heads, T, head_dim]; positions [T] (default 0..T-1)."""
+  """Applies RoPE along axis -2, rotating dims (0, 1), (2, 3), ... as pairs.
+
+  x: [batch, heads, T, head_dim]; positions [T] (default 0..T-1).
+  """
   t, dim = tf.shape(x)[-2], x.shape[-1]
   if positions is None:
     positions = tf.range(t)
   inv_freq = 1.0 / (base ** (tf.range(0, dim, 2, dtype=tf.float32) / dim))
   angles = tf.cast(positions, tf.float32)[:, None] * inv_freq[None, :]  # [T, dim/2]
-  sin, cos = tf.sin(angles), tf.cos(angles)
-  x1, x2 = x[..., 0::2], x[..., 1::2]
-  rotated = tf.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-  return tf.reshape(rotated, tf.shape(x))
+  sin, cos = (tf.repeat(f(angles), 2, axis=-1) for f in (tf.sin, tf.cos))  # [T, dim]
+  # Each pair (a, b) turned to (-b, a) by a 2-D matmul: on CPU the strided slices of the
+  # pairs (and their gradients) took 4x as long, 15% of a training step. (A batched matmul
+  # broadcasting the [dim, dim] matrix corrupted memory in oneDNN at head_dim 16.)
+  quarter_turn = tf.constant(np.kron(np.eye(dim // 2), [[0, 1], [-1, 0]]), x.dtype)
+  turned = tf.reshape(tf.matmul(tf.reshape(x, [-1, dim]), quarter_turn), tf.shape(x))
+  return x * cos + turned * sin
 
 
 @tf.keras.utils.register_keras_serializable(package="tfkf")
