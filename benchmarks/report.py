@@ -729,7 +729,8 @@ def _weights_by(metric: str, budget: dict) -> str:
   if metric == "val_loss":
     return "its epoch with the lowest validation loss, `tfkf.train`'s EarlyStopping"
   return (f"its learning curve's best point by valid {metric.upper()} on "
-          f"{budget['curve_examples']} examples, `tfkf.train --select_by={metric}`")
+          f"{budget['curve_examples']} examples, `tfkf.train --select_by={metric}`, "
+          "without a validation-loss pass")
 
 
 def _selected_points(models: dict) -> str:
@@ -793,7 +794,7 @@ def _quality(r) -> list:
                + _loss_and_augmentation(r["datasets"]) if "kuaiformer" in trained else
                "no KuaiFormer in this run")
             + f". Seed {r['seed']}. "
-            "train (s): the whole `tfkf.train` process (start-up and validation included); "
+            "train (s): the whole `tfkf.train` process (start-up, validation and learning-curve points included); "
             "ItemKNN: its fit."), ""]
   for key, d in r["datasets"].items():
     prefix = d["builds"]["prefix"]

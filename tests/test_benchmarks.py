@@ -218,6 +218,7 @@ def test_quality_benchmark(tmp_path):
   [point] = trained["learning_curve"]["points"]
   assert point["epoch"] == 1 and point["step"] == 2 and 0 <= point["hr@100"] <= 1
   assert (trained["learning_curve"]["selected_by"], trained["learning_curve"]["selected_step"]) == ("hr@100", 2)
+  assert trained["final_val_loss"] is None  # the curve selects: no validation-loss pass
   # One fixed example set for every model: the prefix build's test split, one per user.
   assert {m["full"]["examples"] for m in models.values()} == {m["sampled"]["examples"] for m in models.values()} == {60}
   assert all(0 <= m["sampled"]["hr@10"] <= 1 for m in models.values())
@@ -249,7 +250,8 @@ def test_quality_benchmark(tmp_path):
   assert "![learning curves](benchmarks/plots/learning_curve_games.png)" in text
   assert "KuaiFormer minus each model, paired" in text and "95% bootstrap interval" in text
   assert ("lowest validation loss, `tfkf.train`'s EarlyStopping; KuaiFormer keeps its learning "
-          "curve's best point by valid HR@100 on 2000 examples, `tfkf.train --select_by=hr@100`") in text
+          "curve's best point by valid HR@100 on 2000 examples, `tfkf.train --select_by=hr@100`, "
+          "without a validation-loss pass") in text
   without = {**result, "datasets": {"games": {**result["datasets"]["games"], "kuaiformer_minus": {},
              "models": {n: m for n, m in models.items() if n != "kuaiformer"}}}}
   assert "KuaiFormer keeps" not in render([without])  # a run without KuaiFormer says nothing of it
