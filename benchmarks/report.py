@@ -794,7 +794,8 @@ def _quality(r) -> list:
                + _loss_and_augmentation(r["datasets"]) if "kuaiformer" in trained else
                "no KuaiFormer in this run")
             + f". Seed {r['seed']}. "
-            "train (s): the whole `tfkf.train` process (start-up, validation and learning-curve points included); "
+            "train (s): the whole `tfkf.train` process (start-up, validation and "
+            "learning-curve points included); "
             "ItemKNN: its fit."), ""]
   for key, d in r["datasets"].items():
     prefix = d["builds"]["prefix"]

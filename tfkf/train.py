@@ -7,8 +7,9 @@
 Writes into --model_dir: config.json, weights/ (the weights training ends on: of the
 epoch with the lowest validation loss, or with --select_by of the learning curve's best
 point, which then replaces the validation-loss pass), checkpoints/ (best by validation loss),
-backup/ (BackupAndRestore: a killed job resumes where it stopped) and logs/ (TensorBoard). config.json of a baseline names its
-kind ("model": "sasrec"); without that key it is a KuaiFormerConfig.
+backup/ (BackupAndRestore: a killed job resumes where it stopped) and logs/ (TensorBoard).
+config.json of a baseline names its kind ("model": "sasrec"); without that key it is a
+KuaiFormerConfig.
 """
 
 import argparse
@@ -161,10 +162,10 @@ class WeightAverage(tf.keras.callbacks.Callback):
   """Polyak averaging: validation, the checkpoints and the trained model use an exponential
   moving average of the trainable weights (average <- m average + (1 - m) weights after each
   step); the optimizer keeps stepping the raw weights. The average is swapped in when
-  validation (or, without one, the epoch's end) begins and stays in through the epoch's end
-  (where EarlyStopping, ModelCheckpoint and a LearningCurve read the weights), and out again
-  before the next step. Put it first
-  among the callbacks, so that training ends on the average before the others restore theirs.
+  validation begins (without validation: at the epoch's end) and stays in through the epoch's
+  end (where EarlyStopping, ModelCheckpoint and a LearningCurve read the weights), and out
+  again before the next step. Put it first among the callbacks, so that training ends on the
+  average before the others restore theirs.
   tf-keras's optimizer `use_ema` instead only averages into the weights every N steps or at the
   end of fit, so model selection would never see the average."""
 
@@ -303,19 +304,22 @@ def train(args) -> dict:
                                           # KuaiFormer takes histories of any width
                                           trim=kind_of(config) == KUAIFORMER, **kw)
   curve_metric = None if args.select_by == "val_loss" else args.select_by
+  # A curve-selected run validates on its curve only: the val_loss pass took 1/8 of a
+  # budgeted KuaiFormer's training clock, and nothing would read it.
+  by_val_loss = [
+      tf.keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "best"),
+                                         monitor="val_loss", save_best_only=True,
+                                         save_weights_only=True),
+      tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
+                                       restore_best_weights=True),
+  ] if curve_metric is None else []
   callbacks = [
       tf.keras.callbacks.BackupAndRestore(os.path.join(args.model_dir, "backup"),
                                           save_freq=args.backup_every_steps or "epoch"),
+      *by_val_loss,
       tf.keras.callbacks.TensorBoard(os.path.join(out, "logs")),
       LogStartStep(),
   ]
-  if curve_metric is None:  # a curve-selected run validates on its curve only (the val_loss
-    callbacks[1:1] = [      # pass took 1/8 of a budgeted KuaiFormer's training clock)
-        tf.keras.callbacks.ModelCheckpoint(os.path.join(args.model_dir, "checkpoints", "best"),
-                                           monitor="val_loss", save_best_only=True,
-                                           save_weights_only=True),
-        tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
-                                         restore_best_weights=True)]
   if args.average_weights:
     if args.strategy != "default":
       raise SystemExit("tfkf.train: --average_weights runs with --strategy=default only")
@@ -370,7 +374,8 @@ def parse_args(argv=None):
   p.add_argument("--average_weights", type=float, default=0.0,
                  help="momentum m of a moving average of the weights that validation, "
                       "checkpoints and the trained model use (e.g. 0.99; 0: the raw weights)")
-  p.add_argument("--patience", type=int, default=3, help="early stopping on val_loss (not with a curve --select_by)")
+  p.add_argument("--patience", type=int, default=3,
+                 help="early stopping on val_loss (none with a curve metric's --select_by)")
   p.add_argument("--backup_every_steps", type=int, default=0,
                  help="BackupAndRestore frequency in steps (0: every epoch)")
   p.add_argument("--max_train_seconds", type=float, default=0,
