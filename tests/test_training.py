@@ -131,14 +131,21 @@ def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir
   cli.run("tfkf.train", *_train_args(data_dir, run, "--epochs=3", "--steps_per_epoch=5",
                                      "--learning_rate=0.02", f"--curve_data_dir={data_dir}",
                                      "--curve_examples=150", "--curve_every_seconds=0",
-                                     "--select_by=mrr")[2:])
+                                     "--select_by=sampled_mrr")[2:])
   curve = json.loads((run / "learning_curve.json").read_text())
-  best = max(curve["points"], key=lambda p: p["mrr"])
-  assert curve["selected_by"] == "mrr" and curve["selected_step"] == best["step"]
+  best = max(curve["points"], key=lambda p: p["sampled_mrr"])
+  assert curve["selected_by"] == "sampled_mrr" and curve["selected_step"] == best["step"]
+  assert len({p["sampled_mrr"] for p in curve["points"]}) > 1  # a choice was made
   model = load_trained(str(run), Catalog.load(data_dir))
-  saved = evaluate.evaluate(evaluate.model_scorer(model), data_dir, "valid", model.config.max_len,
-                            model.config.event_features, max_examples=150)
-  assert saved["mrr"] == pytest.approx(best["mrr"], abs=1e-6)
+  # Both protocols of the saved model are those of the point, its negatives the first 150
+  # examples' of the split's sampled protocol (the same draws as a full evaluation's).
+  negatives = evaluate.sampled_negatives(data_dir, "valid", 100, seed=0)[:150]
+  saved = evaluate.evaluate_protocols(evaluate.model_scorer(model), data_dir, "valid",
+                                      model.config.max_len, model.config.event_features,
+                                      max_examples=150, negatives=negatives)
+  assert saved["full"]["mrr"] == pytest.approx(best["mrr"], abs=1e-6)
+  assert saved["sampled"]["mrr"] == pytest.approx(best["sampled_mrr"], abs=1e-6)
+  assert saved["sampled"]["hr@10"] == pytest.approx(best["sampled_hr@10"], abs=1e-6)
   # The curve is the run's validation: no validation-loss pass, nor its checkpoint.
   assert not (run / "checkpoints").exists() and not (run / "logs" / "validation").exists()
   from tfkf import train

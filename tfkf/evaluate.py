@@ -106,8 +106,10 @@ def sampled_target_ranks(scores: tf.Tensor, targets: tf.Tensor, negatives: tf.Te
   return tf.reduce_sum(tf.cast(negative_scores >= target_score[:, None], tf.int32), axis=1)
 
 
-def sampled_negatives(data_dir: str, split: str, num_negatives: int, seed: int) -> np.ndarray:
-  """[examples, num_negatives] item indices none of which the example's history or target holds."""
+def sampled_negatives(data_dir: str, split: str, num_negatives: int, seed: int,
+                      max_examples: int = None) -> np.ndarray:
+  """[examples, num_negatives] item indices none of which the example's history or target holds
+  (an example's draws depend on its position only: the first max_examples of the split's)."""
   meta = data.metadata(data_dir)
   num_items = meta["vocab_sizes"]["item"]
   max_len = meta["flags"]["max_len"]  # what the build stored: the whole history we know of
@@ -126,7 +128,9 @@ def sampled_negatives(data_dir: str, split: str, num_negatives: int, seed: int) 
             touched.add(item)
             chosen.append(item)
       out.append(chosen)
-  return np.array(out, np.int64).reshape(-1, num_negatives)
+    if max_examples and len(out) >= max_examples:
+      break
+  return np.array(out[:max_examples], np.int64).reshape(-1, num_negatives)
 
 
 def per_example(ranks: np.ndarray, cutoffs=CUTOFFS, ndcg_cutoffs=(10, 100)) -> dict:
@@ -256,7 +260,9 @@ def protocol_ranks(score_fn, data_dir: str, split: str, max_len: int, event_feat
     scores, targets = score_fn(batch), batch[features.TARGET_ITEM]
     if negatives is not None:
       done = sum(map(len, sampled))
-      sampled.append(sampled_target_ranks(scores, targets, negatives[done:done + len(targets)]).numpy())
+      drawn = negatives[done:done + len(targets)]  # may be fewer: drawn for max_examples only
+      sampled.append(sampled_target_ranks(scores[:len(drawn)], targets[:len(drawn)],
+                                          drawn).numpy())
     full.append(target_ranks(scores, batch[features.HISTORY_ITEM], targets, exclude_history).numpy())
     if max_examples and sum(map(len, full)) >= max_examples:
       break

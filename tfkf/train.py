@@ -90,20 +90,26 @@ class LogStartStep(tf.keras.callbacks.Callback):
           flush=True)
 
 
-CURVE_METRICS = ["mrr", *(f"hr@{k}" for k in evaluate.CUTOFFS), "ndcg@10", "ndcg@100"]
+CURVE_METRICS = ["mrr", *(f"hr@{k}" for k in evaluate.CUTOFFS), "ndcg@10", "ndcg@100",
+                 *(f"sampled_{m}" for m in ("mrr", "hr@1", "hr@5", "hr@10", "ndcg@10"))]
 
 
 class LearningCurve(tf.keras.callbacks.Callback):
   """At the end of each epoch ending `every_seconds` of training after the last point:
-  full-catalog metrics of `examples` examples of a split against the training seconds
-  so far (its own evaluation time left out), into `path`. With `select_by` (a metric such
-  as "hr@100"), training ends on the weights of the point best by it, which the file names."""
+  full-catalog metrics of `examples` examples of a split, and the sampled protocol's against
+  `num_negatives` uniform negatives ("sampled_hr@10", ...; 0: none), against the training
+  seconds so far (its own evaluation time left out), into `path`. With `select_by` (a metric
+  such as "hr@100"), training ends on the weights of the point best by it, which the file
+  names."""
 
   def __init__(self, data_dir: str, split: str, examples: int, every_seconds: float, path: str,
-               select_by: str = None):
+               select_by: str = None, num_negatives: int = 100):
     super().__init__()
     self.data_dir, self.split, self.examples = data_dir, split, examples
     self.every_seconds, self.path, self.select_by = every_seconds, path, select_by
+    self.negatives = (evaluate.sampled_negatives(data_dir, split, num_negatives, seed=0,
+                                                 max_examples=examples)
+                      if num_negatives else None)  # the same for every point
     self.paused = 0.0
 
   def on_train_begin(self, logs=None):
@@ -125,8 +131,11 @@ class LearningCurve(tf.keras.callbacks.Callback):
   def _add_point(self):
     began = time.monotonic()
     config = self.model.config
-    metrics = evaluate.evaluate(evaluate.model_scorer(self.model), self.data_dir, self.split,
-                                config.max_len, config.event_features, max_examples=self.examples)
+    both = evaluate.evaluate_protocols(evaluate.model_scorer(self.model), self.data_dir,
+                                       self.split, config.max_len, config.event_features,
+                                       max_examples=self.examples, negatives=self.negatives)
+    metrics = {**both["full"], **{f"sampled_{k}": v for k, v in both.get("sampled", {}).items()
+                                  if k != "examples"}}
     self.points.append({"epoch": self.epoch, "train_seconds": began - self.start - self.paused,
                         "step": int(self.model.optimizer.iterations.numpy()), **metrics})
     if self.select_by and (self.best is None or metrics[self.select_by] > self.best[self.select_by]):
@@ -328,7 +337,7 @@ def train(args) -> dict:
   if args.curve_data_dir:
     curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
                           args.curve_every_seconds, os.path.join(out, "learning_curve.json"),
-                          select_by=curve_metric)
+                          select_by=curve_metric, num_negatives=args.curve_num_negatives)
     callbacks.append(curve)
   budget = TimeBudget(args.max_train_seconds, curve) if args.max_train_seconds else None
   if budget:
@@ -382,10 +391,14 @@ def parse_args(argv=None):
                  help="stop after the first epoch ending past this many seconds (0: no limit)")
   p.add_argument("--curve_data_dir", default="",
                  help="a learning curve (learning_curve.json in --model_dir): full-catalog "
-                      "metrics on the valid split of this build (same item ids)")
+                      "and sampled-protocol metrics on the valid split of this build (same "
+                      "item ids)")
   p.add_argument("--curve_examples", type=int, default=2000, help="valid examples per point")
   p.add_argument("--curve_every_seconds", type=float, default=0,
                  help="training seconds between points (0: every epoch)")
+  p.add_argument("--curve_num_negatives", type=int, default=100,
+                 help="uniform negatives per example of the curve's sampled protocol "
+                      "(sampled_hr@10, ...; 0: full-catalog metrics only)")
   p.add_argument("--select_by", choices=["val_loss", *CURVE_METRICS], default="val_loss",
                  help="the saved weights: those of the epoch with the lowest validation loss, or "
                       "of the learning curve's point best by this metric (needs --curve_data_dir)")
