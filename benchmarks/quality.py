@@ -122,6 +122,8 @@ def train_command(data_dir: str, model_dir: str, flags, args, curve_dir: str = N
   valid split of that build."""
   curve = ([f"--curve_data_dir={curve_dir}", f"--curve_examples={args.curve_examples}",
             f"--curve_every_seconds={args.curve_every_seconds}"] if curve_dir else [])
+  if curve_dir and args.num_negatives != 100:  # tfkf.train's default left out, as below
+    curve.append(f"--curve_num_negatives={args.num_negatives}")
   chosen = any(flag.startswith("--select_by=") for flag in flags)  # --kuaiformer_select_by
   if args.select_by != "val_loss" and not chosen:  # (the default is left out: earlier records' commands hold)
     curve.append(f"--select_by={args.select_by}")
@@ -262,15 +264,19 @@ def run_dataset(key: str, args) -> dict:
   metrics, ranks["item_knn"] = evaluate_all(knn.scorer(), eval_dir, args.max_len, negatives, args)
   results["item_knn"] = {**metrics, "train_seconds": time.perf_counter() - start, "params": 0,
                          "num_neighbors": args.num_neighbors}
+  run_dir = lambda name: os.path.join(work, "runs", name)
+  reused = {  # every reused run checked before any model trains
+      name: reused_record(key, name, run_dir(name),
+                          train_command(builds[data]["dir"], run_dir(name), flags, args,
+                                        curve_dir=eval_dir), builds, args)
+      for name, (data, flags) in trained.items() if name in args.reuse}
   for name, (data, flags) in trained.items():
-    data_dir = builds[data]["dir"]
-    model_dir = os.path.join(work, "runs", name)
-    if name in args.reuse:
-      command = train_command(data_dir, model_dir, flags, args, curve_dir=eval_dir)
-      fitted = reused_record(key, name, model_dir, command, builds, args)
+    model_dir = run_dir(name)
+    if name in reused:
+      fitted = reused[name]
     else:
       shutil.rmtree(model_dir, ignore_errors=True)  # a backup/ left there would resume, not train
-      fitted = train(data_dir, model_dir, flags, args, curve_dir=eval_dir)
+      fitted = train(builds[data]["dir"], model_dir, flags, args, curve_dir=eval_dir)
     model = load_trained(model_dir, catalog)
     metrics, ranks[name] = evaluate_all(evaluate.model_scorer(model), eval_dir,
                                         model.config.max_len, negatives, args,

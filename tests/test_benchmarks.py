@@ -217,6 +217,8 @@ def test_quality_benchmark(tmp_path):
       result["datasets"]["games"]["builds"]["prefix"]["splits"]["train"]["examples"]
   [point] = trained["learning_curve"]["points"]
   assert point["epoch"] == 1 and point["step"] == 2 and 0 <= point["hr@100"] <= 1
+  assert "--curve_num_negatives=10" in trained["command"]  # the curve's sampled protocol is the table's
+  assert 0 <= point["sampled_hr@10"] <= 1
   assert (trained["learning_curve"]["selected_by"], trained["learning_curve"]["selected_step"]) == ("hr@100", 2)
   assert trained["final_val_loss"] is None  # the curve selects: no validation-loss pass
   # One fixed example set for every model: the prefix build's test split, one per user.

@@ -152,6 +152,10 @@ def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir
   with pytest.raises(SystemExit, match="give --curve_data_dir"):
     train.train(train.parse_args(_train_args(data_dir, tmp_path / "refused",
                                              "--select_by=hr@100")[2:]))
+  with pytest.raises(SystemExit, match="--curve_num_negatives=400: .* too few"):
+    train.train(train.parse_args(_train_args(data_dir, tmp_path / "too_many", "--epochs=1",
+                                             f"--curve_data_dir={data_dir}",
+                                             "--curve_num_negatives=400")[2:]))
 
 
 def test_weight_average_validates_and_ends_on_the_average_while_training_steps_the_raw_weights():

@@ -335,9 +335,13 @@ def train(args) -> dict:
     callbacks.insert(0, WeightAverage(args.average_weights))
   curve = None
   if args.curve_data_dir:
-    curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
-                          args.curve_every_seconds, os.path.join(out, "learning_curve.json"),
-                          select_by=curve_metric, num_negatives=args.curve_num_negatives)
+    try:
+      curve = LearningCurve(args.curve_data_dir, "valid", args.curve_examples,
+                            args.curve_every_seconds, os.path.join(out, "learning_curve.json"),
+                            select_by=curve_metric, num_negatives=args.curve_num_negatives)
+    except ValueError as e:  # a catalog too small for the sampled protocol
+      raise SystemExit(f"tfkf.train: --curve_num_negatives={args.curve_num_negatives}: {e} "
+                       "(give fewer, or 0 for full-catalog metrics only)") from e
     callbacks.append(curve)
   budget = TimeBudget(args.max_train_seconds, curve) if args.max_train_seconds else None
   if budget:
