@@ -728,7 +728,7 @@ def _kept_weights(budget: dict, kuaiformer: bool) -> str:
 def _weights_by(metric: str, budget: dict) -> str:
   if metric == "val_loss":
     return "its epoch with the lowest validation loss, `tfkf.train`'s EarlyStopping"
-  return (f"its learning curve's best point by valid {metric.upper()} on "
+  return (f"its learning curve's best point by valid {_curve_metric_name(metric)} on "
           f"{budget['curve_examples']} examples, `tfkf.train --select_by={metric}`, "
           "without a validation-loss pass")
 
@@ -742,8 +742,14 @@ def _selected_points(models: dict) -> str:
       point = next(p for p in curve["points"] if p["step"] == curve["selected_step"])
       metric = curve["selected_by"]
       kept.append(f"{QUALITY_NAMES.get(name, name)} step {point['step']:,} of {m['steps']:,} "
-                  f"(valid {metric.upper()} {point[metric]:.4f})")
+                  f"(valid {_curve_metric_name(metric)} {point[metric]:.4f})")
   return "; ".join(kept)
+
+
+def _curve_metric_name(metric: str) -> str:
+  """'hr@500' -> 'HR@500', 'sampled_hr@10' -> 'sampled HR@10'."""
+  sampled = metric.startswith("sampled_")
+  return ("sampled " if sampled else "") + metric.removeprefix("sampled_").upper()
 
 
 def _loss_and_augmentation(datasets: dict) -> str:

@@ -57,3 +57,13 @@ def test_length_buckets_hold_every_example_once_and_about_the_asked_targets(tmp_
     for row, i in zip(batch[features.HISTORY_ITEM].numpy(), ids):
       np.testing.assert_array_equal(row, _expected_row(i, lengths[i], width))
   assert sorted(seen) == list(range(len(lengths)))
+
+
+def test_every_nth_example_is_a_sample_spread_over_the_split_in_its_order(tmp_path):
+  lengths = [1 + i % 5 for i in range(23)]
+  data_dir = _write_split(tmp_path, lengths)
+  [batch] = data.dataset(data_dir, "train", 100, MAX_LEN, (), shuffle=False,
+                         drop_remainder=False, every=4)
+  np.testing.assert_array_equal(batch[features.TARGET_ITEM].numpy(), np.arange(0, 23, 4))
+  for row, i in zip(batch[features.HISTORY_ITEM].numpy(), range(0, 23, 4)):
+    np.testing.assert_array_equal(row, _expected_row(i, lengths[i], MAX_LEN))

@@ -124,7 +124,7 @@ def test_warmup_cosine_rises_then_decays_to_zero_over_the_horizon():
 
 
 def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir, tmp_path):
-  from tfkf import evaluate
+  from tfkf import data, evaluate
   from tfkf.catalog import Catalog
   from tfkf.checkpoint import load_trained
   run = tmp_path / "run"
@@ -137,12 +137,16 @@ def test_select_by_a_curve_metric_ends_on_the_weights_of_its_best_point(data_dir
   assert curve["selected_by"] == "sampled_mrr" and curve["selected_step"] == best["step"]
   assert len({p["sampled_mrr"] for p in curve["points"]}) > 1  # a choice was made
   model = load_trained(str(run), Catalog.load(data_dir))
-  # Both protocols of the saved model are those of the point, its negatives the first 150
-  # examples' of the split's sampled protocol (the same draws as a full evaluation's).
-  negatives = evaluate.sampled_negatives(data_dir, "valid", 100, seed=0)[:150]
+  # The curve's 150 examples are spread over the split: every n-th. Both protocols of the
+  # saved model are those of the point, its negatives the full split's draws for those rows.
+  every = curve["every"]
+  assert every == data.metadata(data_dir)["splits"]["valid"]["examples"] // 150 > 1
+  negatives = evaluate.sampled_negatives(data_dir, "valid", 100, seed=0)[::every][:150]
+  np.testing.assert_array_equal(
+      negatives, evaluate.sampled_negatives(data_dir, "valid", 100, seed=0, every=every)[:150])
   saved = evaluate.evaluate_protocols(evaluate.model_scorer(model), data_dir, "valid",
                                       model.config.max_len, model.config.event_features,
-                                      max_examples=150, negatives=negatives)
+                                      max_examples=150, negatives=negatives, every=every)
   assert saved["full"]["mrr"] == pytest.approx(best["mrr"], abs=1e-6)
   assert saved["sampled"]["mrr"] == pytest.approx(best["sampled_mrr"], abs=1e-6)
   assert saved["sampled"]["hr@10"] == pytest.approx(best["sampled_hr@10"], abs=1e-6)

@@ -59,15 +59,18 @@ def dataset(data_dir: str, split: str, batch_size: int, max_len: int,
             event_features: Sequence[str] = tuple(features.EVENT_FEATURES),
             shuffle: bool = True, repeat: bool = False, drop_remainder: bool = True,
             seed: int = None, trim: bool = False, targets_per_batch: int = 0,
-            targets_per_example: int = 0) -> tf.data.Dataset:
+            targets_per_example: int = 0, every: int = 1) -> tf.data.Dataset:
   """Batches of one split. drop_remainder keeps the in-batch negatives stable.
 
+  every: only every `every`-th example of the split's order (a sample spread over it).
   trim: histories as wide as the batch's longest (`left_aligned`), not max_len.
   targets_per_batch: instead of batch_size examples, batches of histories of
   similar length (LENGTH_BUCKETS) holding about this many training targets, an
   example counting min(length, targets_per_example) (implies trim).
   """
   ds = _files(data_dir, split, shuffle, seed)
+  if every > 1:
+    ds = ds.shard(every, 0)
   if shuffle:
     ds = ds.shuffle(20_000, seed=seed, reshuffle_each_iteration=True)
   if repeat:

@@ -107,9 +107,10 @@ def sampled_target_ranks(scores: tf.Tensor, targets: tf.Tensor, negatives: tf.Te
 
 
 def sampled_negatives(data_dir: str, split: str, num_negatives: int, seed: int,
-                      max_examples: int = None) -> np.ndarray:
-  """[examples, num_negatives] item indices none of which the example's history or target holds
-  (an example's draws depend on its position only: the first max_examples of the split's)."""
+                      max_examples: int = None, every: int = 1) -> np.ndarray:
+  """[examples, num_negatives] item indices none of which the example's history or target holds.
+  An example's draws depend on its position in the split only: those of the first
+  max_examples of every `every`-th example (data.dataset's) are the full split's rows."""
   meta = data.metadata(data_dir)
   num_items = meta["vocab_sizes"]["item"]
   max_len = meta["flags"]["max_len"]  # what the build stored: the whole history we know of
@@ -117,9 +118,9 @@ def sampled_negatives(data_dir: str, split: str, num_negatives: int, seed: int,
     raise ValueError(f"{num_items} items are too few for {num_negatives} negatives")
   out = []
   for batch in data.dataset(data_dir, split, 1024, max_len, (), shuffle=False,
-                            drop_remainder=False):
+                            drop_remainder=False, every=every):
     for history, target in zip(batch[features.HISTORY_ITEM].numpy(), batch[features.TARGET_ITEM].numpy()):
-      rng = np.random.default_rng([seed, len(out)])  # per example: same draws for every model
+      rng = np.random.default_rng([seed, every * len(out)])  # the same draws for every model
       touched = set(history.tolist()) | {int(target)}
       chosen = []
       while len(chosen) < num_negatives:
@@ -227,19 +228,20 @@ def popularity_scorer(data_dir: str, split: str = "train", counts: np.ndarray = 
 
 def evaluate(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
              exclude_history: bool = True, batch_size: int = 256, max_examples: int = None,
-             negatives: np.ndarray = None) -> dict:
+             negatives: np.ndarray = None, every: int = 1) -> dict:
   """Full-catalog metrics, or the sampled protocol's if `negatives` (sampled_negatives) is given."""
   both = evaluate_protocols(score_fn, data_dir, split, max_len, event_features, exclude_history,
-                            batch_size, max_examples, negatives)
+                            batch_size, max_examples, negatives, every)
   return both["full"] if negatives is None else both["sampled"]
 
 
 def evaluate_protocols(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
                        exclude_history: bool = True, batch_size: int = 256,
-                       max_examples: int = None, negatives: np.ndarray = None) -> dict:
+                       max_examples: int = None, negatives: np.ndarray = None,
+                       every: int = 1) -> dict:
   """{"full": metrics, "sampled": metrics if `negatives` is given} from one scoring pass."""
   ranks = protocol_ranks(score_fn, data_dir, split, max_len, event_features, exclude_history,
-                         batch_size, max_examples, negatives)
+                         batch_size, max_examples, negatives, every)
   return summarize_protocols(ranks)
 
 
@@ -250,12 +252,14 @@ def summarize_protocols(ranks: dict) -> dict:
 
 def protocol_ranks(score_fn, data_dir: str, split: str, max_len: int, event_features=(),
                    exclude_history: bool = True, batch_size: int = 256,
-                   max_examples: int = None, negatives: np.ndarray = None) -> dict:
+                   max_examples: int = None, negatives: np.ndarray = None,
+                   every: int = 1) -> dict:
   """{"full": [examples] 0-based target ranks, "sampled": the same if `negatives` is given},
-  in the split's file order (data.split_users gives each example's user)."""
+  in the split's file order (data.split_users gives each example's user); of every
+  `every`-th example only (data.dataset)."""
   full, sampled = [], []
   ds = data.dataset(data_dir, split, batch_size, max_len, event_features, shuffle=False,
-                    drop_remainder=False)
+                    drop_remainder=False, every=every)
   for batch in ds:
     scores, targets = score_fn(batch), batch[features.TARGET_ITEM]
     if negatives is not None:

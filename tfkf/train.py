@@ -96,7 +96,9 @@ CURVE_METRICS = ["mrr", *(f"hr@{k}" for k in evaluate.CUTOFFS), "ndcg@10", "ndcg
 
 class LearningCurve(tf.keras.callbacks.Callback):
   """At the end of each epoch ending `every_seconds` of training after the last point:
-  full-catalog metrics of `examples` examples of a split, and the sampled protocol's against
+  full-catalog metrics of `examples` examples spread over a split (every n-th: a split's
+  order follows user ids, which are not alike; the first examples of Games' valid split are
+  harder than the rest), and the sampled protocol's against
   `num_negatives` uniform negatives ("sampled_hr@10", ...; 0: none), against the training
   seconds so far (its own evaluation time left out), into `path`. With `select_by` (a metric
   such as "hr@100"), training ends on the weights of the point best by it, which the file
@@ -107,8 +109,9 @@ class LearningCurve(tf.keras.callbacks.Callback):
     super().__init__()
     self.data_dir, self.split, self.examples = data_dir, split, examples
     self.every_seconds, self.path, self.select_by = every_seconds, path, select_by
+    self.every = max(1, data.metadata(data_dir)["splits"][split]["examples"] // max(examples, 1))
     self.negatives = (evaluate.sampled_negatives(data_dir, split, num_negatives, seed=0,
-                                                 max_examples=examples)
+                                                 max_examples=examples, every=self.every)
                       if num_negatives else None)  # the same for every point
     self.paused = 0.0
 
@@ -133,7 +136,8 @@ class LearningCurve(tf.keras.callbacks.Callback):
     config = self.model.config
     both = evaluate.evaluate_protocols(evaluate.model_scorer(self.model), self.data_dir,
                                        self.split, config.max_len, config.event_features,
-                                       max_examples=self.examples, negatives=self.negatives)
+                                       max_examples=self.examples, negatives=self.negatives,
+                                       every=self.every)
     metrics = {**both["full"], **{f"sampled_{k}": v for k, v in both.get("sampled", {}).items()
                                   if k != "examples"}}
     self.points.append({"epoch": self.epoch, "train_seconds": began - self.start - self.paused,
@@ -143,7 +147,8 @@ class LearningCurve(tf.keras.callbacks.Callback):
     self.paused += time.monotonic() - began
     selected = {"selected_by": self.select_by, "selected_step": self.best["step"]} if self.best else {}
     with tf.io.gfile.GFile(self.path, "w") as f:
-      json.dump({"split": self.split, **selected, "points": self.points}, f, indent=1)
+      json.dump({"split": self.split, "every": self.every, **selected, "points": self.points},
+                f, indent=1)
 
 
 class TimeBudget(tf.keras.callbacks.Callback):
