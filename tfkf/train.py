@@ -96,13 +96,12 @@ CURVE_METRICS = ["mrr", *(f"hr@{k}" for k in evaluate.CUTOFFS), "ndcg@10", "ndcg
 
 class LearningCurve(tf.keras.callbacks.Callback):
   """At the end of each epoch ending `every_seconds` of training after the last point:
-  full-catalog metrics of `examples` examples spread over a split (every n-th: a split's
-  order follows user ids, which are not alike; the first examples of Games' valid split are
-  harder than the rest), and the sampled protocol's against
-  `num_negatives` uniform negatives ("sampled_hr@10", ...; 0: none), against the training
-  seconds so far (its own evaluation time left out), into `path`. With `select_by` (a metric
-  such as "hr@100"), training ends on the weights of the point best by it, which the file
-  names."""
+  metrics of `examples` examples of a split against the training seconds so far (its own
+  evaluation time left out), into `path`: full-catalog ones, and the sampled protocol's
+  against `num_negatives` uniform negatives ("sampled_hr@10", ...; 0: none). The examples
+  are spread over the split (every n-th): its order follows user ids, and the first ones
+  are not like the rest (Games' early users are harder). With `select_by` (a metric such as
+  "hr@100"), training ends on the weights of the point best by it, which the file names."""
 
   def __init__(self, data_dir: str, split: str, examples: int, every_seconds: float, path: str,
                select_by: str = None, num_negatives: int = 100):
