@@ -447,6 +447,26 @@ def test_with_lazy_adam_an_items_embedding_stops_when_the_batches_stop_holding_i
   assert np.array_equal(table.numpy()[45], after_its_batch) == lazy
 
 
+def test_weight_decay_shrinks_weights_outside_the_batch_but_not_the_norm_scales():
+  from tfkf.checkpoint import build_model
+  from tiny_model import catalog
+  config = PRESETS["small"].replace(lazy_adam=True, event_feature_dropout=0.0)
+  plain, decayed = (build_model(config.replace(weight_decay=wd), catalog(), 1e-2) for wd in (0.0, 0.5))
+  decayed.set_weights(plain.get_weights())
+  batch = histories(config, [10, 20])
+  batch[features.HISTORY_ITEM] = np.minimum(batch[features.HISTORY_ITEM], 40)
+  batch[features.TARGET_ITEM] = [2, 3]
+  for model in (plain, decayed):
+    model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+  # Row 45 is in no batch: LazyAdam leaves it, the decay scales it by 1 - rate x decay.
+  table = lambda model: model.token_embedding.item_table.embeddings.numpy()
+  np.testing.assert_allclose(table(decayed)[45], table(plain)[45] * (1 - 1e-2 * 0.5), rtol=1e-6)
+  scales = lambda model: [v.numpy() for v in model.trainable_variables if "scale" in v.name]
+  assert scales(plain), "the towers have RMSNorm scales"
+  for mine, theirs in zip(scales(decayed), scales(plain)):
+    np.testing.assert_allclose(mine, theirs, rtol=1e-5)
+
+
 @pytest.mark.parametrize("candidate_bias", [True, False])
 def test_without_candidate_bias_no_offset_is_shared_by_every_item(candidate_bias):
   config = PRESETS["small"].replace(item_features=(), candidate_bias=candidate_bias)

@@ -54,7 +54,10 @@ def build_model(config, catalog: Catalog, learning_rate: float):
   # SASRec's reference setting is beta_2 = 0.98; KuaiFormer keeps Adam's default.
   beta_2 = getattr(config, "adam_beta_2", 0.999)
   adam = LazyAdam if getattr(config, "lazy_adam", False) else tf.keras.optimizers.Adam
-  model.compile(optimizer=adam(learning_rate, beta_2=beta_2))
+  optimizer = adam(learning_rate, beta_2=beta_2,
+                   weight_decay=getattr(config, "weight_decay", 0.0) or None)
+  optimizer.exclude_from_weight_decay(var_names=["scale", "bias"])
+  model.compile(optimizer=optimizer)
   # Adam's slots made now, not in the first step: a tf.function that creates variables is
   # traced twice, and tracing a training step costs seconds.
   model.optimizer.build(model.trainable_variables)
