@@ -211,12 +211,13 @@ PRESETS = {
     # every metric (sampled HR@10 0.7532, HR@500 0.5474; games_temperature01_600s.json).
     # A second 1200 s Games test run of the preset: sampled HR@10 0.7395 (0.7389 in the table;
     # screens/quality_games_temperature008_repeat_1200s.json). Weight decay 0.1 (decoupled,
-    # AdamW; 4,100-4,300 steps in 1200 s against 4,500-4,600): valid sampled HR@10 / HR@100 / HR@500 0.7621 / 0.3275 / 0.5518
-    # against 0.7587 / 0.3195 / 0.5482 at 600 s, weight decay 1 lower on every metric
-    # (games_weight_decay_600s.json); on the Games test table two runs at 0.7400 / 0.7375, no
-    # different from the preset's 0.7389 / 0.7395 (quality_games_weight_decay01*_1200s.json); ml
-    # at 900 s HR@50 / HR@100 / HR@500 0.3426 / 0.4584 / 0.7331 against 0.3326 / 0.4477 /
-    # 0.7334, one run, inside the table's intervals (quality_ml_weight_decay01_900s.json).
+    # AdamW; 4,100-4,300 steps in 1200 s against 4,500-4,600): valid sampled HR@10 / HR@100 /
+    # HR@500 0.7621 / 0.3275 / 0.5518 against 0.7587 / 0.3195 / 0.5482 at 600 s, weight decay 1
+    # lower on every metric (games_weight_decay_600s.json); on the Games test table two runs at
+    # 0.7400 / 0.7375, no different from the preset's 0.7389 / 0.7395
+    # (quality_games_weight_decay01*_1200s.json); ml at 900 s HR@50 / HR@100 / HR@500 0.3426 /
+    # 0.4584 / 0.7331 against 0.3326 / 0.4477 / 0.7334, one run, inside the table's intervals
+    # (quality_ml_weight_decay01_900s.json).
     "cpu": KuaiFormerConfig(d_model=64, num_heads=2, num_layers=2, ffn_dim=256,
                             training_targets="every_event", embedding_dropout=0.3,
                             uniform_bce_weight=1.0, event_substitution=0.3, event_dropout=0.1,
