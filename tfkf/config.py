@@ -208,7 +208,8 @@ PRESETS = {
     # 0.05 run's (sampled HR@10 0.7389 against 0.7359, HR@500 0.5409 against 0.5373;
     # screens/quality_games_temperature005_1200s.json). Embedding dropout 0.1 and k 2 lower
     # sampled HR@10 (0.7547, 0.7551; games_sampled_levers_600s.json); temperature 0.1 is lower on
-    # every metric (sampled HR@10 0.7532, HR@500 0.5474; games_temperature01_600s.json).
+    # every metric (sampled HR@10 0.7532, HR@500 0.5474; games_temperature01_600s.json), 0.065
+    # within noise (0.7572 / 0.5489; games_temperature0065_600s.json).
     # A second 1200 s Games test run of the preset: sampled HR@10 0.7395 (0.7389 in the table;
     # screens/quality_games_temperature008_repeat_1200s.json). Weight decay 0.1 (decoupled,
     # AdamW; 4,100-4,300 steps in 1200 s against 4,500-4,600): valid sampled HR@10 / HR@100 /
