@@ -206,7 +206,8 @@ def grow_vocabulary(state: StreamState, events: List[Dict], item_features: Dict[
   return new
 
 
-def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len: int = 0):
+def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len: int = 0,
+                 first_event_targets: bool = False):
   """The new events with history as training targets -> serialized examples; updates the
   histories.
 
@@ -214,9 +215,13 @@ def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len
   layout it trains on) one per up to chunk_len targets of a user, latest first,
   that says how many trailing targets it supervises (features.NUM_TARGETS): the
   older events in its history were targets of earlier batches. Either way each
-  new target is supervised once. Returns (train payloads, test payloads: each
+  new target is supervised once. With `first_event_targets` (and chunk_len: the
+  model's KuaiFormerConfig.first_event_targets) a user's first event ever is a
+  target too, of the empty history. Returns (train payloads, test payloads: each
   user's newest example, stats).
   """
+  if first_event_targets and not chunk_len:
+    raise ValueError("first_event_targets needs chunk_len (a model trained every_event)")
   item_index = state.item_ids()
   by_user = collections.defaultdict(list)
   for e in events:
@@ -229,9 +234,10 @@ def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len
     old = state.histories.get(user, empty)
     new = T.encode_events(user_events, item_index)
     enc = {k: old[k].tolist() + new[k].tolist() for k in HISTORY_KEYS}
-    # A user's first event ever is history only: nothing to predict it from.
+    # Unless the model predicts it from the empty history, a user's first event ever is
+    # history only.
     targets = [(len(old["item"]) + j, e["time"]) for j, e in enumerate(user_events)
-               if len(old["item"]) + j > 0]
+               if len(old["item"]) + j > 0 or first_event_targets]
     stats["first_events"] += len(user_events) - len(targets)
     stats["targets"] += len(targets)
     ends = targets[::-1][::chunk_len][::-1] if chunk_len else targets
@@ -289,7 +295,8 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=(),
   config = read_config(prev_path)
   every_event = config.training_targets == "every_event"
   train, test, stats = new_examples(state, parsed.events, config.max_len,
-                                    config.num_latest_events if every_event else 0)
+                                    config.num_latest_events if every_event else 0,
+                                    every_event and config.first_event_targets)
   if stats["targets"] + stats["first_events"] != len(parsed.events):
     raise RuntimeError(f"{len(parsed.events)} events but {stats} targets + first events")
   for path in paths:

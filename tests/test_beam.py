@@ -318,6 +318,10 @@ def test_chunk_layout_covers_every_training_target_once_and_no_held_out_one():
       # every_event training: the targets after each of the latest min(history, chunk) events
       covered += range(e.position - min(e.history_len, chunk) + 1, e.position + 1)
   assert sorted(covered) == list(range(1, 41))  # positions 41, 42: valid, test
+  earliest = min((e for e in out if e.split == "train"), key=lambda e: e.position)
+  # It holds the user's whole history (from position 0), no longer than chunk: a model with
+  # first_event_targets (a cut before a whole history's first event) covers position 0 there.
+  assert earliest.position == earliest.history_len <= chunk < max_len
   assert [(e.split, e.position) for e in out if e.split != "train"] == [("valid", 41), ("test", 42)]
   oov_ends = [e for e in out if e.split == "train" and events[e.position]["item"] == "4"]
   assert oov_ends, "a chunk whose own target is out of vocabulary is kept"

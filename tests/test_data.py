@@ -1,6 +1,7 @@
 """tfkf.data: trimmed and length-bucketed batches hold exactly the examples of the split."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfkf import data
@@ -37,12 +38,15 @@ def test_trimmed_batches_are_as_wide_as_their_longest_history(tmp_path):
       np.testing.assert_array_equal(row, _expected_row(i, lengths[i], width))
 
 
-def test_length_buckets_hold_every_example_once_and_about_the_asked_targets(tmp_path):
+@pytest.mark.parametrize("first_event_targets", [False, True])
+def test_length_buckets_hold_every_example_once_and_about_the_asked_targets(tmp_path,
+                                                                            first_event_targets):
   rng = np.random.default_rng(0)
   lengths = rng.integers(0, 40, 300).tolist()
   targets_per_batch, per_example = 24, 6
   ds = data.dataset(_write_split(tmp_path, lengths), "train", 999, MAX_LEN, (), shuffle=False,
-                    targets_per_batch=targets_per_batch, targets_per_example=per_example)
+                    targets_per_batch=targets_per_batch, targets_per_example=per_example,
+                    first_event_targets=first_event_targets)
   seen = []
   uppers = [n for n in data.LENGTH_BUCKETS if n < MAX_LEN] + [MAX_LEN]
   for batch in ds:
@@ -51,7 +55,10 @@ def test_length_buckets_hold_every_example_once_and_about_the_asked_targets(tmp_
     capped = [min(lengths[i], MAX_LEN) for i in ids]
     bucket = {next(u for u in uppers if n <= u) for n in capped}
     assert len(bucket) == 1, f"one batch mixes buckets {bucket}"
-    assert len(ids) <= max(1, targets_per_batch // min(bucket.pop(), per_example))
+    upper = bucket.pop()
+    # with first-event targets a short history has one more: the cut before its first event
+    per_target = min(upper, per_example) + (first_event_targets and upper <= per_example)
+    assert len(ids) <= max(1, targets_per_batch // per_target)
     width = batch[features.HISTORY_ITEM].shape[1]
     assert width == max(1, max(capped))
     for row, i in zip(batch[features.HISTORY_ITEM].numpy(), ids):

@@ -346,6 +346,36 @@ def test_every_event_training_targets_the_next_item_after_each_real_latest_event
   assert np.isfinite(losses).all()
 
 
+@pytest.mark.parametrize("width", [None, 24])
+def test_a_whole_historys_first_event_is_a_target_of_the_empty_history(width):
+  config = PRESETS["small"].replace(training_targets="every_event", first_event_targets=True)
+  model = model_for(config)
+  tail = config.num_latest_events                                    # 24 of max_len 64
+  lengths = [config.max_len, tail, 5] if width is None else [tail, 5]
+  batch = histories(config, lengths, seed=11, width=width)
+  batch[features.TARGET_ITEM] = np.arange(7, 7 + len(lengths))
+  interests, targets, rows = model._every_event_targets(batch, training=False)
+  expected, first_cuts = [], []
+  for row, n in enumerate(lengths):
+    events = list(batch[features.HISTORY_ITEM][row, -n:]) + [7 + row]
+    if n < config.max_len:  # else older events may have been cut off: no first-event target
+      first_cuts.append(len(expected))
+      expected.append(events[0])
+    expected += events[n - min(n, tail) + 1:]
+  assert targets.numpy().tolist() == expected
+  assert np.bincount(rows.numpy()).tolist() == [min(n, tail) + (n < config.max_len) for n in lengths]
+  empty = {k: np.zeros_like(v[:1]) for k, v in batch.items() if v.ndim == 2}
+  no_history = model(empty).numpy()[0]
+  for cut in first_cuts:
+    np.testing.assert_allclose(interests.numpy()[cut], no_history, atol=2e-5)
+  without = model_for(config.replace(first_event_targets=False))
+  without.set_weights(model.get_weights())
+  plain_interests, plain_targets, _ = without._every_event_targets(batch, training=False)
+  assert plain_targets.numpy().tolist() == np.delete(expected, first_cuts).tolist()
+  np.testing.assert_allclose(plain_interests.numpy(), np.delete(interests.numpy(), first_cuts, 0),
+                             atol=2e-5)
+
+
 def test_same_history_targets_are_no_negatives_of_each_other_when_masked():
   from tfkf.losses import same_history_mask
   mask = same_history_mask(tf.constant([0, 0, 1, 1, 1]))

@@ -338,17 +338,28 @@ def test_every_event_examples_supervise_each_new_target_once():
   raw = {name: 0.0 for name in features.EVENT_RAW_INPUTS.values()}
   events = [{"user": "old", "time": t, "order": t, "item": f"v{t + 3}", **raw} for t in range(11)]
   events += [{"user": "new", "time": t, "order": t, "item": f"v{t + 20}", **raw} for t in range(6)]
+
+  def supervised(train, first_event_targets=False):
+    targets = []
+    for payload in train:
+      f = tf.train.Example.FromString(payload).features.feature
+      history = list(f[features.HISTORY_ITEM].int64_list.value)
+      count = f[features.NUM_TARGETS].int64_list.value[0]
+      assert 1 <= count <= 4 and count - first_event_targets <= len(history) <= 8
+      # the model's cut points: after each history event, and before a whole history's first
+      before = history[:1] if first_event_targets else []
+      targets += (before + history[1:] + list(f[features.TARGET_ITEM].int64_list.value))[-count:]
+    return sorted(targets)
+
   train, test, stats = new_examples(state(), events, max_len=8, chunk_len=4)
   assert (stats["targets"], stats["first_events"]) == (16, 1)  # "new"'s first event: history only
-  supervised = []
-  for payload in train:
-    f = tf.train.Example.FromString(payload).features.feature
-    history = list(f[features.HISTORY_ITEM].int64_list.value)
-    count = f[features.NUM_TARGETS].int64_list.value[0]
-    assert 1 <= count <= 4 and count <= len(history) <= 8
-    supervised += (history[1:] + list(f[features.TARGET_ITEM].int64_list.value))[-count:]
-  assert sorted(supervised) == [i + 2 for i in range(3, 14)] + [i + 2 for i in range(21, 26)]
+  assert supervised(train) == [i + 2 for i in range(3, 14)] + [i + 2 for i in range(21, 26)]
   assert len(train) == 3 + 2 and len(test) == 2  # 11 targets in chunks of 4; 5 targets
+  # A model with first-event targets: "new"'s first event is one, of its earliest chunk.
+  train, _, stats = new_examples(state(), events, max_len=8, chunk_len=4, first_event_targets=True)
+  assert (stats["targets"], stats["first_events"]) == (17, 0)
+  assert supervised(train, True) == [i + 2 for i in range(3, 14)] + [i + 2 for i in range(20, 26)]
+  assert len(train) == 3 + 2
   per_target, _, _ = new_examples(state(), events, max_len=8)  # the paper's one target per example
   assert len(per_target) == 16
 

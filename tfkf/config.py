@@ -87,6 +87,10 @@ class KuaiFormerConfig(JsonConfig):
   # histories valid HR@100 0.420 -> 0.445 at 600 s; Games (7 events a history) unchanged
   # (benchmarks/results/screens/ml_mask_dropout_600s.json, games_mask_same_history_300s.json).
   mask_same_history: bool = True
+  # every_event: a cut point before each whole history's first event too (k queries that
+  # see no event), so a user's first event is a target like the others: its item is
+  # trained even if no user chose it later, and a user with no history gets a learned answer.
+  first_event_targets: bool = False
   # Weight of SASRec's loss (uniformly drawn negatives per target, binary cross-entropy on
   # maxsim / temperature) added to the in-batch softmax while training. 0 = the paper's loss.
   uniform_bce_weight: float = 0.0
@@ -117,6 +121,8 @@ class KuaiFormerConfig(JsonConfig):
     if self.event_substitution_source not in ("uniform", "in_batch"):
       raise ValueError(f"event_substitution_source={self.event_substitution_source!r}: "
                        "'uniform' or 'in_batch'")
+    if self.first_event_targets and self.training_targets != "every_event":
+      raise ValueError("first_event_targets needs training_targets='every_event'")
     if self.contrastive_weight and self.training_targets != "every_event":
       raise ValueError("contrastive_weight needs training_targets='every_event'")
     if self.weight_decay < 0:

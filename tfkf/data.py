@@ -59,14 +59,17 @@ def dataset(data_dir: str, split: str, batch_size: int, max_len: int,
             event_features: Sequence[str] = tuple(features.EVENT_FEATURES),
             shuffle: bool = True, repeat: bool = False, drop_remainder: bool = True,
             seed: int = None, trim: bool = False, targets_per_batch: int = 0,
-            targets_per_example: int = 0, every: int = 1) -> tf.data.Dataset:
+            targets_per_example: int = 0, first_event_targets: bool = False,
+            every: int = 1) -> tf.data.Dataset:
   """Batches of one split. drop_remainder keeps the in-batch negatives stable.
 
   every: only every `every`-th example of the split's order (a sample spread over it).
   trim: histories as wide as the batch's longest (`left_aligned`), not max_len.
   targets_per_batch: instead of batch_size examples, batches of histories of
   similar length (LENGTH_BUCKETS) holding about this many training targets, an
-  example counting min(length, targets_per_example) (implies trim).
+  example counting min(length, targets_per_example) (implies trim), one more in
+  the buckets no longer than that with `first_event_targets` (the cut before a whole
+  history's first event).
   """
   ds = _files(data_dir, split, shuffle, seed)
   if every > 1:
@@ -77,7 +80,7 @@ def dataset(data_dir: str, split: str, batch_size: int, max_len: int,
     ds = ds.repeat()
   if targets_per_batch:
     ds = _length_bucketed(ds, max_len, event_features, targets_per_batch,
-                          targets_per_example or max_len)
+                          targets_per_example or max_len, first_event_targets)
   else:
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda s: parse_batch(s, max_len, event_features, trim),
@@ -102,12 +105,14 @@ def _split_column(data_dir, split, name, dtype, empty):
   return np.concatenate([b.numpy() for b in column] or [empty])
 
 
-def _length_bucketed(serialized, max_len, event_features, targets_per_batch, targets_per_example):
+def _length_bucketed(serialized, max_len, event_features, targets_per_batch, targets_per_example,
+                     first_event_targets):
   """Serialized examples -> batches of histories of similar length, about targets_per_batch targets each."""
   spec = feature_spec(event_features)
   uppers = [n for n in LENGTH_BUCKETS if n < max_len] + [max_len]
-  sizes = tf.constant([max(1, targets_per_batch // min(n, targets_per_example)) for n in uppers],
-                      tf.int64)
+  per_example = [min(n, targets_per_example) + (first_event_targets and n <= targets_per_example)
+                 for n in uppers]
+  sizes = tf.constant([max(1, targets_per_batch // n) for n in per_example], tf.int64)
 
   def bucket(example):
     length = tf.minimum(tf.size(example[features.HISTORY_ITEM], tf.int64), max_len)

@@ -213,25 +213,35 @@ class KuaiFormer(tfrs.Model):
 
   def _every_event_targets(self, inputs, training):
     """(interests [n, k, d], next items [n], batch row of each [n]) after each real one of
-    the latest events.
+    the latest events, and with `first_event_targets` before a whole history's first.
 
     On a --layout=chunks build (docs/data_format.md) the examples of a user cover each
     of its training targets once. Out-of-vocabulary items are no targets, nor those
     before an example's last `num_targets` (when given). Cut points go only where some
-    history of the batch has an event.
+    history of the batch has an event (or its first event follows).
     """
     c = self.config
-    tail = c.num_latest_events
+    first = int(c.first_event_targets)
     history = inputs[features.HISTORY_ITEM]
-    longest = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(history, features.PAD_ID), tf.int32), 1))
-    cuts_wanted = tf.maximum(tf.minimum(longest, tail), 1)
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(history, features.PAD_ID), tf.int32), 1)
     tokens, valid = self.user_tower.events(inputs, training=training)
     width = tf.shape(tokens)[1]
+    tail = c.num_latest_events
+    cuts_wanted = tf.maximum(tf.reduce_min([tf.reduce_max(lengths) + first, tail + first, width]), 1)
     interests = self.user_tower.interests_after(tokens, valid, tf.range(width - cuts_wanted, width),
                                                 training=training)
-    items = _fit_length(history, tail)[:, tail - cuts_wanted:]               # [b, cuts]
+    items = _fit_length(history, tail + first)[:, tail + first - cuts_wanted:]  # [b, cuts]
     targets = tf.concat([items[:, 1:], tf.cast(inputs[features.TARGET_ITEM], tf.int64)[:, None]], 1)
-    real = tf.logical_and(tf.not_equal(items, features.PAD_ID), tf.not_equal(targets, features.OOV_ID))
+    in_tail = tf.range(cuts_wanted) >= cuts_wanted - tail                  # [cuts]
+    real = tf.logical_and(tf.not_equal(items, features.PAD_ID), in_tail[None])
+    if first:
+      # The padding just before a history's first event is an empty history - if nothing
+      # was cut off before it (fewer than max_len events): the cut of the user's first event.
+      whole = lengths < c.max_len
+      before_first = tf.logical_and(tf.equal(items, features.PAD_ID),
+                                    tf.not_equal(targets, features.PAD_ID))
+      real = tf.logical_or(real, tf.logical_and(before_first, whole[:, None]))
+    real = tf.logical_and(real, tf.not_equal(targets, features.OOV_ID))
     if features.NUM_TARGETS in inputs:
       from_end = tf.range(cuts_wanted - 1, -1, -1)                           # [cuts]
       wanted = tf.cast(inputs[features.NUM_TARGETS], tf.int32)[:, None]

@@ -287,7 +287,8 @@ def bucketing(config, args) -> dict:
   if kind_of(config) != KUAIFORMER or config.training_targets != "every_event":
     return {}
   return {"targets_per_batch": args.targets_per_batch,
-          "targets_per_example": config.num_latest_events}
+          "targets_per_example": config.num_latest_events,
+          "first_event_targets": config.first_event_targets}
 
 
 def train(args) -> dict:
