@@ -767,6 +767,8 @@ def _loss_and_augmentation(datasets: dict) -> str:
     text += "".join(f", {what} {v:g}" for v in sorted({c.get(key, 0.0) for c in configs}) if v)
   if not all(c.get("candidate_bias", True) for c in configs):
     text += ", no bias in the candidate projection"
+  if any(c.get("first_event_targets") for c in configs):
+    text += ", each user's first event a target too (of the empty history)"
   used = "; ".join(f"{title}: {', '.join(c['item_features']) or 'none'}" for title, c in by_title.items())
   return text + f", item side features ({used})"
 

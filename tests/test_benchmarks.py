@@ -248,8 +248,9 @@ def test_quality_benchmark(tmp_path):
   assert "Retrieval quality against baselines: SASRec Amazon Games" in text
   # The cpu preset's loss and augmentation, read from the run's config.
   assert ("auxiliary SASRec loss weight 1, history events replaced by random items at rate 0.3, "
-          "whole history events dropped at rate 0.1, no bias in the candidate projection, item "
-          "side features (SASRec Amazon Games: none)." in text)  # a sasrec log has none
+          "whole history events dropped at rate 0.1, no bias in the candidate projection, each "
+          "user's first event a target too (of the empty history), item side features "
+          "(SASRec Amazon Games: none)." in text)  # a sasrec log has none
   assert "![learning curves](benchmarks/plots/learning_curve_games.png)" in text
   assert "KuaiFormer minus each model, paired" in text and "95% bootstrap interval" in text
   assert ("lowest validation loss, `tfkf.train`'s EarlyStopping; KuaiFormer keeps its learning "
