@@ -218,7 +218,7 @@ def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len
   new target is supervised once. With `first_event_targets` (and chunk_len: the
   model's KuaiFormerConfig.first_event_targets) a user's first event ever is a
   target too, of the empty history. Returns (train payloads, test payloads: each
-  user's newest example, stats).
+  user's newest example with a history, stats).
   """
   if first_event_targets and not chunk_len:
     raise ValueError("first_event_targets needs chunk_len (a model trained every_event)")
@@ -249,7 +249,7 @@ def new_examples(state: StreamState, events: List[Dict], max_len: int, chunk_len
       user_examples.append(T.example_bytes(user, time_ms, enc, start, p, supervised))
       stats["history_lens"].append(p - start)
     train.extend(user_examples)
-    if user_examples:
+    if ends and ends[-1][0] > 0:  # an empty history is no test (the export's check needs one)
       test.append(user_examples[-1])
     state.histories[user] = {k: np.asarray(enc[k][-max_len:], np.int64) for k in HISTORY_KEYS}
   stats["examples"] = len(train)

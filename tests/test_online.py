@@ -360,6 +360,9 @@ def test_every_event_examples_supervise_each_new_target_once():
   assert (stats["targets"], stats["first_events"]) == (17, 0)
   assert supervised(train, True) == [i + 2 for i in range(3, 14)] + [i + 2 for i in range(20, 26)]
   assert len(train) == 3 + 2
+  solo = [{"user": "solo", "time": 0, "order": 0, "item": "v30", **raw}]
+  train, test, stats = new_examples(state(), solo, max_len=8, chunk_len=4, first_event_targets=True)
+  assert (len(train), len(test), stats["targets"]) == (1, 0, 1)  # an empty history is no test
   per_target, _, _ = new_examples(state(), events, max_len=8)  # the paper's one target per example
   assert len(per_target) == 16
 
