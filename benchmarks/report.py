@@ -506,10 +506,10 @@ def _scale(r) -> list:
   lines = ["## Catalog scale (`make bench-scale`)", "", f"`{r['command']}`", "",
            "bench-serving's trained model, its item embeddings padded with synthetic items around "
            "the trained ones; ScaNN index (serving/retriever.py's parameters), batching off, REST "
-           f"from wrk for {r['seconds']} s per concurrency. Refresh: the next version (index built "
-           "again) renamed into the base while a client calls the server back to back; swap: from "
-           "the rename to AVAILABLE; refresh = its export + swap (from a log file landed to a "
-           "version trained on it and served: the online learning freshness sections at each "
+           f"from wrk for {r['seconds']} s per concurrency. Refresh: the next version renamed into "
+           "the base while a client calls the server back to back; swap: from the rename to "
+           f"AVAILABLE; refresh = export + swap ({_refresh_export(rows[0])}; from a log file "
+           "landed to a version trained on it and served: the online learning freshness sections at each "
            "size). Each export runs in a process of its own, "
            "before the server starts (at 10M items the exporter and a server holding two versions "
            "do not fit in 24 GB together).", "",
@@ -536,6 +536,14 @@ def _scale(r) -> list:
   return lines + [""]
 
 
+def _refresh_export(row) -> str:
+  """How a scale row's refresh export was had: results before 2026-12-01 exported it again."""
+  if "refresh_export_s" in row:
+    return "the next version exported again"
+  return ("a refresh exports the same size again: the next version is version 1's files, whose "
+          "export seconds stand for its own")
+
+
 def _scale_split(rows) -> list:
   """The split servables' table (bench-scale --split) of the sizes that measured it."""
   rows = [row for row in rows if "split" in row]
@@ -546,7 +554,7 @@ def _scale_split(rows) -> list:
            "(`serving.export --servable=user_tower|item_index`, `deploy/split/models.config`); the "
            "tower holds an item table of the catalog's size (trained rows, then synthetic ones). "
            "Latency: the tower call, then the index call, one user at a time over REST. Refresh: "
-           "a new tower version exported and renamed in while a client makes both calls back to "
+           "a new tower version renamed in while a client makes both calls back to "
            "back (the index keeps its version), then a new index version the same way; refresh = "
            "export + swap.", "",
            "| items | tower export (s) | tower (MB) | index export (s) | index (MB) | server RSS (MB) "

@@ -10,17 +10,19 @@ For each size:
     --recall_users histories;
   * server: serving.server on the ScaNN version (batching off): its RSS once loaded, and p50 /
     p99 over REST (wrk) at each --concurrency;
-  * refresh: the next version (its index built again, as the online trainer's export does;
-    exported before the server starts, on an idle machine) renamed into the server's base
-    while a client keeps calling: seconds from the rename until it is AVAILABLE, the server's
-    peak RSS meanwhile (two versions loaded), and every failed call (there must be none);
+  * refresh: the next version renamed into the server's base while a client keeps calling:
+    seconds from the rename until it is AVAILABLE, the server's peak RSS meanwhile (two
+    versions loaded), and every failed call (there must be none). A refresh exports the same
+    servable at the same size again (as the online trainer's export does), so the next
+    version is version 1's files (hard links) and version 1's export seconds stand for its
+    export: refresh = export + swap;
   * split (--split, default): the same model as two servables of one server
     (serving.export --servable=user_tower|item_index, deploy/split/models.config), the tower
     over an item table of the catalog's size (scale_step.padded_model): each one's export
     seconds and bytes, the server's RSS, p50 / p99 of the two calls (tower, then index) one
     user at a time, and a new tower version swapped in under load while the index keeps its
-    version, then a new index version: each refresh = its export + swap, with every failed
-    call.
+    version, then a new index version (each version 1's files again, as above): each
+    refresh = its export + swap, with every failed call.
 Over the sizes, each cost's growth: the slope of log(cost) against log(items) (1 = linear).
 
   python -m benchmarks.scale --catalogs 1000000,3000000,10000000 --concurrency 1,32
@@ -127,6 +129,15 @@ def exported(args, size: int, out: str, servable: str = "retriever", index: str 
               f"--out={out}")["seconds"]
 
 
+def next_version(version_dir: str) -> str:
+  """A staged next version beside `version_dir`: its files, hard-linked (an export's files are
+  never written again). Staged before the server starts, as an export would be: at 10M items an
+  exporter (13 GB) and a server swapping two versions (2 x 9 GB) do not fit in 24 GB together."""
+  staged = os.path.join(os.path.dirname(version_dir), ".staging-2")
+  shutil.copytree(version_dir, staged, copy_function=os.link)
+  return staged
+
+
 def measure_size(args, items: int, bodies, bodies_file, size: int) -> dict:
   work = os.path.join(args.work_dir, "scale", str(size))
   shutil.rmtree(work, ignore_errors=True)
@@ -138,10 +149,7 @@ def measure_size(args, items: int, bodies, bodies_file, size: int) -> dict:
   row[f"recall@{args.top_k}"] = step(args, "recall", f"--scann={os.path.join(base, '1')}",
                                      f"--exact={exact}", f"--users={args.recall_users}")["recall"]
   shutil.rmtree(exact)
-  # The next version is exported before the server starts: at 10M items an export (13 GB)
-  # and a server swapping two versions (2 x 9 GB) do not fit in this machine together.
-  staged = os.path.join(base, ".staging-2")
-  row["refresh_export_s"] = exported(args, size, staged)
+  staged = next_version(os.path.join(base, "1"))
   with bench_serving.served(base, os.path.join(work, "server.log")) as (port, _, process):
     row["server_rss_bytes"] = rss_bytes(process.pid)
     row["latency"] = {str(c): bench_serving.wrk(bench_serving.predict_url(port), bodies_file, c,
@@ -149,7 +157,7 @@ def measure_size(args, items: int, bodies, bodies_file, size: int) -> dict:
     caller = Caller(rest_caller(port, bodies), process.pid)
     row["swap_s"] = swap_under_load(caller, base, staged, port, args.after_swap_s)
     row["refresh"] = caller.record()
-  row["refresh_s"] = row["refresh_export_s"] + row["swap_s"]
+  row["refresh_s"] = row["export_s"] + row["swap_s"]
   shutil.rmtree(work)
   if args.split:
     row["split"] = measure_split(args, bodies, size, work)
@@ -197,9 +205,7 @@ def measure_split(args, bodies, size: int, work: str) -> dict:
   for kind in SPLIT:
     row[f"{kind}_export_s"] = exported(args, size, path(kind, 1), servable=kind)
     row[f"{kind}_bytes"] = directory_bytes(path(kind, 1))
-  staged = {kind: os.path.join(base, kind, ".staging-2") for kind in SPLIT}  # before the server
-  row["tower_refresh_export_s"] = exported(args, size, staged["user_tower"], servable="user_tower")
-  row["index_refresh_export_s"] = exported(args, size, staged["item_index"], servable="item_index")
+  staged = {kind: next_version(path(kind, 1)) for kind in SPLIT}
   histories = [json.loads(b)["instances"][0]["item_ids"] for b in bodies]
   with served_split(base, os.path.join(work, "split_server.log")) as (port, _, process):
     row["server_rss_bytes"] = rss_bytes(process.pid)
@@ -214,8 +220,8 @@ def measure_split(args, bodies, size: int, work: str) -> dict:
       row[f"{name}_refresh"] = caller.record()
       if kind == "user_tower":  # the index kept serving its version through the tower's swap
         row["index_versions"] = sorted(version_states(port, "item_index"))
-  for name in ("tower", "index"):
-    row[f"{name}_refresh_s"] = row[f"{name}_refresh_export_s"] + row[f"{name}_swap_s"]
+  for kind, name in (("user_tower", "tower"), ("item_index", "index")):
+    row[f"{name}_refresh_s"] = row[f"{kind}_export_s"] + row[f"{name}_swap_s"]
   return row
 
 
