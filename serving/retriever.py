@@ -177,10 +177,6 @@ class Retriever(tf.Module):
                            exclude_history, history_allowance=model.config.max_len,
                            max_history_length=max_history_length)
 
-  def retrieve(self, item_ids: tf.Tensor, raw_events=None) -> Dict[str, tf.Tensor]:
-    """Raw [b, T] history -> top-K item ids, scores and the interest that found each."""
-    return self.index.search(self.tower.interests(item_ids, raw_events), item_ids)
-
 
 def merge_candidates(scores, positions, interest, history=None):
   """[b, c] candidates of several interests -> the same, with -inf for every repeat of an
@@ -208,18 +204,21 @@ def _event_specs(event_features):
 def serving_signatures(retriever: Retriever) -> Dict[str, tf.types.experimental.ConcreteFunction]:
   """serving_default (ids only), serving_with_events (ids + raw event features), user_embedding."""
   raw_names, event_specs = _event_specs(retriever.tower.event_features)
+  # One trace of the tower per kind of input, shared by the signatures that take it: the
+  # tower is most of an export's tracing and saving time.
+  interests = tf.function(retriever.tower.interests)
 
   @tf.function(input_signature=[IDS_SPEC])
   def serving_default(item_ids):
-    return retriever.retrieve(item_ids)
+    return retriever.index.search(interests(item_ids), item_ids)
 
   @tf.function(input_signature=[IDS_SPEC] + event_specs)
   def serving_with_events(item_ids, *raw):
-    return retriever.retrieve(item_ids, dict(zip(raw_names, raw)))
+    return retriever.index.search(interests(item_ids, dict(zip(raw_names, raw))), item_ids)
 
   @tf.function(input_signature=[IDS_SPEC])
   def user_embedding(item_ids):
-    return {"interests": retriever.tower.interests(item_ids)}
+    return {"interests": interests(item_ids)}
 
   return {"serving_default": serving_default.get_concrete_function(),
           "serving_with_events": serving_with_events.get_concrete_function(),
