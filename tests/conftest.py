@@ -55,5 +55,5 @@ def scann_export(trained, tmp_path_factory, worker_id):
   an export base holding version 1 (read only)."""
   from servers import export
   d = _once_per_run(tmp_path_factory, worker_id, "scann_export",
-                    lambda d: export(trained, d / "models", "--index=scann"))
+                    lambda d: export(trained, d / "models", "--index=scann", subprocess=True))
   return d / "models"

@@ -1,4 +1,4 @@
-"""serving.server and serving.export as a user runs them: subprocesses on free loopback ports."""
+"""serving.server as a user runs it, a subprocess on free loopback ports; serving.export's CLI."""
 
 import json
 import urllib.error
@@ -38,7 +38,10 @@ class Server:
     self.process.wait(timeout=30)
 
 
-def export(trained, base, *flags):
-  out = cli.run("serving.export", f"--model_dir={trained['run']}", f"--data_dir={trained['data']}",
-                f"--export_base={base}", f"--top_k={K}", *flags)
+def export(trained, base, *flags, subprocess: bool = False):
+  """serving.export's CLI on `trained`: its result. In this worker unless `subprocess`
+  (conftest's shared export runs as a user runs it)."""
+  run = cli.run if subprocess else cli.run_in_process
+  out = run("serving.export", f"--model_dir={trained['run']}", f"--data_dir={trained['data']}",
+            f"--export_base={base}", f"--top_k={K}", *flags)
   return json.loads(out.strip().splitlines()[-1])

@@ -96,10 +96,11 @@ def test_serving_benchmark(trained, tmp_path):
   (work / "data").symlink_to(trained["data"])  # the benchmark reuses a built and trained run (read only)
   (work / "run").symlink_to(trained["run"])
   out = tmp_path / "serving.json"
-  cli.run("benchmarks.serving", f"--work_dir={work}", "--catalogs=2000", "--indexes=scann",
-          "--batching=off", "--concurrency=2", "--seconds=1", "--users=8", "--top_k=10",
-          "--rounds=2", "--round_seconds=1", f"--output={out}")
+  cli.run_in_process("benchmarks.serving", f"--work_dir={work}", "--catalogs=2000", "--indexes=scann",
+                     "--batching=off", "--concurrency=2", "--seconds=1", "--users=8", "--top_k=10",
+                     "--rounds=2", "--round_seconds=1", f"--output={out}")
   result = json.loads(out.read_text())
+  assert result["command"].startswith(f"python -m benchmarks.serving --work_dir={work} --catalogs=2000 ")
   scann = result["results"]["2000 items"]["scann"]  # the trained items, then synthetic ones
   for run in (scann["batching_off"]["2"], scann["grpc_batching_off"]["2"],  # wrk, grpc.aio
               scann["batching_off_intra_op_1"]["2"]):  # --tensorflow_intra_op_parallelism=1
@@ -133,10 +134,12 @@ def test_scale_benchmark(trained, tmp_path):
   (work / "data").symlink_to(trained["data"])  # bench-serving's cache: the shared run (read only)
   (work / "run").symlink_to(trained["run"])
   out = tmp_path / "scale.json"
-  from benchmarks import scale  # in-process: this worker has TensorFlow loaded already
-  scale.main([f"--work_dir={work}", "--catalogs=3000", "--concurrency=2", "--seconds=1", "--users=8",
-              "--recall_users=4", "--top_k=10", "--after_swap_s=0.5", f"--output={out}"])
+  cli.run_in_process("benchmarks.scale", f"--work_dir={work}", "--catalogs=3000", "--concurrency=2",
+                     "--seconds=1", "--users=8", "--recall_users=4", "--top_k=10",
+                     "--after_swap_s=0.5", f"--output={out}")
   result = json.loads(out.read_text())
+  assert result["command"] == f"python -m benchmarks.scale --work_dir={work} --catalogs=3000 " \
+      f"--concurrency=2 --seconds=1 --users=8 --recall_users=4 --top_k=10 --after_swap_s=0.5 --output={out}"
   [row] = result["sizes"]
   assert row["items"] == 3000 and row["saved_model_bytes"] > 3000 * 64 * 4 > 0
   assert row["recall@10"] >= 0.95  # this small a catalog: every leaf searched, then re-scored
@@ -181,9 +184,9 @@ def test_scale_growth_is_the_log_log_slope_of_each_cost():
 
 def test_interests_benchmark(trained, tmp_path):
   out = tmp_path / "interests.json"
-  cli.run("benchmarks.interests", f"--data_dir={trained['data']}",
-          f"--model_dir={trained['run']}", "--name=synthetic", "--split=valid",
-          "--max_examples=40", "--top_k=20", f"--output={out}")
+  cli.run_in_process("benchmarks.interests", f"--data_dir={trained['data']}",
+                     f"--model_dir={trained['run']}", "--name=synthetic", "--split=valid",
+                     "--max_examples=40", "--top_k=20", f"--output={out}")
   result = json.loads(out.read_text())
   d = result["datasets"]["synthetic"]
   assert d["examples"] == 40 and d["k"] == len(d["target_wins"])
@@ -206,7 +209,7 @@ def test_quality_benchmark(tmp_path):
            "--max_epochs=1", "--steps_per_epoch=2", "--validation_steps=1",
            "--train_seconds=0", "--kuaiformer_batch_size=16", "--num_negatives=10",
            "--kuaiformer_select_by=hr@100"]
-  cli.run("benchmarks.quality", *flags, f"--output={out}")
+  cli.run_in_process("benchmarks.quality", *flags, f"--output={out}")
   result = json.loads(out.read_text())
   models = result["datasets"]["games"]["models"]
   assert set(models) == {"most_popular", "item_knn", "kuaiformer"}
@@ -263,8 +266,8 @@ def test_quality_benchmark(tmp_path):
   assert f"Weights kept (the learning curve's best point): KuaiFormer step 2 of 2 (valid HR@100 {point['hr@100']:.4f})" in text
   # --reuse: the saved run evaluated again, not trained: the same ranks, the same record.
   again = tmp_path / "again.json"
-  cli.run("benchmarks.quality", *flags, "--reuse=kuaiformer", f"--reuse_from={out}",
-          f"--output={again}")
+  cli.run_in_process("benchmarks.quality", *flags, "--reuse=kuaiformer", f"--reuse_from={out}",
+                     f"--output={again}")
   reused = json.loads(again.read_text())["datasets"]["games"]["models"]["kuaiformer"]
   assert reused["full"] == trained["full"] and reused["command"] == trained["command"]
   assert reused["reused_from"] == {"path": str(out), "date": result["date"]}

@@ -292,10 +292,11 @@ def test_freshness_benchmark_of_the_split_at_a_larger_catalog(stream, online, tm
   split: one batch landed, trained on (in a process of its own) and served as a new user
   tower; the item index, on its own cadence, is exported again only by the stopping trainer."""
   out, work, size = tmp_path / "freshness.json", tmp_path / "w", 5000
-  cli.run("benchmarks.freshness", f"--prepared_dir={stream['dir']}", f"--workdir={work}",
-          "--batches=1", "--index=brute_force", f"--top_k={K}", f"--catalog_size={size}",
-          "--servable=user_tower", "--lazy_adam", "--before_training_examples=50", "--export_in_child",
-          "--batch_in_child", "--load_client", "--load_client_rate=20", f"--output={out}")
+  cli.run_in_process("benchmarks.freshness", f"--prepared_dir={stream['dir']}", f"--workdir={work}",
+                     "--batches=1", "--index=brute_force", f"--top_k={K}", f"--catalog_size={size}",
+                     "--servable=user_tower", "--lazy_adam", "--before_training_examples=50",
+                     "--export_in_child", "--batch_in_child", "--load_client", "--load_client_rate=20",
+                     f"--output={out}")
   result = json.loads(out.read_text())
   (row,) = result["batches"]
   assert result["load_client"]["calls"] > 10 and result["load_client"]["failed"] == 0, result["load_client"]

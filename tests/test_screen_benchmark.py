@@ -23,8 +23,8 @@ def test_screen_trains_a_variant_and_evaluates_a_reference_alike(tmp_path):
            f"--base_overrides={json.dumps(tiny)}", "--train_seconds=0", "--max_epochs=1",
            "--steps_per_epoch=2", "--validation_steps=1", "--num_negatives=10"]
   out = tmp_path / "screen.json"
-  cli.run("benchmarks.screen", *flags, f"--output={out}",
-          '--variant=k1={"batch_size": 16, "config_overrides": {"num_query_tokens": 1}}')
+  cli.run_in_process("benchmarks.screen", *flags, f"--output={out}",
+                     '--variant=k1={"batch_size": 16, "config_overrides": {"num_query_tokens": 1}}')
   result = json.loads(out.read_text())
   assert set(result["variants"]) == {"k1"} and result["split"] == "valid"
   [k1] = result["variants"]["k1"]["runs"]
