@@ -160,6 +160,9 @@ def test_scale_benchmark(trained, tmp_path):
   from benchmarks.report import plot_scale, render
   text = render([result])
   assert "## Catalog scale" in text and "| 3,000 |" in text and f"0 of {refresh['calls']:,} |" in text
+  assert "the next version is version 1's files" in text  # how its refresh export was had
+  earlier = render([{**result, "sizes": [{**row, "refresh_export_s": row["export_s"]}]}])
+  assert "the next version exported again" in earlier  # results of before the hard links
   assert "two servables" in text and (f"0 of {split['tower_refresh']['calls']:,}, "
                                       f"0 of {split['index_refresh']['calls']:,} | [1] |") in text
   plot_scale(result, str(tmp_path / "scale.png"), landed_to_served={3000: 12.5, 30000: 20.0})
