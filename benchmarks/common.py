@@ -22,6 +22,11 @@ def machine() -> dict:
           "python": platform.python_version()}
 
 
+def command(module: str, argv=None) -> str:
+  """The command line that ran `module`: main()'s argv, or this process's when None."""
+  return " ".join(["python -m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
 def versions(*packages) -> dict:
   from importlib.metadata import version
   return {p: version(p) for p in packages}

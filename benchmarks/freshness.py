@@ -286,7 +286,7 @@ def main(argv=None):
   rows, peak_rss, load = measure(args, work, files)
   fresh = [r["freshness_s"] for r in rows]
   env = [f"{k}={os.environ[k]}" for k in ("TF_ENABLE_ONEDNN_OPTS",) if k in os.environ]
-  payload = {"command": " ".join([*env, "python -m benchmarks.freshness", *(argv or sys.argv[1:])]),
+  payload = {"command": " ".join([*env, common.command("benchmarks.freshness", argv)]),
              "config": {k: v for k, v in vars(args).items() if k not in ("workdir", "output")},
              "batches": rows, "peak_rss_mb": peak_rss, "load_client": load, "median_freshness_s": statistics.median(fresh),
              "max_freshness_s": max(fresh), "min_freshness_s": min(fresh),

@@ -9,7 +9,6 @@ the served top K (history excluded) each interest contributes (DESIGN.md §1: ma
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
@@ -48,7 +47,7 @@ def main(argv=None):
   p.add_argument("--output", default=None)
   args = p.parse_args(argv)
   output = args.output or os.path.join(common.RESULTS, f"interests_{args.name}.json")
-  command = "python -m benchmarks.interests " + " ".join(sys.argv[1:] if argv is None else argv)
+  command = common.command("benchmarks.interests", argv)
   result = measure(args.data_dir, args.model_dir, args.split, args.top_k, args.max_examples)
   versions = common.versions("tensorflow", "tf-keras", "numpy")
   print(common.write("interests", {"command": command, "versions": versions,

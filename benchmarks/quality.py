@@ -408,7 +408,7 @@ def main(argv=None):
   args = parse_args(argv)
   # One file per invocation (quality_games.json, ...): data sets can run separately.
   output = args.output or os.path.join(common.RESULTS, f"quality_{'_'.join(args.datasets)}.json")
-  command = "python -m benchmarks.quality " + " ".join(sys.argv[1:] if argv is None else argv)
+  command = common.command("benchmarks.quality", argv)
   print(common.write("quality", {"command": command, **run(args)}, output))
 
 

@@ -276,7 +276,7 @@ def main(argv=None):
   args = parse_args(argv)
   result = run(args)
   path = common.write("scale", {
-      "command": "python -m benchmarks.scale " + " ".join(sys.argv[1:] if argv is None else argv),
+      "command": common.command("benchmarks.scale", argv),
       "versions": common.versions("tensorflow", "scann"), "seed": args.seed,
       "top_k": args.top_k, "seconds": args.seconds, **result}, args.output)
   print(f"wrote {path}")

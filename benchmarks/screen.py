@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
 from benchmarks import common
 from benchmarks.quality import train
@@ -121,7 +120,7 @@ def main(argv=None):
   for repeat in range(args.repeats):
     for name, spec in variants.items():
       runs[name].append(run_variant(name, spec, repeat, args))
-  command = "python -m benchmarks.screen " + " ".join(sys.argv[1:] if argv is None else argv)
+  command = common.command("benchmarks.screen", argv)
   payload = {"command": command, "data_dir": args.data_dir, "eval_dir": args.eval_dir,
              "split": "valid", "max_examples": args.max_examples,
              "train_seconds": args.train_seconds, "select_by": args.select_by,

@@ -446,7 +446,7 @@ def main(argv=None):
     return
   results = run(args)
   path = common.write("serving", {
-      "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:] if argv is None else argv),
+      "command": common.command("benchmarks.serving", argv),
       "versions": common.versions("tensorflow", "scann", "aiohttp"),
       "seed": args.seed, "top_k": args.top_k, "max_len": args.max_len, "seconds": args.seconds,
       "results": results}, args.output)
