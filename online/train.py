@@ -296,7 +296,7 @@ def process_batch(args, state_dir: StateDir, names: List[str], beam_args=(),
   every_event = config.training_targets == "every_event"
   train, test, stats = new_examples(state, parsed.events, config.max_len,
                                     config.num_latest_events if every_event else 0,
-                                    every_event and config.first_event_targets)
+                                    config.first_event_targets)  # implies every_event
   if stats["targets"] + stats["first_events"] != len(parsed.events):
     raise RuntimeError(f"{len(parsed.events)} events but {stats} targets + first events")
   for path in paths:
